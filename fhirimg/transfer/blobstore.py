@@ -1,0 +1,169 @@
+"""File-system blob store for DICOM instances, indexed in the database.
+
+Every file is first written into ``<root>/.staging`` (same file system as its final
+place), hashed while it is written, fsynced, checked, then moved into
+``<root>/<study>/<series>/<sop>.dcm`` with ``os.replace`` and the directory fsynced:
+a reader sees either no file or the whole file, never a partial one. The database row
+is written after the rename, so a row always names a complete file; a crash between
+the two leaves a file that the next run overwrites with identical bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import orjson
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+
+from .schema import dicom_instance
+from .uids import require_uid
+
+STAGING_DIR = ".staging"
+
+
+@dataclass
+class InstanceRecord:
+    """What the index knows about one stored instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_number: int | None = None
+    size: int = 0
+    sha256: str = ""
+    path: str = ""
+    stored_ms: int = 0
+    attributes: dict = field(default_factory=dict, repr=False)
+
+
+class StagedFile:
+    """A temporary file in the staging directory that hashes and counts what is written."""
+
+    def __init__(self, directory: Path):
+        fd, name = tempfile.mkstemp(prefix="part-", suffix=".tmp", dir=directory)
+        self.path = Path(name)
+        self.file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.hasher.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def finish(self) -> None:
+        """Flush and fsync so the bytes are on disk before the file is renamed into place."""
+        if not self.file.closed:
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.path.unlink(missing_ok=True)
+
+    @property
+    def sha256(self) -> str:
+        return self.hasher.hexdigest()
+
+
+class BlobStore:
+    """DICOM files under a root directory plus their index rows; paths come from UIDs only."""
+
+    def __init__(self, root: str | os.PathLike, engine: Engine, clock: Callable[[], int] | None = None):
+        self.root = Path(root).resolve()
+        self.engine = engine
+        self.clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self.staging = self.root / STAGING_DIR
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def open_staging(self) -> StagedFile:
+        """A new staging file to stream one part into."""
+        return StagedFile(self.staging)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """``study/series/sop.dcm``; each UID is validated, so no ``..`` or ``/`` can get in."""
+        parts = [require_uid(study_uid, "StudyInstanceUID"), require_uid(series_uid, "SeriesInstanceUID"),
+                 require_uid(sop_uid, "SOPInstanceUID")]
+        return f"{parts[0]}/{parts[1]}/{parts[2]}.dcm"
+
+    def absolute_path(self, relative: str) -> Path:
+        """Resolve a stored relative path, refusing anything that escapes the root."""
+        path = (self.root / relative).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"blob path {relative!r} escapes the blob root")
+        return path
+
+    def commit(self, staged: StagedFile, record: InstanceRecord) -> InstanceRecord:
+        """Move a checked staging file into place atomically, then index it."""
+        record.path = self.relative_path(record.study_uid, record.series_uid, record.sop_uid)
+        record.size, record.sha256 = staged.size, staged.sha256
+        staged.finish()
+        target = self.absolute_path(record.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.path, target)
+        fsync_directory(target.parent)
+        record.stored_ms = self.clock()
+        self._index(record)
+        return record
+
+    def _index(self, record: InstanceRecord) -> None:
+        row = {name: getattr(record, name) for name in (
+            "sop_uid", "study_uid", "series_uid", "sop_class_uid", "transfer_syntax_uid",
+            "instance_number", "size", "sha256", "path", "stored_ms")}
+        row["attributes"] = orjson.dumps(record.attributes)
+        table = dicom_instance
+        with self.engine.begin() as conn:
+            old = conn.execute(select(table.c.path).where(table.c.sop_uid == record.sop_uid)).first()
+            conn.execute(delete(table).where(table.c.sop_uid == record.sop_uid))
+            conn.execute(table.insert().values(**row))
+        if old and old.path != record.path:
+            # The same SOP Instance UID arrived under another study/series: keep one copy only.
+            self.absolute_path(old.path).unlink(missing_ok=True)
+
+    def stored_sop_uids(self, study_uid: str, series_uid: str | None = None) -> set[str]:
+        """SOP Instance UIDs already held for a study (or one of its series)."""
+        table = dicom_instance
+        query = select(table.c.sop_uid).where(table.c.study_uid == study_uid)
+        if series_uid is not None:
+            query = query.where(table.c.series_uid == series_uid)
+        with self.engine.connect() as conn:
+            return {row.sop_uid for row in conn.execute(query)}
+
+    def sweep_staging(self, older_than_seconds: float = 3600.0) -> int:
+        """Delete staging files left by a crashed worker; returns how many were removed."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for path in self.staging.glob("part-*.tmp"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename durable: fsync the directory that holds the new name (POSIX)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()

@@ -1,0 +1,1 @@
+"""Private services for the transfer tests (filled in below)."""
