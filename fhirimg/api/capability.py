@@ -1,0 +1,122 @@
+"""GET [base]/metadata: a CapabilityStatement generated from what is actually registered.
+
+Interactions are read off the Flask URL map, search parameters off the search registry
+and operations off the operation registry: nothing here is kept by hand.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request
+
+from .. import FHIR_VERSION, __version__
+from ..resources import SUPPORTED_TYPES
+from ..search import registry as search_registry
+from .negotiation import base_url, json_response
+
+blueprint = Blueprint("capability", __name__)
+
+# (rule below the FHIR base, method) -> interaction code (CapabilityStatement.rest.resource.interaction)
+TYPE_INTERACTIONS = {
+    ("/<res_type>/<res_id>", "GET"): "read",
+    ("/<res_type>/<res_id>/_history/<version>", "GET"): "vread",
+    ("/<res_type>/<res_id>", "PUT"): "update",
+    ("/<res_type>/<res_id>", "PATCH"): "patch",
+    ("/<res_type>/<res_id>", "DELETE"): "delete",
+    ("/<res_type>/<res_id>/_history", "GET"): "history-instance",
+    ("/<res_type>/_history", "GET"): "history-type",
+    ("/<res_type>", "POST"): "create",
+    ("/<res_type>", "GET"): "search-type",
+}
+SYSTEM_INTERACTIONS = {("/", "POST"): "transaction", ("/_history", "GET"): "history-system",
+                       ("/", "GET"): "search-system"}
+
+# name -> {"definition": canonical, "types": [...], "level": ...}; filled by register_operation
+OPERATIONS: dict[str, dict] = {}
+
+
+def register_operation(name: str, definition: str, types: list[str], documentation: str = "") -> None:
+    OPERATIONS[name] = {"definition": definition, "types": list(types), "documentation": documentation}
+
+
+@blueprint.route("/metadata", methods=["GET", "HEAD"])
+def metadata() -> Response:
+    return json_response(capability_statement())
+
+
+def registered_routes() -> set[tuple[str, str]]:
+    """(rule relative to the FHIR base, method) for every rule the app serves under it."""
+    prefix = current_app.config["FHIRIMG_PREFIX"]
+    out = set()
+    for rule in current_app.url_map.iter_rules():
+        if not rule.rule.startswith(prefix):
+            continue
+        relative = rule.rule[len(prefix):] or "/"
+        for method in rule.methods or ():
+            out.add((relative, method))
+    return out
+
+
+def capability_statement() -> dict:
+    routes = registered_routes()
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "kind": "instance",
+        "software": {"name": "fhirimg", "version": __version__},
+        "implementation": {"description": "fhirimg FHIR R5 imaging exchange server", "url": base_url()},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "application/json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [resource_capability(t, routes) for t in SUPPORTED_TYPES],
+            "interaction": [{"code": code} for key, code in SYSTEM_INTERACTIONS.items() if key in routes]
+            + ([{"code": "batch"}] if ("/", "POST") in routes else []),
+        }],
+    }
+    system_ops = [op for op in operation_entries(None)]
+    if system_ops:
+        statement["rest"][0]["operation"] = system_ops
+    return statement
+
+
+def resource_capability(res_type: str, routes: set) -> dict:
+    entry = {
+        "type": res_type,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{res_type}",
+        "interaction": [{"code": code} for key, code in TYPE_INTERACTIONS.items() if key in routes],
+        "versioning": "versioned-update",
+        "readHistory": ("/<res_type>/<res_id>/_history/<version>", "GET") in routes,
+        "updateCreate": True,
+        "conditionalCreate": ("/<res_type>", "POST") in routes,
+        "conditionalRead": "full-support",
+        "conditionalUpdate": ("/<res_type>", "PUT") in routes,
+        "conditionalPatch": ("/<res_type>", "PATCH") in routes,
+        "conditionalDelete": "single" if ("/<res_type>", "DELETE") in routes else "not-supported",
+        "searchParam": [search_param_entry(p) for p in search_registry.parameters_for(res_type)],
+    }
+    if search_registry.includes_for(res_type):
+        entry["searchInclude"] = search_registry.includes_for(res_type)
+    if search_registry.revincludes_for(res_type):
+        entry["searchRevInclude"] = search_registry.revincludes_for(res_type)
+    ops = operation_entries(res_type)
+    if ops:
+        entry["operation"] = ops
+    return entry
+
+
+def search_param_entry(param) -> dict:
+    entry = {"name": param.name, "type": param.type, "documentation": param.documentation}
+    if param.definition:
+        entry["definition"] = param.definition
+    return entry
+
+
+def operation_entries(res_type: str | None) -> list[dict]:
+    return [{"name": name, "definition": op["definition"], **({"documentation": op["documentation"]}
+                                                              if op["documentation"] else {})}
+            for name, op in OPERATIONS.items()
+            if (res_type is None and not op["types"]) or res_type in op["types"]]
+
+
+__all__ = ["blueprint", "register_operation", "request"]

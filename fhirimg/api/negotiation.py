@@ -1,0 +1,131 @@
+"""Content negotiation, request bodies and rendering (http.html#mime-type, #prefer)."""
+from __future__ import annotations
+
+import orjson
+from flask import Response, current_app, request
+
+from ..errors import FhirError, Invalid, NotAcceptable, TooLarge, UnsupportedMediaType, informational_outcome
+from ..store.records import StoredVersion
+
+FHIR_JSON = "application/fhir+json"
+JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
+XML_TYPES = {"application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir"}
+FORMAT_ALIASES = {"json": FHIR_JSON, "xml": "application/fhir+xml", "html": "text/html", "ttl": "text/turtle"}
+JSON_PATCH = "application/json-patch+json"
+
+
+def media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def response_media_type() -> str:
+    """The type to answer with: `_format` wins over Accept; only JSON is served."""
+    wanted = request.args.get("_format")
+    if wanted:
+        choice = FORMAT_ALIASES.get(wanted, media_type(wanted))
+        if choice in JSON_TYPES:
+            return choice if choice != "application/json+fhir" else FHIR_JSON
+        raise NotAcceptable(f"_format {wanted!r} is not supported: this server answers JSON only")
+    header = request.headers.get("Accept", "").strip()
+    if not header:
+        return FHIR_JSON
+    if "application/json+fhir" in header.lower():
+        return FHIR_JSON  # the DSTU2 name, still sent by old clients
+    best = request.accept_mimetypes.best_match([FHIR_JSON, "application/json"])
+    if best:
+        return best
+    raise NotAcceptable(f"cannot answer in {header!r}: this server serves "
+                        "application/fhir+json and application/json (XML is not supported)")
+
+
+def read_json_body(allowed: set[str] = JSON_TYPES):
+    """The request body parsed as JSON, after checks on its media type and size."""
+    content_type = media_type(request.headers.get("Content-Type"))
+    if content_type not in allowed:
+        if content_type in XML_TYPES:
+            raise UnsupportedMediaType("XML is not supported: send application/fhir+json")
+        expected = ", ".join(sorted(allowed))
+        raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported: use {expected}")
+    limit = current_app.config["FHIRIMG"]["limits"]["max_body_bytes"]
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"the request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    data = request.get_data(cache=False)
+    if len(data) > limit:
+        raise TooLarge(f"the request body exceeds the limit of {limit} bytes")
+    return parse_json(data)
+
+
+def parse_json(data: bytes):
+    if not data.strip():
+        raise Invalid("the request body is empty", code="structure")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid(f"the body is not valid JSON: {exc}", code="structure") from None
+
+
+def dumps(document) -> bytes:
+    if request.args.get("_pretty", "").lower() == "true":
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    return orjson.dumps(document)
+
+
+def json_response(document, status: int = 200, headers: dict | None = None) -> Response:
+    mimetype = response_media_type() if request else FHIR_JSON
+    return Response(dumps(document), status=status, headers=headers or {},
+                    content_type=f"{mimetype}; charset=utf-8")
+
+
+def prefer_return() -> str:
+    """Prefer: return=minimal | representation | OperationOutcome (default representation)."""
+    for token in request.headers.get("Prefer", "").split(","):
+        key, _, value = token.strip().partition("=")
+        if key.strip().lower() == "return":
+            value = value.strip().strip('"')
+            if value in ("minimal", "representation", "OperationOutcome"):
+                return value
+    return "representation"
+
+
+def prefer_handling() -> str:
+    for token in request.headers.get("Prefer", "").split(","):
+        key, _, value = token.strip().partition("=")
+        if key.strip().lower() == "handling" and value.strip() in ("strict", "lenient"):
+            return value.strip()
+    return "lenient"
+
+
+def base_url() -> str:
+    configured = current_app.config["FHIRIMG"]["base_url"]
+    return configured or request.url_root.rstrip("/") + "/fhir"
+
+
+def version_headers(stored: StoredVersion, with_location: bool = False) -> dict:
+    headers = {"ETag": stored.etag,
+               "Last-Modified": stored.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT")}
+    if with_location:
+        headers["Location"] = f"{base_url()}/{stored.location}"
+    return headers
+
+
+def write_response(stored: StoredVersion | None, status: int, diagnostics: str | None = None,
+                   with_location: bool = True) -> Response:
+    """The answer to a write, shaped by Prefer: return (http.html#ops)."""
+    headers = version_headers(stored, with_location) if stored is not None and stored.seq else {}
+    choice = prefer_return()
+    if choice == "minimal":
+        return Response(status=status, headers=headers)
+    if choice == "OperationOutcome" or stored is None or stored.resource is None:
+        text = diagnostics or ("created" if status == 201 else "ok")
+        return json_response(informational_outcome(text), status, headers)
+    return json_response(stored.resource, status, headers)
+
+
+def error_response(error: FhirError) -> Response:
+    mimetype = FHIR_JSON
+    try:
+        mimetype = response_media_type()
+    except FhirError:
+        pass  # an unacceptable Accept still gets its OperationOutcome in JSON
+    return Response(orjson.dumps(error.to_outcome()), status=error.status, headers=error.headers,
+                    content_type=f"{mimetype}; charset=utf-8")

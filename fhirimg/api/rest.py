@@ -1,0 +1,156 @@
+"""The RESTful API of http.html for the supported types: CRUD, vread, conditional, PATCH."""
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+from flask import Blueprint, Response, current_app, request
+
+from .. import interactions
+from ..errors import Invalid, MethodNotAllowed, NotFound
+from ..resources import SUPPORTED_TYPES
+from .negotiation import (JSON_PATCH, JSON_TYPES, json_response, read_json_body, version_headers,
+                          write_response)
+
+blueprint = Blueprint("rest", __name__)
+
+TYPE_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+INSTANCE_METHODS = ["GET", "HEAD", "PUT", "DELETE", "PATCH"]
+
+
+def repository():
+    return current_app.extensions["fhirimg.repository"]
+
+
+def checked_type(res_type: str) -> str:
+    if res_type not in SUPPORTED_TYPES:
+        raise NotFound(f"resource type {res_type!r} is not supported here "
+                       f"(supported: {', '.join(SUPPORTED_TYPES)})")
+    return res_type
+
+
+@blueprint.route("/<res_type>", methods=["POST"])
+def create(res_type: str) -> Response:
+    checked_type(res_type)
+    body = read_json_body()
+    with repository().transaction() as uow:
+        result = interactions.create(uow, res_type, body, request.headers.get("If-None-Exist"))
+    return write_response(result.stored, result.status, result.diagnostics)
+
+
+@blueprint.route("/<res_type>", methods=["PUT"])
+def conditional_update(res_type: str) -> Response:
+    checked_type(res_type)
+    body = read_json_body()
+    if_match = interactions.parse_if_match(request.headers.get("If-Match"))
+    with repository().transaction() as uow:
+        result = interactions.conditional_update(uow, res_type, request.query_string.decode(), body, if_match)
+    return write_response(result.stored, result.status, result.diagnostics)
+
+
+@blueprint.route("/<res_type>", methods=["DELETE"])
+def conditional_delete(res_type: str) -> Response:
+    checked_type(res_type)
+    with repository().transaction() as uow:
+        result = interactions.conditional_delete(uow, res_type, request.query_string.decode())
+    return delete_response(result)
+
+
+@blueprint.route("/<res_type>", methods=["PATCH"])
+def conditional_patch(res_type: str) -> Response:
+    checked_type(res_type)
+    operations = read_json_body({JSON_PATCH})
+    criteria = interactions.parse_criteria(request.query_string.decode())
+    if not criteria:
+        raise Invalid("a conditional patch needs search criteria in the URL")
+    if_match = interactions.parse_if_match(request.headers.get("If-Match"))
+    with repository().transaction() as uow:
+        matches = uow.search_ids(res_type, criteria)
+        if len(matches) != 1:
+            from ..errors import PreconditionFailed
+            raise PreconditionFailed(f"conditional patch criteria match {len(matches)} resources; exactly one is required")
+        result = interactions.patch(uow, res_type, matches[0], operations, if_match)
+    return write_response(result.stored, result.status)
+
+
+@blueprint.route("/<res_type>/<res_id>", methods=["GET", "HEAD"])
+def read(res_type: str, res_id: str) -> Response:
+    checked_type(res_type)
+    interactions.check_id(res_id, res_type)
+    with repository().reading() as uow:
+        stored = interactions.read(uow, res_type, res_id).stored
+    if is_not_modified(stored):
+        return Response(status=304, headers=version_headers(stored))
+    return json_response(stored.resource, 200, version_headers(stored))
+
+
+@blueprint.route("/<res_type>/<res_id>", methods=["PUT"])
+def update(res_type: str, res_id: str) -> Response:
+    checked_type(res_type)
+    interactions.check_id(res_id, res_type)
+    body = read_json_body()
+    if_match = interactions.parse_if_match(request.headers.get("If-Match"))
+    with repository().transaction() as uow:
+        result = interactions.update(uow, res_type, res_id, body, if_match)
+    return write_response(result.stored, result.status)
+
+
+@blueprint.route("/<res_type>/<res_id>", methods=["PATCH"])
+def patch(res_type: str, res_id: str) -> Response:
+    checked_type(res_type)
+    interactions.check_id(res_id, res_type)
+    operations = read_json_body({JSON_PATCH})
+    if_match = interactions.parse_if_match(request.headers.get("If-Match"))
+    with repository().transaction() as uow:
+        result = interactions.patch(uow, res_type, res_id, operations, if_match)
+    return write_response(result.stored, result.status)
+
+
+@blueprint.route("/<res_type>/<res_id>", methods=["DELETE"])
+def delete(res_type: str, res_id: str) -> Response:
+    checked_type(res_type)
+    interactions.check_id(res_id, res_type)
+    if_match = interactions.parse_if_match(request.headers.get("If-Match"))
+    with repository().transaction() as uow:
+        result = interactions.delete(uow, res_type, res_id, if_match)
+    return delete_response(result)
+
+
+@blueprint.route("/<res_type>/<res_id>/_history/<version>", methods=["GET", "HEAD"])
+def vread(res_type: str, res_id: str, version: str) -> Response:
+    checked_type(res_type)
+    interactions.check_id(res_id, res_type)
+    with repository().reading() as uow:
+        stored = interactions.vread(uow, res_type, res_id, version).stored
+    return json_response(stored.resource, 200, version_headers(stored))
+
+
+@blueprint.route("/<res_type>/<res_id>/_history/<version>", methods=["PUT", "POST", "DELETE", "PATCH"])
+def vread_other_methods(res_type: str, res_id: str, version: str) -> Response:
+    raise MethodNotAllowed(f"{request.method} is not allowed on a version; only GET", ["GET", "HEAD"])
+
+
+def delete_response(result: interactions.Result) -> Response:
+    stored = result.stored
+    headers = {"ETag": stored.etag} if stored is not None and stored.is_deleted else {}
+    from ..errors import informational_outcome
+    if request.headers.get("Prefer", "").replace(" ", "").lower().find("return=minimal") >= 0:
+        return Response(status=204, headers=headers)
+    return json_response(informational_outcome(result.diagnostics or "deleted"), 200, headers)
+
+
+def is_not_modified(stored) -> bool:
+    """Conditional read: If-None-Match on the ETag, or If-Modified-Since (http.html#cread)."""
+    none_match = request.headers.get("If-None-Match")
+    if none_match:
+        tags = {t.strip() for t in none_match.split(",")}
+        return "*" in tags or stored.etag in tags or stored.etag[2:] in tags
+    since = request.headers.get("If-Modified-Since")
+    if since:
+        try:
+            return stored.last_updated.replace(microsecond=0) <= parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False  # an unparseable date is ignored, as RFC 9110 says
+    return False
+
+
+__all__ = ["blueprint", "JSON_TYPES"]

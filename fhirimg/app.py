@@ -1,0 +1,94 @@
+"""create_app(): wires configuration, storage and blueprints. Nothing happens on import."""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from flask import Flask, g, request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed as WerkzeugMethodNotAllowed
+
+from .config import load_config
+from .errors import FhirError, MethodNotAllowed
+from .store import Repository, create_schema, make_engine
+
+FHIR_PREFIX = "/fhir"
+log = logging.getLogger("fhirimg")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def create_app(config: dict | None = None, engine=None) -> Flask:
+    """Build the WSGI app. `config` comes from load_config(); `engine` may be shared by tests."""
+    config = config if config is not None else load_config()
+    app = Flask(__name__)
+    app.config["FHIRIMG"] = config
+    app.config["FHIRIMG_PREFIX"] = FHIR_PREFIX
+    app.config["MAX_CONTENT_LENGTH"] = config["limits"]["max_body_bytes"]
+    app.json.sort_keys = False
+    engine = engine or make_engine(config["database_url"], echo=config["sql_echo"])
+    create_schema(engine)
+    app.extensions["fhirimg.engine"] = engine
+    app.extensions["fhirimg.repository"] = Repository(engine)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_request_id(app)
+    return app
+
+
+def register_blueprints(app: Flask) -> None:
+    from .api import capability, rest, search
+    # Order matters: fixed paths (metadata, _search, _history) before /<type>/<id>.
+    app.register_blueprint(capability.blueprint, url_prefix=FHIR_PREFIX)
+    app.register_blueprint(search.blueprint, url_prefix=FHIR_PREFIX)
+    app.register_blueprint(rest.blueprint, url_prefix=FHIR_PREFIX)
+
+
+def register_error_handlers(app: Flask) -> None:
+    from .api.negotiation import error_response
+
+    @app.errorhandler(FhirError)
+    def _fhir_error(error: FhirError):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        if isinstance(error, WerkzeugMethodNotAllowed):
+            allowed = sorted(error.valid_methods or [])
+            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}", allowed))
+        code = {404: "not-found", 413: "too-costly"}.get(error.code or 500, "processing")
+        text = "no such endpoint: " + request.path if error.code == 404 else (error.description or error.name)
+        return error_response(FhirError(error.code or 500, code, text))
+
+    @app.errorhandler(OperationalError)
+    def _database_busy(error: OperationalError):
+        log.warning("database unavailable (request %s): %s", g.get("request_id"), error)
+        return error_response(FhirError(503, "transient", "the database is busy or unavailable; retry later",
+                                        headers={"Retry-After": "1"}))
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        if isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", "") in ("40001", "40P01"):
+            return error_response(FhirError(409, "conflict", "a concurrent transaction conflicted; retry"))
+        log.exception("unexpected error in request %s %s %s", g.get("request_id"), request.method, request.path)
+        return error_response(FhirError(500, "exception", "internal server error; quote request id "
+                                        f"{g.get('request_id')} when reporting it"))
+
+
+def register_request_id(app: Flask) -> None:
+    @app.before_request
+    def _assign_request_id():
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    @app.before_request
+    def _negotiate_format():
+        # Answer 406 before doing any work for a client that cannot read our answer.
+        if request.path.startswith(FHIR_PREFIX):
+            from .api.negotiation import response_media_type
+            response_media_type()
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response

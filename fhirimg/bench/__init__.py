@@ -1,0 +1,1 @@
+"""`fhirimg bench ...`: benchmarks that are part of the product."""

@@ -1,0 +1,103 @@
+"""The `fhirimg` command: run, serve, worker, load, check-config, bench."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from .config import ConfigError, load_config, masked
+
+
+def _load(config_path: str | None) -> dict:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _setup_logging(config: dict) -> None:
+    logging.basicConfig(level=config["log_level"],
+                        format="%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """fhirimg: a FHIR R5 imaging exchange server."""
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def check_config(config_path: str | None) -> None:
+    """Validate the configuration and print the effective values, secrets masked."""
+    config = _load(config_path)
+    click.echo(json.dumps(masked(config), indent=2, sort_keys=True))
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option("--dev", is_flag=True, help="Flask's development server (one process, auto-reload off).")
+@click.option("--host", help="Listen address (default from config: serve.host).")
+@click.option("--port", type=int, help="Listen port (default from config: serve.port).")
+@click.option("--workers", type=int, help="gunicorn worker processes (default from config: serve.workers).")
+def serve(config_path, dev, host, port, workers) -> None:
+    """Serve the FHIR API at http://HOST:PORT/fhir (gunicorn unless --dev)."""
+    from .serve import serve_dev, serve_gunicorn
+    config = _load(config_path)
+    _setup_logging(config)
+    serve_config = dict(config["serve"], **{k: v for k, v in
+                                            {"host": host, "port": port, "workers": workers}.items() if v})
+    (serve_dev if dev else serve_gunicorn)(config, serve_config)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+def worker(config_path, burst) -> None:
+    """Run an RQ worker on the configured queues (urgent first)."""
+    from .worker import run_worker
+    config = _load(config_path)
+    _setup_logging(config)
+    if not config["redis_url"]:
+        raise click.ClickException("FHIRIMG_REDIS_URL (redis_url) must name the Redis server for a worker")
+    run_worker(config, burst=burst)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def run(config_path) -> None:
+    """Everything on one machine: a private Redis under var/, one worker, and the server."""
+    from .embedded import run_embedded
+    config = _load(config_path)
+    _setup_logging(config)
+    sys.exit(run_embedded(config, config_path))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--base", default="http://127.0.0.1:8080/fhir", show_default=True, help="FHIR base URL.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def load(paths, base, quiet) -> None:
+    """POST resources and Bundles from JSON files or directories to a FHIR server."""
+    from .loader import load_paths
+    summary = load_paths(list(paths), base, progress=not quiet)
+    click.echo(summary.describe())
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print figures you can compare."""
+
+
+def _register_bench_commands() -> None:
+    from .bench import crud
+    bench.add_command(crud.command)
+
+
+_register_bench_commands()
+
+if __name__ == "__main__":
+    main()

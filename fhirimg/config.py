@@ -1,0 +1,176 @@
+"""Configuration: one marshmallow schema, read once at start-up.
+
+Sources, later ones winning: the schema's defaults, a TOML file (``--config``,
+``FHIRIMG_CONFIG`` or ``config/fhirimg.toml`` when present), then ``FHIRIMG_*``
+environment variables (``FHIRIMG_DATABASE_URL``; nested keys with a double underscore,
+``FHIRIMG_SERVE__WORKERS``). A bad value stops start-up with a message naming the key.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+
+ENV_PREFIX = "FHIRIMG_"
+DEFAULT_FILE = Path("config/fhirimg.toml")
+SECRET_KEYS = ("password", "secret", "token")
+
+# Extra sections contributed by other packages (transfer, replication) register a schema
+# here before load_config is called; see register_section.
+_SECTIONS: dict[str, type[Schema]] = {}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class ServeSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    host = fields.String(load_default="127.0.0.1")
+    port = fields.Integer(load_default=8080, validate=validate.Range(1, 65535))
+    workers = fields.Integer(load_default=4, validate=validate.Range(1, 256))
+    threads = fields.Integer(load_default=4, validate=validate.Range(1, 256))
+    timeout = fields.Integer(load_default=120, validate=validate.Range(1, 3600))
+
+
+class LimitsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    max_body_bytes = fields.Integer(load_default=64 * 1024 * 1024, validate=validate.Range(1024))
+    max_bundle_entries = fields.Integer(load_default=10_000, validate=validate.Range(1))
+    default_page_size = fields.Integer(load_default=20, validate=validate.Range(1, 10_000))
+    max_page_size = fields.Integer(load_default=1000, validate=validate.Range(1, 100_000))
+
+
+class WorkerSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    queues = fields.List(fields.String(), load_default=lambda: ["fhirimg-urgent", "fhirimg"])
+    embedded = fields.Boolean(load_default=True)
+
+
+class ConfigSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    database_url = fields.String(load_default="sqlite:///var/fhirimg.db")
+    redis_url = fields.String(load_default="")
+    var_dir = fields.String(load_default="var")
+    base_url = fields.String(load_default="", validate=validate.Regexp(r"^(|https?://\S+[^/])$"))
+    log_level = fields.String(load_default="INFO",
+                              validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
+    sql_echo = fields.Boolean(load_default=False)
+    serve = fields.Nested(ServeSchema, load_default=lambda: ServeSchema().load({}))
+    limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
+    worker = fields.Nested(WorkerSchema, load_default=lambda: WorkerSchema().load({}))
+    sections = fields.Dict(load_default=dict)
+
+
+def register_section(name: str, schema: type[Schema]) -> None:
+    """Let a subsystem (transfer, replication) own a validated section of the config."""
+    _SECTIONS[name] = schema
+
+
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None, read_files: bool = True) -> dict:
+    """Load, merge and validate the configuration; raise ConfigError naming the bad key.
+
+    `read_files=False` uses only the defaults, `env` and `overrides` (tests).
+    """
+    env = os.environ if env is None else env
+    raw = _read_file(_config_path(path, env)) if read_files else {}
+    _merge(raw, _from_env(env))
+    _merge(raw, dict(overrides or {}))
+    extra = {name: raw.pop(name) for name in list(raw) if name in _SECTIONS}
+    try:
+        config = ConfigSchema().load(raw)
+        config["sections"] = {name: schema(unknown=RAISE).load(extra.get(name, {}))
+                              for name, schema in _SECTIONS.items()}
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc.messages)}") from None
+    return config
+
+
+def _config_path(path, env) -> Path | None:
+    if path:
+        return Path(path)
+    if env.get(ENV_PREFIX + "CONFIG"):
+        return Path(env[ENV_PREFIX + "CONFIG"])
+    return DEFAULT_FILE if DEFAULT_FILE.is_file() else None
+
+
+def _read_file(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+
+
+def _from_env(env: Mapping[str, str]) -> dict:
+    """FHIRIMG_A__B=v becomes {"a": {"b": v}}; values stay strings for marshmallow to parse."""
+    out: dict = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG",) or key.startswith(ENV_PREFIX + "TEST_"):
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_env_value(value)
+    return out
+
+
+def _parse_env_value(value: str):
+    # Lists are written as comma-separated values (FHIRIMG_WORKER__QUEUES=a,b).
+    return value.split(",") if "," in value and "://" not in value else value
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _describe(messages, prefix: str = "") -> str:
+    if isinstance(messages, dict):
+        return "; ".join(_describe(v, f"{prefix}{k}.") for k, v in messages.items())
+    if isinstance(messages, list):
+        return f"{prefix.rstrip('.')}: {' '.join(str(m) for m in messages)}"
+    return f"{prefix.rstrip('.')}: {messages}"
+
+
+def masked(config: Mapping[str, Any]) -> dict:
+    """A copy safe to print: passwords in URLs and secret-looking keys are masked."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out[key] = masked(value)
+        elif isinstance(value, str) and any(s in key.lower() for s in SECRET_KEYS) and value:
+            out[key] = "***"
+        elif isinstance(value, str) and "://" in value and "@" in value:
+            out[key] = _mask_url_password(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _mask_url_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}{at}{host}"

@@ -1,0 +1,171 @@
+"""Supported resource types and R5 validation.
+
+The fhir.resources models check structure, types, unknown elements and the formats of
+primitives. They let some invalid content through, so this module adds the rules they
+lack (json.html and datatypes.html):
+
+* JSON ``null``, empty objects, empty arrays and empty strings are not allowed;
+* codes with a *required* binding must be one of the bound codes (the models carry the
+  codes in ``enum_values`` but do not enforce them: ImagingStudy.status "bogus" passes);
+* a resource id is at most 64 characters;
+* a Reference whose target types are restricted must point at one of them.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Iterator
+
+from fhir.resources import get_fhir_model_class
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+from pydantic import ValidationError
+
+from .errors import Invalid, Issue, Unprocessable
+
+SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
+_CONDITIONAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)\?")
+
+
+def is_supported_type(name: str) -> bool:
+    return name in SUPPORTED_TYPES
+
+
+def is_valid_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(ID_PATTERN.match(value))
+
+
+def validate_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstractModel:
+    """Validate JSON content as an R5 resource; raise a 400/422 naming every bad element."""
+    if not isinstance(resource, dict):
+        raise Invalid("the resource must be a JSON object", ["Resource"], code="structure")
+    res_type = resource.get("resourceType")
+    if not isinstance(res_type, str) or not res_type:
+        raise Invalid("resourceType is missing", ["Resource.resourceType"], code="required")
+    if expected_type and res_type != expected_type:
+        raise Invalid(f"resourceType {res_type!r} does not match the expected type {expected_type!r}",
+                      [f"{res_type}.resourceType"])
+    if not is_supported_type(res_type):
+        raise Invalid(f"resource type {res_type!r} is not supported here "
+                      f"(supported: {', '.join(SUPPORTED_TYPES)})", [f"{res_type}.resourceType"],
+                      code="not-supported")
+    issues = list(find_empty_values(resource, res_type))
+    if "id" in resource and not is_valid_id(resource["id"]):
+        issues.append(Issue("value", "id must be 1-64 characters of A-Z a-z 0-9 - .", [f"{res_type}.id"]))
+    if issues:
+        raise Invalid(issues[0].diagnostics, issues=issues)
+    model = _parse_model(resource, res_type)
+    issues = list(find_rule_violations(model, res_type))
+    if issues:
+        raise Unprocessable(issues[0].diagnostics, code="code-invalid", issues=issues)
+    return model
+
+
+def find_empty_values(node: Any, path: str) -> Iterator[Issue]:
+    """json.html: no nulls (except inside primitive-extension arrays), no empty {} [] or ""."""
+    if isinstance(node, dict):
+        if not node:
+            yield Issue("invalid", "empty objects are not allowed", [path])
+        for key, value in node.items():
+            if value is None:
+                yield Issue("invalid", f"{key} is null: leave the element out instead", [f"{path}.{key}"])
+            else:
+                yield from find_empty_values(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        if not node:
+            yield Issue("invalid", "empty arrays are not allowed", [path])
+        for i, value in enumerate(node):
+            # A null in an array is allowed only as a placeholder aligning value and _value arrays.
+            if value is not None:
+                yield from find_empty_values(value, f"{path}[{i}]")
+            elif not path.rsplit(".", 1)[-1].startswith("_"):
+                yield Issue("invalid", "null array items are not allowed", [f"{path}[{i}]"])
+    elif isinstance(node, str) and not node.strip():
+        yield Issue("invalid", "empty or blank strings are not allowed", [path])
+
+
+def _parse_model(resource: dict, res_type: str) -> FHIRAbstractModel:
+    try:
+        return get_fhir_model_class(res_type).model_validate(resource)
+    except ValidationError as exc:
+        issues = [Issue(_issue_code(err), _error_message(err), [_loc_to_path(res_type, err["loc"])])
+                  for err in exc.errors(include_url=False)]
+        raise Invalid(issues[0].diagnostics, issues=issues) from None
+
+
+def _issue_code(err: dict) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "structure"
+    if kind == "missing":
+        return "required"
+    return "value"
+
+
+def _error_message(err: dict) -> str:
+    kind = err.get("type", "")
+    name = _loc_to_path("", err["loc"]).lstrip(".") or "resource"
+    if kind == "extra_forbidden":
+        return f"unknown element {name!r}"
+    if kind == "missing":
+        return f"required element {name!r} is missing"
+    return f"{name}: {err.get('msg', 'invalid value')} (got {_short(err.get('input'))})"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _loc_to_path(root: str, loc: tuple) -> str:
+    path = root
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part and not part[0].isupper() and "[" not in part:
+            # pydantic adds union/function tags (e.g. "function-after[...]"); keep element names only
+            path += f".{part}"
+    return path
+
+
+def find_rule_violations(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:
+    """Walk the parsed model: required code bindings and reference target types."""
+    for name, alias, enum_values, ref_types in _checked_fields(type(model)):
+        value = getattr(model, name, None)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            item_path = f"{path}.{alias}[{i}]" if isinstance(value, list) else f"{path}.{alias}"
+            if enum_values and isinstance(item, str) and item not in enum_values:
+                yield Issue("code-invalid", f"{item!r} is not a valid code for {item_path.split('.', 1)[-1]}"
+                            f" (required binding: {', '.join(sorted(enum_values))})", [item_path])
+            elif isinstance(item, FHIRAbstractModel):
+                if ref_types:
+                    yield from _check_reference_target(item, ref_types, item_path)
+                yield from find_rule_violations(item, item_path)
+
+
+def _check_reference_target(ref: FHIRAbstractModel, allowed: tuple, path: str) -> Iterator[Issue]:
+    literal = getattr(ref, "reference", None)
+    if not isinstance(literal, str) or "Resource" in allowed:
+        return
+    match = _REFERENCE_TYPE.search(literal.split("?")[0]) or _CONDITIONAL_REFERENCE.match(literal)
+    if match and match.group(1) not in allowed:
+        yield Issue("value", f"reference to {match.group(1)} is not allowed here "
+                    f"(allowed: {', '.join(allowed)})", [f"{path}.reference"])
+
+
+@lru_cache(maxsize=None)
+def _checked_fields(model_class: type) -> tuple:
+    """Per model class: (name, alias, required-binding codes, reference target types)."""
+    out = []
+    for name, info in model_class.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if not extra.get("element_property"):
+            continue
+        enum_values = frozenset(extra.get("enum_values") or ())
+        ref_types = tuple(extra.get("enum_reference_types") or ())
+        out.append((name, info.alias or name, enum_values, ref_types))
+    return tuple(out)

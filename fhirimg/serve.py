@@ -1,0 +1,39 @@
+"""Serving the WSGI app: gunicorn in production, Flask's server with --dev."""
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+
+class GunicornApplication(BaseApplication):
+    """gunicorn driven from our validated config; the app is built in each worker after fork,
+    so no database connection is shared between processes."""
+
+    def __init__(self, config: dict, options: dict):
+        self.fhirimg_config = config
+        self.options = options
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+        return create_app(self.fhirimg_config)
+
+
+def gunicorn_options(serve: dict) -> dict:
+    return {"bind": f"{serve['host']}:{serve['port']}", "workers": serve["workers"],
+            "threads": serve["threads"], "timeout": serve["timeout"], "worker_class": "gthread",
+            "accesslog": "-", "graceful_timeout": 10, "limit_request_line": 8190}
+
+
+def serve_gunicorn(config: dict, serve: dict) -> None:
+    from .app import create_app
+    create_app(config).extensions["fhirimg.engine"].dispose()  # create the schema once, before forking
+    GunicornApplication(config, gunicorn_options(serve)).run()
+
+
+def serve_dev(config: dict, serve: dict) -> None:
+    from .app import create_app
+    create_app(config).run(host=serve["host"], port=serve["port"], threaded=True, use_reloader=False)

@@ -1,0 +1,284 @@
+"""The versioned repository: read, vread, create, update, delete inside one DB transaction.
+
+A UnitOfWork is one database transaction. Conflicts are detected as they happen (the
+current-version row is updated with a compare-and-set on its version number, a new row
+hits the primary key), while version rows, the change sequence and lastUpdated are
+written together at commit under the change counter's row lock, so ``seq`` order is
+commit order on PostgreSQL as well as on SQLite.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import orjson
+from sqlalchemy import and_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import Conflict, PreconditionFailed
+from .engine import WRITE_OPTION
+from .records import StoredVersion, format_instant
+from .schema import change_counter, resource_current, resource_version
+
+SERVER_META = ("versionId", "lastUpdated")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Repository:
+    """Entry point to storage; pass it explicitly to whatever needs it."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], int] = wall_clock_ms, indexer=None):
+        from ..search import index as default_indexer
+        self.engine = engine
+        self.clock = clock
+        self.indexer = indexer or default_indexer
+
+    @contextmanager
+    def transaction(self) -> Iterator["UnitOfWork"]:
+        """One write transaction; commits when the block ends normally, else rolls back."""
+        with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
+            with conn.begin():
+                uow = UnitOfWork(conn, self.clock, self.indexer)
+                yield uow
+                uow.flush_versions()
+
+    @contextmanager
+    def reading(self) -> Iterator["UnitOfWork"]:
+        """A read-only transaction (no write lock on SQLite)."""
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield UnitOfWork(conn, self.clock, self.indexer, read_only=True)
+
+    def read(self, res_type: str, res_id: str) -> StoredVersion | None:
+        with self.reading() as uow:
+            return uow.read(res_type, res_id)
+
+    def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
+        with self.reading() as uow:
+            return uow.vread(res_type, res_id, version)
+
+    def create(self, res_type: str, resource: dict, res_id: str | None = None) -> StoredVersion:
+        with self.transaction() as uow:
+            return uow.create(res_type, resource, res_id)
+
+    def update(self, res_type: str, res_id: str, resource: dict, if_match: int | None = None) -> StoredVersion:
+        with self.transaction() as uow:
+            return uow.update(res_type, res_id, resource, if_match)
+
+    def delete(self, res_type: str, res_id: str, if_match: int | None = None) -> StoredVersion | None:
+        with self.transaction() as uow:
+            return uow.delete(res_type, res_id, if_match)
+
+
+class UnitOfWork:
+    """The operations of one database transaction."""
+
+    def __init__(self, conn: Connection, clock, indexer, read_only: bool = False):
+        self.conn = conn
+        self.clock = clock
+        self.indexer = indexer
+        self.read_only = read_only
+        self.pending: dict[tuple[str, str], StoredVersion] = {}
+        self.written: list[StoredVersion] = []
+
+    # -- reads -------------------------------------------------------------------------
+    def read(self, res_type: str, res_id: str) -> StoredVersion | None:
+        """The current version (possibly a delete), or None if the resource never existed."""
+        if (res_type, res_id) in self.pending:
+            return self.pending[(res_type, res_id)]
+        cur, ver = resource_current, resource_version
+        row = self.conn.execute(
+            select(ver).select_from(cur.join(ver, and_(ver.c.res_type == cur.c.res_type,
+                                                       ver.c.res_id == cur.c.res_id,
+                                                       ver.c.version == cur.c.version)))
+            .where(cur.c.res_type == res_type, cur.c.res_id == res_id)).first()
+        return row_to_version(row) if row else None
+
+    def read_many(self, res_type: str, res_ids: list[str]) -> dict[str, StoredVersion]:
+        """Current versions of several resources of one type in one query (search pages)."""
+        out = {rid: self.pending[(res_type, rid)] for rid in res_ids if (res_type, rid) in self.pending}
+        missing = [rid for rid in res_ids if rid not in out]
+        cur, ver = resource_current, resource_version
+        for start in range(0, len(missing), 500):
+            chunk = missing[start:start + 500]
+            rows = self.conn.execute(
+                select(ver).select_from(cur.join(ver, and_(ver.c.res_type == cur.c.res_type,
+                                                           ver.c.res_id == cur.c.res_id,
+                                                           ver.c.version == cur.c.version)))
+                .where(cur.c.res_type == res_type, cur.c.res_id.in_(chunk)))
+            for row in rows:
+                out[row.res_id] = row_to_version(row)
+        return out
+
+    def vread(self, res_type: str, res_id: str, version: int) -> StoredVersion | None:
+        pending = self.pending.get((res_type, res_id))
+        if pending and pending.version == version:
+            return pending
+        ver = resource_version
+        row = self.conn.execute(select(ver).where(ver.c.res_type == res_type, ver.c.res_id == res_id,
+                                                  ver.c.version == version)).first()
+        return row_to_version(row) if row else None
+
+    def search_ids(self, res_type: str, criteria: list[tuple[str, str]]) -> list[str]:
+        """Ids of current resources matching search criteria (for conditional operations)."""
+        return self.indexer.find_ids(self.conn, res_type, criteria)
+
+    # -- writes ------------------------------------------------------------------------
+    def create(self, res_type: str, resource: dict, res_id: str | None = None,
+               method: str = "POST") -> StoredVersion:
+        """Create version 1 under a new server id, or under `res_id` (update-as-create)."""
+        res_id = res_id or new_id()
+        try:
+            self.conn.execute(resource_current.insert().values(
+                res_type=res_type, res_id=res_id, version=1, is_deleted=False, last_updated_ms=0))
+        except IntegrityError:
+            raise Conflict(f"{res_type}/{res_id} was created concurrently by another request") from None
+        return self._record(res_type, res_id, 1, method, resource, created=True)
+
+    def update(self, res_type: str, res_id: str, resource: dict, if_match: int | None = None,
+               method: str = "PUT") -> StoredVersion:
+        """Write a new version; update-as-create when the resource does not exist.
+
+        When the content equals the current version's (ignoring meta.versionId and
+        meta.lastUpdated) nothing is written: re-sending the same data is idempotent.
+        """
+        current = self.read(res_type, res_id)
+        if if_match is not None and (current is None or current.version != if_match):
+            have = "does not exist" if current is None else f"is at version {current.version}"
+            raise PreconditionFailed(f"If-Match expects version {if_match} but {res_type}/{res_id} {have}")
+        if current is None:
+            return self.create(res_type, resource, res_id, method)
+        if not current.is_deleted and same_content(current.resource, resource):
+            current.changed = False
+            return current
+        self._bump_version(current)
+        return self._record(res_type, res_id, current.version + 1, method, resource,
+                            created=current.is_deleted)
+
+    def delete(self, res_type: str, res_id: str, if_match: int | None = None) -> StoredVersion | None:
+        """Write a delete version; a resource already deleted or never created is left alone."""
+        current = self.read(res_type, res_id)
+        if if_match is not None and (current is None or current.version != if_match):
+            raise PreconditionFailed(f"If-Match expects version {if_match} of {res_type}/{res_id}")
+        if current is None:
+            return None
+        if current.is_deleted:
+            current.changed = False
+            return current
+        self._bump_version(current, is_deleted=True)
+        return self._record(res_type, res_id, current.version + 1, "DELETE", None)
+
+    def _bump_version(self, current: StoredVersion, is_deleted: bool = False) -> None:
+        # Compare-and-set: of two concurrent writers of one resource only one can move the
+        # version from n to n+1; the other matches no row and gets a 409.
+        cur = resource_current
+        result = self.conn.execute(
+            update(cur).where(cur.c.res_type == current.res_type, cur.c.res_id == current.res_id,
+                              cur.c.version == current.version)
+            .values(version=current.version + 1, is_deleted=is_deleted))
+        if result.rowcount != 1:
+            raise Conflict(f"{current.res_type}/{current.res_id} was changed by another request "
+                           f"while this one was being processed; read it again and retry")
+
+    def _record(self, res_type, res_id, version, method, resource, created=False) -> StoredVersion:
+        stored = StoredVersion(res_type, res_id, version, method, is_deleted=resource is None,
+                               resource=strip_server_meta(resource) if resource else None,
+                               created=created)
+        if stored.resource is not None:
+            stored.resource["id"] = res_id
+            self.indexer.write_index(self.conn, res_type, res_id, stored.resource)
+        else:
+            self.indexer.delete_index(self.conn, res_type, res_id)
+        self.pending[(res_type, res_id)] = stored
+        self.written.append(stored)
+        return stored
+
+    def flush_versions(self) -> None:
+        """Assign the change sequence and lastUpdated, then insert the version rows."""
+        versions = [v for v in self.written if v.seq == 0]
+        if not versions:
+            return
+        last_seq, now_ms = self._take_sequence(len(versions))
+        rows = []
+        for offset, stored in enumerate(versions):
+            stored.seq = last_seq - len(versions) + 1 + offset
+            stored.last_updated_ms = now_ms
+            if stored.resource is not None:
+                meta = dict(stored.resource.get("meta") or {})
+                meta["versionId"] = str(stored.version)
+                meta["lastUpdated"] = format_instant(now_ms)
+                stored.resource = {"resourceType": stored.resource["resourceType"], "id": stored.res_id,
+                                   "meta": meta, **{k: v for k, v in stored.resource.items()
+                                                    if k not in ("resourceType", "id", "meta")}}
+            rows.append(version_row(stored))
+        self.conn.execute(resource_version.insert(), rows)
+        self._stamp_current(versions, now_ms)
+
+    def _take_sequence(self, count: int) -> tuple[int, int]:
+        # The row lock taken here is held until commit: whoever takes it next commits after us.
+        now = self.clock()
+        cc = change_counter
+        row = self.conn.execute(
+            update(cc).where(cc.c.id == 1)
+            .values(value=cc.c.value + count,
+                    last_ms=_greatest(cc.c.last_ms, now))
+            .returning(cc.c.value, cc.c.last_ms)).one()
+        return int(row.value), int(row.last_ms)
+
+    def _stamp_current(self, versions: list[StoredVersion], now_ms: int) -> None:
+        cur = resource_current
+        keys = {(v.res_type, v.res_id) for v in versions}
+        for res_type, res_id in keys:
+            self.conn.execute(update(cur).where(cur.c.res_type == res_type, cur.c.res_id == res_id)
+                              .values(last_updated_ms=now_ms))
+
+
+def _greatest(column, value: int):
+    from sqlalchemy import case
+    return case((column < value, value), else_=column)
+
+
+def strip_server_meta(resource: dict) -> dict:
+    """A copy without meta.versionId/lastUpdated: the server owns those (http.html#update)."""
+    out = dict(resource)
+    meta = out.get("meta")
+    if isinstance(meta, dict):
+        meta = {k: v for k, v in meta.items() if k not in SERVER_META}
+        if meta:
+            out["meta"] = meta
+        else:
+            out.pop("meta")
+    return out
+
+
+def same_content(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return False
+    a, b = strip_server_meta(a), strip_server_meta(b)
+    a.pop("id", None)
+    b.pop("id", None)
+    return a == b
+
+
+def version_row(stored: StoredVersion) -> dict:
+    return {"seq": stored.seq, "res_type": stored.res_type, "res_id": stored.res_id,
+            "version": stored.version, "last_updated_ms": stored.last_updated_ms,
+            "method": stored.method, "is_deleted": stored.is_deleted,
+            "content": orjson.dumps(stored.resource) if stored.resource is not None else None}
+
+
+def row_to_version(row) -> StoredVersion:
+    return StoredVersion(res_type=row.res_type, res_id=row.res_id, version=row.version,
+                         method=row.method, is_deleted=bool(row.is_deleted),
+                         resource=orjson.loads(row.content) if row.content is not None else None,
+                         seq=row.seq, last_updated_ms=row.last_updated_ms)

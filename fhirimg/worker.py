@@ -1,0 +1,15 @@
+"""The RQ worker process: listens to the configured queues, urgent work first."""
+from __future__ import annotations
+
+from redis import Redis
+from rq import Queue, Worker
+
+
+def connect_redis(url: str) -> Redis:
+    return Redis.from_url(url)
+
+
+def run_worker(config: dict, burst: bool = False) -> None:
+    connection = connect_redis(config["redis_url"])
+    queues = [Queue(name, connection=connection) for name in config["worker"]["queues"]]
+    Worker(queues, connection=connection).work(burst=burst, with_scheduler=True)
