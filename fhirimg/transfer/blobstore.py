@@ -21,6 +21,8 @@ import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
+from fhirimg.store.engine import WRITE_OPTION
+
 from .schema import dicom_instance
 from .uids import require_uid
 
@@ -121,7 +123,8 @@ class BlobStore:
             "instance_number", "size", "sha256", "path", "stored_ms")}
         row["attributes"] = orjson.dumps(record.attributes)
         table = dicom_instance
-        with self.engine.begin() as conn:
+        # A write transaction must take SQLite's write lock at BEGIN (see store.engine).
+        with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
             old = conn.execute(select(table.c.path).where(table.c.sop_uid == record.sop_uid)).first()
             conn.execute(delete(table).where(table.c.sop_uid == record.sop_uid))
             conn.execute(table.insert().values(**row))

@@ -119,7 +119,8 @@ class TransferClient:
                     response.close()
             if delay is None or attempt == self.settings.max_retries:
                 raise failure
-            self.retries += 1
+            with self._lock:
+                self.retries += 1
             self.sleep(delay)
 
     def get_json(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20):

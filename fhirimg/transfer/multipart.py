@@ -107,16 +107,18 @@ class SinglePartReader:
         self.max_part_bytes = max_part_bytes
         self.is_closed = False
         self.part_count = 0
+        self.current: Part | None = None
 
     def read(self, chunks: Iterable[bytes]) -> Iterator[Part]:
         """Copy the body into one sink; the part is complete when the body ends."""
-        part = Part(headers=self.headers, sink=self.open_sink(self.headers))
+        part = self.current = Part(headers=self.headers, sink=self.open_sink(self.headers))
         self.part_count = 1
         for chunk in chunks:
             part.size += len(chunk)
             _check_size(part, self.max_part_bytes)
             part.sink.write(chunk)
         part.is_complete = self.is_closed = True
+        self.current = None
         yield part
 
 
@@ -126,7 +128,11 @@ def _check_size(part: Part, max_part_bytes: int | None) -> None:
 
 
 class MultipartReader:
-    """State machine over a sliding window; ``is_closed`` tells if the close delimiter came."""
+    """State machine over a sliding window.
+
+    ``is_closed`` tells whether the close delimiter came; ``current`` is the part being
+    written, if any, so that a caller whose stream broke can discard its sink.
+    """
 
     def __init__(self, boundary: str, open_sink: SinkFactory, max_part_bytes: int | None = None):
         # The leading CRLF belongs to the delimiter (RFC 2046 §5.1.1); a body that
@@ -138,7 +144,7 @@ class MultipartReader:
         self.part_count = 0
         self._buf = bytearray(b"\r\n")
         self._state = self._in_preamble
-        self._part: Part | None = None
+        self.current: Part | None = None
 
     def read(self, chunks: Iterable[bytes]) -> Iterator[Part]:
         """Feed every chunk through the state machine, yielding each part once it is finished."""
@@ -203,13 +209,13 @@ class MultipartReader:
             raw = bytes(self._buf[:end])
             del self._buf[: end + 4]
         headers = parse_part_headers(raw)
-        self._part = Part(headers=headers, sink=self.open_sink(headers))
+        self.current = Part(headers=headers, sink=self.open_sink(headers))
         self.part_count += 1
         self._state = self._in_body
         return True
 
     def _in_body(self):
-        part = self._part
+        part = self.current
         index = self._buf.find(self.delimiter)
         if index < 0:
             # Keep only what could be the start of a delimiter split across chunks.
@@ -218,14 +224,14 @@ class MultipartReader:
         self._write_body(index)
         del self._buf[: len(self.delimiter)]
         part.is_complete = True
-        self._part = None
+        self.current = None
         self._state = self._after_delimiter
         return part
 
     def _write_body(self, count: int) -> None:
         if count <= 0:
             return
-        part = self._part
+        part = self.current
         part.size += count
         _check_size(part, self.max_part_bytes)
         with memoryview(self._buf) as view:
@@ -240,7 +246,7 @@ class MultipartReader:
         """End of input: an open part is flushed and reported incomplete (truncated body)."""
         if self._state == self._in_body:
             self._write_body(len(self._buf))
-            part, self._part = self._part, None
+            part, self.current = self.current, None
             yield part
         elif self._state == self._in_preamble and self.part_count == 0:
             raise MultipartError("no multipart boundary found in the body")

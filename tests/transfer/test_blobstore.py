@@ -5,7 +5,7 @@ import hashlib
 import os
 
 import pytest
-from dicomfactory import make_study
+from .dicomfactory import make_study
 
 from fhirimg.errors import Invalid
 from fhirimg.transfer.dicomcheck import Expectation, RejectedPart, inspect_part10

@@ -7,7 +7,7 @@ import time
 from email.utils import formatdate
 
 import pytest
-from scripted_server import ScriptedServer
+from .scripted_server import ScriptedServer
 
 from fhirimg.transfer.client import (ClientSettings, EndpointLimits, SourceError, TransferClient,
                                      build_url, parse_retry_after)

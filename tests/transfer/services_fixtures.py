@@ -1,1 +1,0 @@
-"""Private services for the transfer tests (filled in below)."""
