@@ -128,6 +128,21 @@ def patch(uow: UnitOfWork, res_type: str, res_id: str, operations, if_match: int
     return Result(200, stored)
 
 
+def conditional_patch(uow: UnitOfWork, res_type: str, query: str, operations,
+                      if_match: int | None = None) -> Result:
+    """PATCH [type]?criteria (http.html#patch): no match is 404, several are 412."""
+    criteria = parse_criteria(query)
+    if not criteria:
+        raise Invalid("a conditional patch needs search criteria in the URL")
+    matches = uow.search_ids(res_type, criteria)
+    if not matches:
+        raise NotFound(f"no {res_type} matches the conditional patch criteria")
+    if len(matches) > 1:
+        raise PreconditionFailed(f"the criteria match {len(matches)} {res_type} resources; "
+                                 "a conditional patch needs exactly one")
+    return patch(uow, res_type, matches[0], operations, if_match)
+
+
 def apply_json_patch(resource: dict, operations) -> dict:
     if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
         raise Invalid("a JSON Patch document is an array of operation objects", ["Patch"])
@@ -196,4 +211,5 @@ def check_id(res_id: str, res_type: str) -> None:
 
 
 __all__ = ["Result", "FhirError", "read", "vread", "create", "update", "conditional_update", "patch",
+           "conditional_patch",
            "delete", "conditional_delete", "parse_criteria", "parse_if_match", "check_id"]

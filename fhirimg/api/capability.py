@@ -5,6 +5,8 @@ and operations off the operation registry: nothing here is kept by hand.
 """
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, current_app, request
 
 from .. import FHIR_VERSION, __version__
@@ -42,14 +44,21 @@ def metadata() -> Response:
     return json_response(capability_statement())
 
 
+_CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^:<>]+)>")
+
+
 def registered_routes() -> set[tuple[str, str]]:
-    """(rule relative to the FHIR base, method) for every rule the app serves under it."""
+    """(rule relative to the FHIR base, method) for every rule the app serves under it.
+
+    Converters are dropped (`<restype:res_type>` -> `<res_type>`) so that the keys of
+    TYPE_INTERACTIONS do not depend on how a blueprint constrains its variables.
+    """
     prefix = current_app.config["FHIRIMG_PREFIX"]
     out = set()
     for rule in current_app.url_map.iter_rules():
         if not rule.rule.startswith(prefix):
             continue
-        relative = rule.rule[len(prefix):] or "/"
+        relative = _CONVERTER.sub(r"<\1>", rule.rule[len(prefix):]) or "/"
         for method in rule.methods or ():
             out.add((relative, method))
     return out

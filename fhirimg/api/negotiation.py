@@ -46,13 +46,24 @@ def read_json_body(allowed: set[str] = JSON_TYPES):
             raise UnsupportedMediaType("XML is not supported: send application/fhir+json")
         expected = ", ".join(sorted(allowed))
         raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported: use {expected}")
+    return parse_json(read_bounded_body())
+
+
+def read_bounded_body() -> bytes:
+    """The raw body, never more than the configured limit in memory (413 beyond it).
+
+    With Content-Length the check is up front. A chunked body has no length: the stream
+    is capped one byte past the limit, so a body of exactly the limit is accepted and
+    one byte more is detected without reading the rest.
+    """
     limit = current_app.config["FHIRIMG"]["limits"]["max_body_bytes"]
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"the request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    request.max_content_length = limit + 1
     data = request.get_data(cache=False)
     if len(data) > limit:
         raise TooLarge(f"the request body exceeds the limit of {limit} bytes")
-    return parse_json(data)
+    return data
 
 
 def parse_json(data: bytes):

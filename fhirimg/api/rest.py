@@ -4,17 +4,31 @@ from __future__ import annotations
 from email.utils import parsedate_to_datetime
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.routing import BaseConverter
 
 from .. import interactions
-from ..errors import Invalid, MethodNotAllowed, NotFound
+from ..errors import MethodNotAllowed, NotFound, informational_outcome
 from ..resources import SUPPORTED_TYPES
 from .negotiation import (JSON_PATCH, JSON_TYPES, json_response, read_json_body, version_headers,
                           write_response)
 
 blueprint = Blueprint("rest", __name__)
 
-TYPE_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
-INSTANCE_METHODS = ["GET", "HEAD", "PUT", "DELETE", "PATCH"]
+
+class ResourceTypeConverter(BaseConverter):
+    """A path segment that can name a resource type (starts upper-case).
+
+    Without it `DELETE [base]/metadata` would be routed to conditional delete of a type
+    called "metadata" (404) instead of being a 405 on the metadata endpoint. Unsupported
+    but well-formed type names still reach the views, whose 404 names the type.
+    """
+
+    regex = r"[A-Z][A-Za-z]{0,63}"
+
+
+@blueprint.record_once
+def _register_converter(state) -> None:
+    state.app.url_map.converters.setdefault("restype", ResourceTypeConverter)
 
 
 def repository():
@@ -28,7 +42,7 @@ def checked_type(res_type: str) -> str:
     return res_type
 
 
-@blueprint.route("/<res_type>", methods=["POST"])
+@blueprint.route("/<restype:res_type>", methods=["POST"])
 def create(res_type: str) -> Response:
     checked_type(res_type)
     body = read_json_body()
@@ -37,7 +51,7 @@ def create(res_type: str) -> Response:
     return write_response(result.stored, result.status, result.diagnostics)
 
 
-@blueprint.route("/<res_type>", methods=["PUT"])
+@blueprint.route("/<restype:res_type>", methods=["PUT"])
 def conditional_update(res_type: str) -> Response:
     checked_type(res_type)
     body = read_json_body()
@@ -47,7 +61,7 @@ def conditional_update(res_type: str) -> Response:
     return write_response(result.stored, result.status, result.diagnostics)
 
 
-@blueprint.route("/<res_type>", methods=["DELETE"])
+@blueprint.route("/<restype:res_type>", methods=["DELETE"])
 def conditional_delete(res_type: str) -> Response:
     checked_type(res_type)
     with repository().transaction() as uow:
@@ -55,24 +69,17 @@ def conditional_delete(res_type: str) -> Response:
     return delete_response(result)
 
 
-@blueprint.route("/<res_type>", methods=["PATCH"])
+@blueprint.route("/<restype:res_type>", methods=["PATCH"])
 def conditional_patch(res_type: str) -> Response:
     checked_type(res_type)
     operations = read_json_body({JSON_PATCH})
-    criteria = interactions.parse_criteria(request.query_string.decode())
-    if not criteria:
-        raise Invalid("a conditional patch needs search criteria in the URL")
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
     with repository().transaction() as uow:
-        matches = uow.search_ids(res_type, criteria)
-        if len(matches) != 1:
-            from ..errors import PreconditionFailed
-            raise PreconditionFailed(f"conditional patch criteria match {len(matches)} resources; exactly one is required")
-        result = interactions.patch(uow, res_type, matches[0], operations, if_match)
+        result = interactions.conditional_patch(uow, res_type, request.query_string.decode(), operations, if_match)
     return write_response(result.stored, result.status)
 
 
-@blueprint.route("/<res_type>/<res_id>", methods=["GET", "HEAD"])
+@blueprint.route("/<restype:res_type>/<res_id>", methods=["GET", "HEAD"])
 def read(res_type: str, res_id: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
@@ -83,7 +90,7 @@ def read(res_type: str, res_id: str) -> Response:
     return json_response(stored.resource, 200, version_headers(stored))
 
 
-@blueprint.route("/<res_type>/<res_id>", methods=["PUT"])
+@blueprint.route("/<restype:res_type>/<res_id>", methods=["PUT"])
 def update(res_type: str, res_id: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
@@ -94,7 +101,7 @@ def update(res_type: str, res_id: str) -> Response:
     return write_response(result.stored, result.status)
 
 
-@blueprint.route("/<res_type>/<res_id>", methods=["PATCH"])
+@blueprint.route("/<restype:res_type>/<res_id>", methods=["PATCH"])
 def patch(res_type: str, res_id: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
@@ -105,7 +112,7 @@ def patch(res_type: str, res_id: str) -> Response:
     return write_response(result.stored, result.status)
 
 
-@blueprint.route("/<res_type>/<res_id>", methods=["DELETE"])
+@blueprint.route("/<restype:res_type>/<res_id>", methods=["DELETE"])
 def delete(res_type: str, res_id: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
@@ -115,7 +122,7 @@ def delete(res_type: str, res_id: str) -> Response:
     return delete_response(result)
 
 
-@blueprint.route("/<res_type>/<res_id>/_history/<version>", methods=["GET", "HEAD"])
+@blueprint.route("/<restype:res_type>/<res_id>/_history/<version>", methods=["GET", "HEAD"])
 def vread(res_type: str, res_id: str, version: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
@@ -124,7 +131,7 @@ def vread(res_type: str, res_id: str, version: str) -> Response:
     return json_response(stored.resource, 200, version_headers(stored))
 
 
-@blueprint.route("/<res_type>/<res_id>/_history/<version>", methods=["PUT", "POST", "DELETE", "PATCH"])
+@blueprint.route("/<restype:res_type>/<res_id>/_history/<version>", methods=["PUT", "POST", "DELETE", "PATCH"])
 def vread_other_methods(res_type: str, res_id: str, version: str) -> Response:
     raise MethodNotAllowed(f"{request.method} is not allowed on a version; only GET", ["GET", "HEAD"])
 
@@ -132,7 +139,6 @@ def vread_other_methods(res_type: str, res_id: str, version: str) -> Response:
 def delete_response(result: interactions.Result) -> Response:
     stored = result.stored
     headers = {"ETag": stored.etag} if stored is not None and stored.is_deleted else {}
-    from ..errors import informational_outcome
     if request.headers.get("Prefer", "").replace(" ", "").lower().find("return=minimal") >= 0:
         return Response(status=204, headers=headers)
     return json_response(informational_outcome(result.diagnostics or "deleted"), 200, headers)
