@@ -26,7 +26,8 @@ def create_app(config: dict | None = None, engine=None) -> Flask:
     app.config["FHIRIMG_PREFIX"] = FHIR_PREFIX
     app.config["MAX_CONTENT_LENGTH"] = config["limits"]["max_body_bytes"]
     app.json.sort_keys = False
-    engine = engine or make_engine(config["database_url"], echo=config["sql_echo"])
+    engine = engine or make_engine(config["database_url"], echo=config["sql_echo"],
+                                   pool_size=config["db_pool_size"])
     create_schema(engine)
     app.extensions["fhirimg.engine"] = engine
     app.extensions["fhirimg.repository"] = Repository(engine)

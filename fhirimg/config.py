@@ -67,10 +67,12 @@ class ConfigSchema(Schema):
     log_level = fields.String(load_default="INFO",
                               validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
     sql_echo = fields.Boolean(load_default=False)
+    db_pool_size = fields.Integer(load_default=8, validate=validate.Range(1, 256))
     serve = fields.Nested(ServeSchema, load_default=lambda: ServeSchema().load({}))
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
     worker = fields.Nested(WorkerSchema, load_default=lambda: WorkerSchema().load({}))
-    sections = fields.Dict(load_default=dict)
+    # Registered sections (register_section) are validated by their own schema and put
+    # under config["sections"] after loading; they are not fields here.
 
 
 def register_section(name: str, schema: type[Schema]) -> None:
@@ -86,15 +88,24 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     """
     env = os.environ if env is None else env
     raw = _read_file(_config_path(path, env)) if read_files else {}
-    _merge(raw, _from_env(env))
+    _merge(raw, _typed_env(_from_env(env), _section_fields()))
     _merge(raw, dict(overrides or {}))
     extra = {name: raw.pop(name) for name in list(raw) if name in _SECTIONS}
+    errors: dict = {}
+    config: dict = {}
     try:
         config = ConfigSchema().load(raw)
-        config["sections"] = {name: schema(unknown=RAISE).load(extra.get(name, {}))
-                              for name, schema in _SECTIONS.items()}
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {_describe(exc.messages)}") from None
+        errors.update(exc.messages)
+    sections = {}
+    for name, schema in _SECTIONS.items():
+        try:
+            sections[name] = schema(unknown=RAISE).load(extra.get(name, {}))
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    if errors:
+        raise ConfigError(f"invalid configuration: {_describe(errors)}")
+    config["sections"] = sections
     return config
 
 
@@ -128,13 +139,30 @@ def _from_env(env: Mapping[str, str]) -> dict:
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_env_value(value)
+        node[parts[-1]] = value
     return out
 
 
-def _parse_env_value(value: str):
-    # Lists are written as comma-separated values (FHIRIMG_WORKER__QUEUES=a,b).
-    return value.split(",") if "," in value and "://" not in value else value
+def _section_fields() -> dict[str, fields.Field]:
+    """The top-level fields, registered sections included, for typing environment values."""
+    return {**ConfigSchema().fields, **{name: fields.Nested(schema) for name, schema in _SECTIONS.items()}}
+
+
+def _typed_env(tree: dict, known: Mapping[str, fields.Field]) -> dict:
+    """Environment values are strings; a list field takes comma-separated values
+    (FHIRIMG_WORKER__QUEUES=a,b or one value). Everything else is parsed by marshmallow,
+    and unknown names are kept so that validation reports them by key."""
+    out: dict = {}
+    for key, value in tree.items():
+        field = known.get(key)
+        if isinstance(value, dict) and isinstance(field, fields.Nested):
+            schema = field.schema
+            out[key] = _typed_env(value, schema.fields)
+        elif isinstance(field, fields.List) and isinstance(value, str):
+            out[key] = [item.strip() for item in value.split(",") if item.strip()]
+        else:
+            out[key] = value
+    return out
 
 
 def _merge(base: dict, extra: dict) -> None:

@@ -57,7 +57,8 @@ def run_embedded(config: dict, config_path: str | None) -> int:
         env["FHIRIMG_REDIS_URL"] = redis_url
     base_cmd = [sys.executable, "-m", "fhirimg.cli"]
     extra = ["--config", config_path] if config_path else []
-    children.append(("worker", subprocess.Popen(base_cmd + ["worker", *extra], env=env)))
+    if config["worker"]["embedded"]:
+        children.append(("worker", subprocess.Popen(base_cmd + ["worker", *extra], env=env)))
     children.append(("server", subprocess.Popen(base_cmd + ["serve", *extra], env=env)))
     serve = config["serve"]
     log.info("fhirimg is starting at http://%s:%s/fhir (Ctrl-C stops it)", serve["host"], serve["port"])

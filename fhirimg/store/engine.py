@@ -1,7 +1,6 @@
 """Engine creation for SQLite (WAL, immediate write transactions) and PostgreSQL (psycopg 3)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -10,22 +9,23 @@ from sqlalchemy.engine import Engine, make_url
 WRITE_OPTION = "fhirimg_write"
 
 
-def make_engine(url: str, schema: str | None = None, echo: bool = False) -> Engine:
-    """Create the engine for a database URL; `schema` isolates PostgreSQL test runs."""
+def make_engine(url: str, schema: str | None = None, echo: bool = False, pool_size: int = 8) -> Engine:
+    """Create the engine for a database URL; `schema` isolates PostgreSQL test runs.
+    `pool_size` is per process (config db_pool_size); overflow allows twice as many more."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, echo)
+        return _sqlite_engine(parsed, echo, pool_size)
     if parsed.get_backend_name() == "postgresql":
-        return _postgres_engine(parsed, schema, echo)
+        return _postgres_engine(parsed, schema, echo, pool_size)
     raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}: "
                      "use sqlite:///path or postgresql://user@host/db")
 
 
-def _sqlite_engine(url, echo: bool) -> Engine:
+def _sqlite_engine(url, echo: bool, pool_size: int) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60},
-                           pool_size=8, max_overflow=16)
+                           pool_size=pool_size, max_overflow=pool_size * 2)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -49,14 +49,13 @@ def _sqlite_engine(url, echo: bool) -> Engine:
     return engine
 
 
-def _postgres_engine(url, schema: str | None, echo: bool) -> Engine:
+def _postgres_engine(url, schema: str | None, echo: bool, pool_size: int) -> Engine:
     url = url.set(drivername="postgresql+psycopg")
     connect_args = {}
     if schema:
         connect_args["options"] = f"-csearch_path={schema}"
-    pool = int(os.environ.get("FHIRIMG_DB_POOL_SIZE", "8"))
-    return create_engine(url, echo=echo, connect_args=connect_args, pool_size=pool,
-                         max_overflow=pool * 2, pool_pre_ping=True)
+    return create_engine(url, echo=echo, connect_args=connect_args, pool_size=pool_size,
+                         max_overflow=pool_size * 2, pool_pre_ping=True)
 
 
 def is_postgres(engine: Engine) -> bool:
