@@ -43,6 +43,9 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(capability.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(search.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(rest.blueprint, url_prefix=FHIR_PREFIX)
+    from .api import dicomweb, operations  # transfer: $retrieve and our own DICOMweb
+    app.register_blueprint(operations.blueprint, url_prefix=FHIR_PREFIX)
+    app.register_blueprint(dicomweb.blueprint, url_prefix=dicomweb.DICOMWEB_PREFIX)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -157,6 +157,13 @@ def _check_reference_target(ref: FHIRAbstractModel, allowed: tuple, path: str) -
                     f"(allowed: {', '.join(allowed)})", [f"{path}.reference"])
 
 
+# R5 task-status (valueset-task-status): fhir.resources lists only "draft, requested, received, accepted, +".
+ABBREVIATED_VALUE_SETS = {
+    ("Task", "status"): frozenset({"draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
+                                   "in-progress", "on-hold", "failed", "completed", "entered-in-error"}),
+}
+
+
 @lru_cache(maxsize=None)
 def _checked_fields(model_class: type) -> tuple:
     """Per model class: (name, alias, required-binding codes, reference target types)."""
@@ -166,6 +173,8 @@ def _checked_fields(model_class: type) -> tuple:
         if not extra.get("element_property"):
             continue
         enum_values = frozenset(extra.get("enum_values") or ())
+        if "+" in enum_values:  # fhir.resources cut the value set short ("+" = more): use the full one
+            enum_values = ABBREVIATED_VALUE_SETS.get((model_class.__name__, info.alias or name), frozenset())
         ref_types = tuple(extra.get("enum_reference_types") or ())
         out.append((name, info.alias or name, enum_values, ref_types))
     return tuple(out)

@@ -28,6 +28,21 @@ dicom_instance = Table(
     Index("ix_dicom_instance_series", "study_uid", "series_uid"),
 )
 
+# One row per ImagingStudy with a retrieve Task that is not finished. The primary key makes
+# "a second $retrieve while one is active returns the active Task" hold under concurrency,
+# and the reconciler walks this table instead of searching every Task; the heartbeat is
+# how it tells a running transfer from one whose worker died (Redis may know nothing).
+active_retrieve = Table(
+    "active_retrieve", metadata,
+    Column("study_id", String(64), primary_key=True),
+    Column("task_id", String(64), nullable=False, unique=True),
+    Column("priority", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("heartbeat_ms", BigInteger, nullable=True),  # last sign of life of the worker running it
+    Column("enqueued_ms", BigInteger, nullable=True),  # when a job was last put on a queue for it
+    Column("runs", Integer, nullable=False, default=0),  # how many times a worker started it
+)
+
 register_metadata(metadata)
 
 

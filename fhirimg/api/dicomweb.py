@@ -1,0 +1,146 @@
+"""``/dicom-web``: QIDO-RS and WADO-RS over the instances fhirimg holds (PS3.18 §10.4, §10.6).
+
+HTTP only: every UID from the path is validated (400 if malformed) before it reaches a
+query, unknown UIDs are 404, and file paths come from the index rows, never from the
+request. Errors use the one error model (an OperationOutcome with the status).
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request
+
+from ..dicomweb import index, qido, wado
+from ..errors import NotAcceptable, NotFound
+from ..transfer.blobstore import BlobStore
+from ..transfer.schema import create_transfer_schema
+from ..transfer.settings import blob_root, transfer_section
+from ..transfer.uids import require_uid
+from .negotiation import dumps
+
+DICOMWEB_PREFIX = "/dicom-web"
+DICOM_JSON = "application/dicom+json"
+blueprint = Blueprint("dicomweb", __name__)
+
+
+@blueprint.record_once
+def _create_tables(state) -> None:
+    create_transfer_schema(state.app.extensions["fhirimg.engine"])
+
+
+def engine():
+    return current_app.extensions["fhirimg.engine"]
+
+
+def blobstore() -> BlobStore:
+    store = current_app.extensions.get("fhirimg.blobstore")
+    if store is None:
+        store = BlobStore(blob_root(current_app.config["FHIRIMG"]), engine())
+        current_app.extensions["fhirimg.blobstore"] = store
+    return store
+
+
+def own_base() -> str:
+    section = transfer_section(current_app.config["FHIRIMG"])
+    return (section["own_dicomweb_base"] or request.url_root.rstrip("/") + DICOMWEB_PREFIX).rstrip("/")
+
+
+def dicom_json(document, status: int = 200) -> Response:
+    media = wado.parse_accept(request.headers.get("Accept", ""))
+    if media and not any(m.type in (DICOM_JSON, "application/json", "*/*", "application/*") for m in media):
+        raise NotAcceptable(f"cannot answer {request.headers.get('Accept')!r}: QIDO-RS and metadata are "
+                            f"served as {DICOM_JSON}")
+    return Response(dumps(document), status=status, content_type=DICOM_JSON)
+
+
+def query_args() -> qido.Query:
+    return qido.parse_query(list(request.args.items(multi=True)))
+
+
+# -- QIDO-RS -------------------------------------------------------------------------------
+@blueprint.route("/studies", methods=["GET"])
+def search_for_studies() -> Response:
+    query = query_args()
+    results = []
+    for study in index.study_summaries(engine()):
+        attributes = qido.study_attributes(study, f"{own_base()}/studies/{study.study_uid}")
+        if qido.matches(attributes, query.filters):
+            results.append(qido.select_fields(attributes, qido.STUDY_TAGS, query))
+    return dicom_json(qido.page(results, query))
+
+
+@blueprint.route("/studies/<study>/series", methods=["GET"])
+def search_for_series(study: str) -> Response:
+    study = require_uid(study, "StudyInstanceUID")
+    query = query_args()
+    summaries = index.series_summaries(engine(), study)
+    if not summaries:
+        raise NotFound(f"study {study} is not held here")
+    results = []
+    for series in summaries:
+        url = f"{own_base()}/studies/{study}/series/{series.series_uid}"
+        attributes = qido.series_attributes(series, url)
+        if qido.matches(attributes, query.filters):
+            results.append(qido.select_fields(attributes, qido.SERIES_TAGS, query))
+    return dicom_json(qido.page(results, query))
+
+
+@blueprint.route("/studies/<study>/instances", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/instances", methods=["GET"])
+def search_for_instances(study: str, series: str | None = None) -> Response:
+    study = require_uid(study, "StudyInstanceUID")
+    series = require_uid(series, "SeriesInstanceUID") if series is not None else None
+    query = query_args()
+    instances = index.stored_instances(engine(), study, series)
+    if not instances:
+        raise NotFound(f"{'series ' + series if series else 'study ' + study} is not held here")
+    results = []
+    for instance in instances:
+        url = f"{own_base()}/studies/{study}/series/{instance.series_uid}/instances/{instance.sop_uid}"
+        attributes = qido.instance_attributes(instance, url)
+        if qido.matches(attributes, query.filters):
+            results.append(qido.select_fields(attributes, qido.INSTANCE_TAGS, query))
+    return dicom_json(qido.page(results, query))
+
+
+# -- WADO-RS -------------------------------------------------------------------------------
+def instances_or_404(study: str, series: str | None, sop: str | None) -> list[index.StoredInstance]:
+    study = require_uid(study, "StudyInstanceUID")
+    series = require_uid(series, "SeriesInstanceUID") if series is not None else None
+    sop = require_uid(sop, "SOPInstanceUID") if sop is not None else None
+    instances = index.stored_instances(engine(), study, series, sop)
+    if not instances:
+        what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+        raise NotFound(f"{what} is not held here")
+    return instances
+
+
+@blueprint.route("/studies/<study>", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>", methods=["GET"])
+def retrieve_dicom(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    wanted_syntax = wado.accepted_transfer_syntax(request.headers.get("Accept", ""))
+    instances = instances_or_404(study, series, sop)
+    wado.check_transfer_syntax(instances, wanted_syntax)
+    store = blobstore()
+    paths = [store.absolute_path(i.path) for i in instances]
+    boundary = wado.new_boundary()
+    return Response(wado.stream_instances(instances, paths, boundary), status=200,
+                    content_type=wado.multipart_content_type(boundary))
+
+
+@blueprint.route("/studies/<study>/metadata", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/metadata", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/metadata", methods=["GET"])
+def retrieve_metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    instances = instances_or_404(study, series, sop)
+    return dicom_json([i.attributes for i in instances])
+
+
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>", methods=["GET"])
+def retrieve_frames(study: str, series: str, sop: str, frames: str) -> Response:
+    wado.accepted_transfer_syntax(request.headers.get("Accept", ""), "application/octet-stream")
+    numbers = wado.parse_frame_list(frames)
+    instance = instances_or_404(study, series, sop)[0]
+    data = wado.read_frames(blobstore().absolute_path(instance.path), instance, numbers)
+    boundary = wado.new_boundary()
+    return Response(wado.stream_frames(data, boundary), status=200,
+                    content_type=wado.multipart_content_type(boundary, "application/octet-stream"))

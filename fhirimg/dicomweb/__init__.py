@@ -1,0 +1,1 @@
+"""fhirimg's own DICOMweb service (QIDO-RS, WADO-RS) over the transfer blob store."""

@@ -1,0 +1,101 @@
+"""Reads of the instance index (transfer.schema.dicom_instance) that DICOMweb answers from.
+
+QIDO-RS and WADO-RS metadata never open a DICOM file: every instance's DICOM JSON was
+stored when it entered the blob store. Series and studies are represented by one of
+their instances (the lowest SOP Instance UID) plus counts computed here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from fhirimg.transfer.schema import dicom_instance
+
+BATCH = 500
+
+
+@dataclass
+class SeriesSummary:
+    study_uid: str
+    series_uid: str
+    instance_count: int
+    attributes: dict = field(default_factory=dict)
+
+
+@dataclass
+class StudySummary:
+    study_uid: str
+    series: list[SeriesSummary] = field(default_factory=list)
+
+    @property
+    def instance_count(self) -> int:
+        return sum(s.instance_count for s in self.series)
+
+    @property
+    def attributes(self) -> dict:
+        return self.series[0].attributes if self.series else {}
+
+
+@dataclass
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    path: str
+    size: int
+    transfer_syntax_uid: str
+    instance_number: int | None
+    attributes: dict
+
+
+def series_summaries(engine: Engine, study_uid: str | None = None,
+                     series_uid: str | None = None) -> list[SeriesSummary]:
+    """One summary per stored series (optionally of one study or one series)."""
+    t = dicom_instance
+    query = (select(t.c.study_uid, t.c.series_uid, func.min(t.c.sop_uid).label("rep"),
+                    func.count().label("n"))
+             .group_by(t.c.study_uid, t.c.series_uid).order_by(t.c.study_uid, t.c.series_uid))
+    if study_uid is not None:
+        query = query.where(t.c.study_uid == study_uid)
+    if series_uid is not None:
+        query = query.where(t.c.series_uid == series_uid)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+        attributes = attributes_of(conn, [row.rep for row in rows])
+    return [SeriesSummary(row.study_uid, row.series_uid, row.n, attributes.get(row.rep, {})) for row in rows]
+
+
+def study_summaries(engine: Engine, study_uid: str | None = None) -> list[StudySummary]:
+    studies: dict[str, StudySummary] = {}
+    for series in series_summaries(engine, study_uid):
+        studies.setdefault(series.study_uid, StudySummary(series.study_uid)).series.append(series)
+    return list(studies.values())
+
+
+def attributes_of(conn, sop_uids: list[str]) -> dict[str, dict]:
+    t = dicom_instance
+    out = {}
+    for start in range(0, len(sop_uids), BATCH):
+        chunk = sop_uids[start:start + BATCH]
+        for row in conn.execute(select(t.c.sop_uid, t.c.attributes).where(t.c.sop_uid.in_(chunk))):
+            out[row.sop_uid] = orjson.loads(row.attributes)
+    return out
+
+
+def stored_instances(engine: Engine, study_uid: str, series_uid: str | None = None,
+                     sop_uid: str | None = None) -> list[StoredInstance]:
+    """Instances of a study/series/instance in InstanceNumber order (what WADO-RS streams)."""
+    t = dicom_instance
+    query = select(t).where(t.c.study_uid == study_uid)
+    if series_uid is not None:
+        query = query.where(t.c.series_uid == series_uid)
+    if sop_uid is not None:
+        query = query.where(t.c.sop_uid == sop_uid)
+    query = query.order_by(t.c.series_uid, t.c.instance_number, t.c.sop_uid)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [StoredInstance(r.study_uid, r.series_uid, r.sop_uid, r.path, r.size, r.transfer_syntax_uid,
+                           r.instance_number, orjson.loads(r.attributes)) for r in rows]
