@@ -42,7 +42,11 @@ def register_blueprints(app: Flask) -> None:
     # Order matters: fixed paths (metadata, _search, _history) before /<type>/<id>.
     app.register_blueprint(capability.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(search.blueprint, url_prefix=FHIR_PREFIX)
+    from .api import history
+    app.register_blueprint(history.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(rest.blueprint, url_prefix=FHIR_PREFIX)
+    from .api import bundle  # push: POST [base] transaction/batch
+    app.register_blueprint(bundle.blueprint, url_prefix=FHIR_PREFIX)
     from .api import dicomweb, operations  # transfer: $retrieve and our own DICOMweb
     app.register_blueprint(operations.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(dicomweb.blueprint, url_prefix=dicomweb.DICOMWEB_PREFIX)

@@ -28,6 +28,9 @@ resource_version = Table(
     Column("content", LargeBinary, nullable=True),  # the resource JSON (UTF-8), NULL for a delete
     UniqueConstraint("res_type", "res_id", "version", name="uq_resource_version"),
     Index("ix_resource_version_type_seq", "res_type", "seq"),
+    # history _since/_at: lastUpdated never decreases along seq, so one probe turns an
+    # instant into a seq bound (fhirimg/history.py).
+    Index("ix_resource_version_updated_seq", "last_updated_ms", "seq"),
 )
 
 resource_current = Table(
@@ -57,6 +60,7 @@ def register_metadata(extra: MetaData) -> None:
 def create_schema(engine) -> None:
     """Create all tables (idempotent) and the single change-counter row."""
     from .. import search  # noqa: F401  (registers the index tables)
+    from ..replicate import schema as _replication  # noqa: F401  (change origins, link cursors)
     metadata.create_all(engine)
     for extra in _extra_metadata:
         extra.create_all(engine)

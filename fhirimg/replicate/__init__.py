@@ -1,0 +1,1 @@
+"""Push/pull replication between FHIR servers over the change sequence (exchanging.html)."""
