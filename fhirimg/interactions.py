@@ -6,6 +6,7 @@ many of them in one. Every function validates what it is given and raises FhirEr
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
@@ -16,6 +17,9 @@ from .errors import FhirError, Gone, Invalid, NotFound, PreconditionFailed, Unpr
 from .resources import is_valid_id, validate_resource
 from .store.records import StoredVersion
 from .store.repository import UnitOfWork
+
+_ABSOLUTE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_TYPE_PREFIX = re.compile(r"^[A-Z][A-Za-z]{0,63}\?")
 
 # Parameters that shape a response and never select resources (search.html#all).
 RESULT_PARAMETERS = {"_format", "_pretty", "_summary", "_elements", "_count", "_sort", "_total",
@@ -32,11 +36,17 @@ class Result:
 
 
 def parse_criteria(query: str) -> list[tuple[str, str]]:
-    """`identifier=a|b&_id=x` (or `Type?...`, or a full URL) as (name, value) pairs."""
-    if "?" in query:
-        query = query.split("?", 1)[1]
-    elif "://" in query:
+    """`identifier=a|b&_id=x` (or `Type?...`, or a full URL) as (name, value) pairs.
+
+    Only a leading scheme or type makes it a URL: a criterion value may itself be a URL
+    (`identifier=http://hospital.example.org/mrn|123`).
+    """
+    if _ABSOLUTE_URL.match(query):
         query = urlsplit(query).query
+    elif _TYPE_PREFIX.match(query):
+        query = query.split("?", 1)[1]
+    elif query.startswith("?"):
+        query = query[1:]
     pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in RESULT_PARAMETERS]
     for name, value in pairs:
         if not value:

@@ -6,6 +6,7 @@ and operations off the operation registry: nothing here is kept by hand.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
 from flask import Blueprint, Response, current_app, request
 
@@ -15,6 +16,12 @@ from ..search import registry as search_registry
 from .negotiation import base_url, json_response
 
 blueprint = Blueprint("capability", __name__)
+
+
+@blueprint.record_once
+def _remember_start(state) -> None:
+    # CapabilityStatement.date: when this instance's capabilities were fixed (at start-up).
+    state.app.config.setdefault("FHIRIMG_STARTED", datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # (rule below the FHIR base, method) -> interaction code (CapabilityStatement.rest.resource.interaction)
 TYPE_INTERACTIONS = {
@@ -69,7 +76,7 @@ def capability_statement() -> dict:
     statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-23",
+        "date": current_app.config["FHIRIMG_STARTED"],
         "kind": "instance",
         "software": {"name": "fhirimg", "version": __version__},
         "implementation": {"description": "fhirimg FHIR R5 imaging exchange server", "url": base_url()},
@@ -96,9 +103,9 @@ def resource_capability(res_type: str, routes: set) -> dict:
         "interaction": [{"code": code} for key, code in TYPE_INTERACTIONS.items() if key in routes],
         "versioning": "versioned-update",
         "readHistory": ("/<res_type>/<res_id>/_history/<version>", "GET") in routes,
-        "updateCreate": True,
+        "updateCreate": ("/<res_type>/<res_id>", "PUT") in routes,
         "conditionalCreate": ("/<res_type>", "POST") in routes,
-        "conditionalRead": "full-support",
+        "conditionalRead": "full-support" if ("/<res_type>/<res_id>", "GET") in routes else "not-supported",
         "conditionalUpdate": ("/<res_type>", "PUT") in routes,
         "conditionalPatch": ("/<res_type>", "PATCH") in routes,
         "conditionalDelete": "single" if ("/<res_type>", "DELETE") in routes else "not-supported",

@@ -138,5 +138,5 @@ def error_response(error: FhirError) -> Response:
         mimetype = response_media_type()
     except FhirError:
         pass  # an unacceptable Accept still gets its OperationOutcome in JSON
-    return Response(orjson.dumps(error.to_outcome()), status=error.status, headers=error.headers,
+    return Response(dumps(error.to_outcome()), status=error.status, headers=error.headers,
                     content_type=f"{mimetype}; charset=utf-8")

@@ -312,3 +312,55 @@ def test_json_patch_with_json_content_type_is_415(client, engine):
     with nothing_written(engine):
         response = client.patch(f"/fhir/Patient/{pid}", json=[{"op": "remove", "path": "/gender"}], headers=FHIR)
     assert_outcome(response, 415, says="json-patch")
+
+
+# --- unexpected server errors: 500, OperationOutcome, request id, no stack trace ------------
+
+SECRET_DETAIL = "password=hunter2 in /srv/fhirimg/secret.py"
+
+
+@pytest.fixture
+def failing_client(app):
+    """The real app with one extra route that fails the way a bug would."""
+    def explode():
+        raise RuntimeError(SECRET_DETAIL)
+
+    app.add_url_rule("/fhir/$explode", "explode", explode, methods=["GET", "POST"])
+    return app.test_client()
+
+
+def test_unexpected_error_is_500_outcome_with_request_id_and_no_trace(failing_client, caplog):
+    with caplog.at_level("ERROR", logger="fhirimg"):
+        response = failing_client.get("/fhir/$explode")
+    outcome = assert_outcome(response, 500)
+    request_id = response.headers["X-Request-Id"]
+    assert len(request_id) >= 16
+    assert outcome["issue"][0]["code"] == "exception"
+    assert request_id in outcome["issue"][0]["diagnostics"]
+    body = response.get_data(as_text=True)
+    assert "Traceback" not in body and "RuntimeError" not in body and "hunter2" not in body
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and logged[0].exc_info and SECRET_DETAIL in str(logged[0].exc_info[1])
+
+
+def test_unexpected_error_uses_the_client_request_id(failing_client, caplog):
+    with caplog.at_level("ERROR", logger="fhirimg"):
+        response = failing_client.post("/fhir/$explode", headers={"X-Request-Id": "client-abc.123"})
+    assert response.status_code == 500
+    assert response.headers["X-Request-Id"] == "client-abc.123"
+    assert "client-abc.123" in response.get_json()["issue"][0]["diagnostics"]
+    assert any("client-abc.123" in r.getMessage() for r in caplog.records)
+
+
+def test_unsafe_client_request_id_is_replaced(failing_client):
+    unsafe = "<script>alert(1)</script> " + "x" * 80
+    response = failing_client.get("/fhir/$explode", headers={"X-Request-Id": unsafe})
+    assert response.headers["X-Request-Id"] != unsafe and "<" not in response.headers["X-Request-Id"]
+    assert response.headers["X-Request-Id"] in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_every_answer_carries_a_request_id(client):
+    ok = client.get("/fhir/metadata")
+    failed = client.get("/fhir/Patient/nope")
+    assert ok.headers["X-Request-Id"] and failed.headers["X-Request-Id"]
+    assert ok.headers["X-Request-Id"] != failed.headers["X-Request-Id"]
