@@ -1,0 +1,395 @@
+"""Transaction and batch Bundles (http.html#transaction), independent of HTTP.
+
+A transaction runs in ONE unit of work: every resource is validated once, before the
+database is touched; then, inside the transaction, the identities of conditional entries
+are resolved (under the same criteria locks as REST conditional writes), fullUrls and
+conditional references are rewritten, and the entries run in the spec's order. Any
+failure raises a FhirError naming `Bundle.entry[i]...` and nothing is written.
+
+A batch runs each entry in its own unit of work; a failure is that entry's answer.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from . import interactions
+from .bundle_execute import EntryResult, execute_entry
+from .bundle_parse import Entry, ParsedBundle, parse_bundle, processing_order
+from .bundle_refs import (check_local_targets, conditional_reference, find_reference_sites, is_bundle_local,
+                          matches_in_memory, split_fragment, substitute_criteria, substitute_local)
+from .errors import FhirError, Invalid, Issue, NotFound, PreconditionFailed
+from .resources import SUPPORTED_TYPES, validate_resource
+from .store.repository import Repository, UnitOfWork, new_id
+
+JSON_PATCH = "application/json-patch+json"
+# While validating, a reference to another entry stands in as `Type/<this id>` so that the
+# validator checks its target type (ImagingStudy.subject may not point at an Endpoint).
+PLACEHOLDER_ID = "bundle-entry"
+
+
+@dataclass
+class BundleSettings:
+    base: str
+    max_entries: int
+    default_page_size: int
+    max_page_size: int
+
+
+def process_bundle(repo: Repository, document, settings: BundleSettings) -> ParsedBundle:
+    """Parse and run a transaction or batch Bundle; each entry gets its `result`."""
+    parsed = parse_bundle(document, settings.base, settings.max_entries)
+    if parsed.kind == "transaction":
+        process_transaction(repo, parsed.entries, settings)
+    else:
+        process_batch(repo, parsed, settings)
+    return parsed
+
+
+# -- transaction ---------------------------------------------------------------------------
+
+def process_transaction(repo: Repository, entries: list[Entry], settings: BundleSettings) -> None:
+    """All or nothing (http.html#trules); raises the first failure, re-rooted at its entry."""
+    local_types = index_full_urls(entries)
+    placeholders = {url: f"{res_type}/{PLACEHOLDER_ID}" for url, res_type in local_types.items()}
+    for entry in entries:
+        prepare_entry(entry, local_types, placeholders)
+    with repo.transaction() as uow:
+        targets = resolve_identities(uow, entries)
+        check_overlaps(entries)
+        resolve_conditional_references(uow, entries, targets)
+        rewrite_local_references(entries, targets)
+        for entry in processing_order(entries):
+            entry.result = execute_entry(uow, entry, settings)
+
+
+def index_full_urls(entries: list[Entry]) -> dict[str, str]:
+    """fullUrl -> resource type of the entries that write; the same fullUrl twice is an error
+    (bundle.html: fullUrl is unique within a Bundle; a resource appears in a transaction once)."""
+    seen: dict[str, Entry] = {}
+    types: dict[str, str] = {}
+    for entry in entries:
+        if entry.full_url is None:
+            continue
+        first = seen.get(entry.full_url)
+        if first is not None:
+            raise Invalid(f"fullUrl {entry.full_url!r} appears in {first.path} and {entry.path}: a resource "
+                          "can appear in a transaction only once", [f"{first.path}.fullUrl", f"{entry.path}.fullUrl"],
+                          code="duplicate")
+        seen[entry.full_url] = entry
+        if entry.is_write:
+            types[entry.full_url] = entry.res_type
+    return types
+
+
+# -- preparing one entry (no database) ---------------------------------------------------------
+
+def prepare_entry(entry: Entry, local_types: dict[str, str], placeholders: dict[str, str]) -> None:
+    """Parse headers, criteria and PATCH bodies; validate the resource once."""
+    if entry.if_match:
+        entry.if_match_version = at_request(entry, "ifMatch", interactions.parse_if_match, entry.if_match)
+    if entry.is_conditional:
+        field = "ifNoneExist" if entry.if_none_exist else "url"
+        entry.criteria = at_request(entry, field, parse_conditional_criteria, entry.if_none_exist or entry.query)
+    if entry.method == "PATCH":
+        entry.operations = read_patch_body(entry)
+    elif entry.method in ("POST", "PUT"):
+        prepare_resource(entry, local_types, placeholders)
+
+
+def parse_conditional_criteria(query: str) -> list[tuple[str, str]]:
+    criteria = interactions.parse_criteria(query)
+    if not criteria:
+        raise Invalid(f"{query!r} has no search criteria")
+    return criteria
+
+
+def prepare_resource(entry: Entry, local_types: dict[str, str], placeholders: dict[str, str]) -> None:
+    prefix = f"{entry.path}.resource"
+    if entry.method == "POST":
+        # http.html#create: the server assigns the id; one in the body is ignored.
+        entry.resource = {k: v for k, v in entry.resource.items() if k != "id"}
+    elif entry.res_id is not None and entry.resource.get("id") != entry.res_id:
+        raise Invalid(f"the resource id {entry.resource.get('id')!r} must equal the id in request.url "
+                      f"{entry.res_id!r}", [f"{prefix}.id"])
+    sites = find_reference_sites(entry.resource)
+    check_local_targets(sites, local_types, prefix)
+    substitute_local(sites, placeholders)
+    try:
+        validate_resource(entry.resource, entry.res_type)
+    except FhirError as error:
+        raise error.prefixed(prefix) from None
+    entry.sites = [s for s in sites if split_fragment(s.value)[0] in local_types or conditional_reference(s.value)]
+
+
+def read_patch_body(entry: Entry) -> list:
+    """PATCH in a Bundle: a Binary carrying a JSON Patch document (http.html#patch)."""
+    where = f"{entry.path}.resource"
+    binary = entry.resource
+    if binary.get("resourceType") != "Binary" or binary.get("contentType") != JSON_PATCH:
+        raise Invalid(f"a PATCH entry's resource must be a Binary with contentType {JSON_PATCH!r} "
+                      "(FHIRPath Patch Parameters are not supported)", [where])
+    try:
+        operations = orjson.loads(base64.b64decode(binary.get("data") or "", validate=True))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise Invalid("Binary.data must be base64 of a JSON Patch document", [f"{where}.data"]) from None
+    if not isinstance(operations, list):
+        raise Invalid("a JSON Patch document is an array of operations", [f"{where}.data"])
+    return operations
+
+
+def at_request(entry: Entry, field: str, parse, value):
+    try:
+        return parse(value)
+    except FhirError as error:
+        raise relocate(error, f"{entry.path}.request.{field}") from None
+
+
+def relocate(error: FhirError, path: str) -> FhirError:
+    """Point every issue at `path` (request-level problems have no resource element)."""
+    for issue in error.issues:
+        issue.expression = [path]
+    return error
+
+
+# -- identities (inside the transaction) ----------------------------------------------------------
+
+def resolve_identities(uow: UnitOfWork, entries: list[Entry]) -> dict[str, str | None]:
+    """Decide what every write entry targets; returns fullUrl -> `Type/id` (None: no target)."""
+    targets: dict[str, str | None] = {}
+    for entry in entries:
+        assign_plain_identity(entry)
+        if entry.full_url and entry.is_write:
+            targets[entry.full_url] = None if entry.is_conditional else f"{entry.res_type}/{entry.target_id}"
+    conditional = order_by_dependencies([e for e in entries if e.is_conditional], targets)
+    independent = [e for e in conditional if not substitute_criteria(e.criteria, targets)[1]]
+    # Lock all independent criteria in one global order first: concurrent bundles with the
+    # same entries then queue on the first lock instead of deadlocking.
+    for entry in sorted(independent, key=lock_key):
+        interactions.lock_criteria(uow, entry.res_type, entry.criteria)
+    for entry in conditional:
+        criteria, depends = substitute_criteria(entry.criteria, targets)
+        if depends:
+            interactions.lock_criteria(uow, entry.res_type, criteria)
+        resolve_conditional_entry(uow, entry, criteria)
+        if entry.full_url:
+            targets[entry.full_url] = f"{entry.res_type}/{entry.target_id}" if entry.target_id else None
+    return targets
+
+
+def assign_plain_identity(entry: Entry) -> None:
+    if entry.method == "POST":
+        entry.target_id, entry.action = new_id(), "create"
+    elif entry.method in ("PUT", "PATCH", "DELETE") and entry.res_id is not None:
+        entry.target_id = entry.res_id
+        entry.action = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
+    elif entry.method in ("GET", "HEAD"):
+        entry.action = "vread" if entry.version else "read" if entry.res_id else "search"
+
+
+def lock_key(entry: Entry) -> str:
+    return entry.res_type + "?" + "&".join(f"{k}={v}" for k, v in sorted(entry.criteria))
+
+
+def order_by_dependencies(conditional: list[Entry], targets: dict[str, str | None]) -> list[Entry]:
+    """Conditional entries whose criteria name another conditional entry's fullUrl run after
+    it; a cycle can never be resolved and fails the transaction."""
+    by_url = {e.full_url: e for e in conditional if e.full_url}
+    ordered: list[Entry] = []
+    state: dict[int, str] = {}
+
+    def visit(entry: Entry, chain: list[Entry]) -> None:
+        if state.get(entry.index) == "done":
+            return
+        if state.get(entry.index) == "visiting":
+            cycle = chain[chain.index(entry):] + [entry]
+            raise Invalid("circular conditional references: " + " -> ".join(e.path for e in cycle)
+                          + " each need the other's identity first", issues=[
+                              Issue("invalid", f"circular conditional reference involving {e.path}",
+                                    [f"{e.path}.request"]) for e in cycle[:-1]])
+        state[entry.index] = "visiting"
+        for url in substitute_criteria(entry.criteria, targets)[1]:
+            if url in by_url:
+                visit(by_url[url], chain + [entry])
+        state[entry.index] = "done"
+        ordered.append(entry)
+
+    for entry in conditional:
+        visit(entry, [])
+    return ordered
+
+
+def resolve_conditional_entry(uow: UnitOfWork, entry: Entry, criteria: list[tuple[str, str]]) -> None:
+    where = f"{entry.path}.request.{'ifNoneExist' if entry.if_none_exist else 'url'}"
+    try:
+        matches = uow.search_ids(entry.res_type, criteria)
+    except FhirError as error:
+        raise relocate(error, where) from None
+    if len(matches) > 1:
+        raise PreconditionFailed(f"the criteria {lock_key(entry)!r} match {len(matches)} resources; "
+                                 "a conditional operation needs at most one", [where])
+    match = matches[0] if matches else None
+    if entry.method == "POST":
+        if match:
+            entry.target_id, entry.action = match, "matched"
+    elif entry.method == "PUT":
+        resolve_conditional_put(uow, entry, match)
+    elif entry.method == "PATCH":
+        if match is None:
+            raise NotFound(f"no {entry.res_type} matches the conditional patch criteria", [where])
+        entry.target_id, entry.action = match, "patch"
+    else:
+        entry.target_id, entry.action = match, ("delete" if match else "none")
+
+
+def resolve_conditional_put(uow: UnitOfWork, entry: Entry, match: str | None) -> None:
+    """http.html#cond-update: one match is updated; none creates (with the body's id if any)."""
+    body_id = entry.resource.get("id")
+    if match:
+        if body_id and body_id != match:
+            raise Invalid(f"the resource id {body_id!r} differs from the matching resource {match!r}",
+                          [f"{entry.path}.resource.id"])
+        entry.target_id, entry.action = match, "update"
+    elif body_id:
+        current = uow.read(entry.res_type, body_id)
+        if current is not None and not current.is_deleted:
+            raise PreconditionFailed(f"{entry.res_type}/{body_id} exists but does not match the criteria",
+                                     [f"{entry.path}.request.url"])
+        entry.target_id, entry.action = body_id, "update"
+    else:
+        entry.target_id, entry.action = new_id(), "create"
+
+
+def check_overlaps(entries: list[Entry]) -> None:
+    """http.html#trules: identities (also resolved ones) may not overlap in DELETE/POST/PUT/PATCH."""
+    seen: dict[tuple[str, str], Entry] = {}
+    for entry in entries:
+        if not entry.is_write or entry.target_id is None:
+            continue
+        key = (entry.res_type, entry.target_id)
+        if key in seen:
+            raise duplicate_target(seen[key], entry, f"{entry.res_type}/{entry.target_id}")
+        seen[key] = entry
+    for entry in entries:
+        if entry.is_conditional and entry.action == "create":
+            check_no_twin(entry, entries)
+
+
+def check_no_twin(entry: Entry, entries: list[Entry]) -> None:
+    """Two entries that would both create the resource one conditional entry looks for."""
+    for other in entries:
+        if other is entry or other.res_type != entry.res_type or other.action not in ("create", "update"):
+            continue
+        if matches_in_memory(other.resource, other.target_id, entry.criteria):
+            raise duplicate_target(entry, other, f"the {entry.res_type} matching {lock_key(entry)!r}")
+
+
+def duplicate_target(first: Entry, second: Entry, what: str) -> FhirError:
+    return Invalid(f"{first.path} and {second.path} both resolve to {what}: a resource can appear in a "
+                   "transaction only once", [f"{first.path}.request", f"{second.path}.request"], code="duplicate")
+
+
+# -- references (inside the transaction) -------------------------------------------------------------
+
+def resolve_conditional_references(uow: UnitOfWork, entries: list[Entry], targets: dict[str, str | None]) -> None:
+    """`Patient?identifier=...` references: exactly one match, counting the store as it is in
+    this transaction and the resources this Bundle writes (http.html#trules)."""
+    written = [e for e in entries if e.action in ("create", "update") and e.resource is not None]
+    replaced = {(e.res_type, e.target_id) for e in entries if e.action in ("update", "delete")}
+    resolved: dict[str, str] = {}
+    for entry in written:
+        for site in entry.sites:
+            found = conditional_reference(site.value)
+            if found is None:
+                continue
+            if site.value not in resolved:
+                where = site.element_path(f"{entry.path}.resource")
+                resolved[site.value] = resolve_conditional_reference(uow, found, written, replaced, targets, where)
+            site.holder["reference"] = resolved[site.value]
+
+
+def resolve_conditional_reference(uow: UnitOfWork, found: tuple[str, str], written: list[Entry],
+                                  replaced: set, targets: dict, where: str) -> str:
+    res_type, query = found
+    if res_type not in SUPPORTED_TYPES:
+        raise Invalid(f"conditional reference to unsupported type {res_type!r}", [where], code="not-supported")
+    try:
+        criteria, _ = substitute_criteria(interactions.parse_criteria(query), targets)
+        ids = {rid for rid in uow.search_ids(res_type, criteria) if (res_type, rid) not in replaced}
+    except FhirError as error:
+        raise relocate(error, where) from None
+    for other in written:
+        if other.res_type != res_type:
+            continue
+        matched = matches_in_memory(other.resource, other.target_id, criteria)
+        if matched is None:
+            raise Invalid(f"the conditional reference {res_type}?{query} uses criteria that cannot be matched "
+                          f"against the {res_type} written by {other.path} (use identifier or _id)", [where],
+                          code="not-supported")
+        if matched:
+            ids.add(other.target_id)
+    if not ids:
+        # http.html#trules: "if there are no matches ... the transaction fails"
+        raise Invalid(f"the conditional reference {res_type}?{query} matches no resource", [where], code="not-found")
+    if len(ids) > 1:
+        raise PreconditionFailed(f"the conditional reference {res_type}?{query} matches {len(ids)} resources; "
+                                 "it must match exactly one", [where])
+    return f"{res_type}/{ids.pop()}"
+
+
+def rewrite_local_references(entries: list[Entry], targets: dict[str, str | None]) -> None:
+    for entry in entries:
+        if entry.action not in ("create", "update"):
+            continue
+        for site in entry.sites:
+            target, fragment = split_fragment(site.value)
+            if target in targets:
+                if targets[target] is None:
+                    raise Invalid(f"reference {site.value!r} names an entry that resolves to no resource",
+                                  [site.element_path(f"{entry.path}.resource")], code="not-found")
+                site.holder["reference"] = targets[target] + fragment
+
+
+# -- batch ---------------------------------------------------------------------------------------
+
+def process_batch(repo: Repository, parsed: ParsedBundle, settings: BundleSettings) -> None:
+    """Each entry in its own transaction (http.html#brules); a failure is that entry's answer."""
+    for entry in processing_order(parsed.entries):
+        try:
+            run_batch_entry(repo, entry, settings)
+        except FhirError as error:
+            entry.result = EntryResult(error.status, error=error)
+        except OperationalError:
+            entry.result = EntryResult(503, error=FhirError(503, "transient", "the database is busy; retry this entry"))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", "") not in ("40001", "40P01"):
+                raise
+            entry.result = EntryResult(409, error=FhirError(409, "conflict", "a concurrent transaction conflicted; retry"))
+
+
+def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) -> None:
+    if entry.resource is not None and entry.method in ("POST", "PUT"):
+        refuse_references_between_entries(entry)
+    prepare_entry(entry, {}, {})
+    if entry.method in ("GET", "HEAD"):
+        with repo.reading() as uow:
+            assign_plain_identity(entry)
+            entry.result = execute_entry(uow, entry, settings)
+        return
+    with repo.transaction() as uow:
+        resolve_identities(uow, [entry])
+        resolve_conditional_references(uow, [entry], {})
+        entry.result = execute_entry(uow, entry, settings)
+
+
+def refuse_references_between_entries(entry: Entry) -> None:
+    # http.html#brules: references from one batch entry to another are non-conformant.
+    for site in find_reference_sites(entry.resource):
+        if is_bundle_local(split_fragment(site.value)[0]):
+            raise Invalid(f"reference {site.value!r}: entries of a batch are independent and cannot "
+                          "reference each other; send a transaction Bundle",
+                          [site.element_path(f"{entry.path}.resource")], code="not-found")
