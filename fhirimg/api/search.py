@@ -1,64 +1,69 @@
-"""GET [type]?params and POST [type]/_search: searchset Bundles."""
-from __future__ import annotations
+"""GET [type]?params, POST [type]/_search and GET [base]?_type=...: searchset Bundles.
 
-from urllib.parse import urlencode
+HTTP only: the parameters are read here, parsed by fhirimg.search.query and run by
+fhirimg.search.searchset. Prefer: handling=strict turns unknown parameters into a 400
+(search.html#errors); lenient (the default) reports them in an outcome entry.
+"""
+from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from ..errors import Invalid, Issue, operation_outcome
-from ..interactions import RESULT_PARAMETERS
-from ..search import registry
-from .negotiation import base_url, json_response, prefer_handling, read_json_body
+from ..errors import Invalid
+from ..resources import SUPPORTED_TYPES
+from ..search.query import SearchRequest
+from ..search.searchset import SearchContext, run_search, run_system_search
+from .negotiation import base_url, json_response, prefer_handling
 from .rest import checked_type, repository
 
 blueprint = Blueprint("search", __name__)
+COMMON_ONLY = {"_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"}
+IGNORED_HERE = {"_format", "_pretty"}  # handled by content negotiation
 
 
 @blueprint.route("/<res_type>", methods=["GET"])
 def search_type(res_type: str) -> Response:
     checked_type(res_type)
-    return json_response(run_search(res_type, list(request.args.items(multi=True))))
+    return json_response(search(res_type, list(request.args.items(multi=True))))
 
 
 @blueprint.route("/<res_type>/_search", methods=["POST"])
 def search_type_post(res_type: str) -> Response:
     checked_type(res_type)
-    if not (request.mimetype == "application/x-www-form-urlencoded"):
-        raise Invalid("POST _search takes application/x-www-form-urlencoded parameters")
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise Invalid("POST _search takes application/x-www-form-urlencoded parameters (http.html#search)")
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
-    return json_response(run_search(res_type, params))
+    return json_response(search(res_type, params))
 
 
-def run_search(res_type: str, params: list[tuple[str, str]]) -> dict:
-    known = {p.name for p in registry.parameters_for(res_type)}
-    criteria, ignored = [], []
-    for name, value in params:
-        if name in known:
-            criteria.append((name, value))
-        elif name not in RESULT_PARAMETERS:
-            ignored.append(name)
-    if ignored and prefer_handling() == "strict":
-        raise Invalid(f"unknown search parameters for {res_type}: {', '.join(ignored)}", ignored)
-    count = page_size(params)
+@blueprint.route("/", methods=["GET"])
+def search_system() -> Response:
+    params = [(k, v) for k, v in request.args.items(multi=True) if k not in IGNORED_HERE]
+    types_param = [v for k, v in params if k == "_type"]
+    types = [t for value in types_param for t in value.split(",") if t] or list(SUPPORTED_TYPES)
+    unknown = [t for t in types if t not in SUPPORTED_TYPES]
+    if unknown:
+        raise Invalid(f"_type names unsupported types: {', '.join(unknown)}", ["_type"])
+    criteria = [(k, v) for k, v in params if k not in ("_type", "_cursor")]
+    for name, _ in criteria:
+        if not name.startswith("_") or name.split(":")[0] not in COMMON_ONLY | {"_count"}:
+            raise Invalid(f"system search supports only the common parameters "
+                          f"({', '.join(sorted(COMMON_ONLY))}) and _count; {name!r} is not one", [name])
+    strict = prefer_handling() == "strict"
+    requests = [SearchRequest.parse(t, criteria, strict, base_url()) for t in types]
+    cursor = next((v for k, v in params if k == "_cursor"), None)
+    link_params = [(k, v) for k, v in params if k != "_cursor"]
     with repository().reading() as uow:
-        ids = sorted(uow.indexer.find_ids(uow.conn, res_type, criteria)) if criteria else []
-        found = uow.read_many(res_type, ids[:count])
-    entries = [{"fullUrl": f"{base_url()}/{res_type}/{rid}", "resource": found[rid].resource,
-                "search": {"mode": "match"}} for rid in ids[:count] if rid in found]
-    if ignored:
-        entries.append({"resource": operation_outcome([Issue("not-supported", f"parameter {n!r} ignored",
-                                                             [n], "warning") for n in ignored]),
-                        "search": {"mode": "outcome"}})
-    self_query = urlencode(criteria + [("_count", str(count))])
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(ids),
-            "link": [{"relation": "self", "url": f"{base_url()}/{res_type}?{self_query}"}], "entry": entries}
+        bundle = run_system_search(uow, requests, context(), cursor, link_params)
+    return json_response(bundle)
 
 
-def page_size(params) -> int:
+def search(res_type: str, params: list[tuple[str, str]]) -> dict:
+    params = [(k, v) for k, v in params if k not in IGNORED_HERE]
+    search_request = SearchRequest.parse(res_type, params, prefer_handling() == "strict", base_url())
+    with repository().reading() as uow:
+        return run_search(uow, search_request, context())
+
+
+def context() -> SearchContext:
     limits = current_app.config["FHIRIMG"]["limits"]
-    value = dict(params).get("_count")
-    if value is None:
-        return limits["default_page_size"]
-    if not value.isdigit():
-        raise Invalid(f"_count must be a non-negative integer, got {value!r}", ["_count"])
-    return min(int(value), limits["max_page_size"])
+    return SearchContext(base_url(), limits["default_page_size"], limits["max_page_size"])

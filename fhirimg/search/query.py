@@ -1,0 +1,203 @@
+"""A parsed search (criteria + result parameters) and the SQL for one page of it.
+
+Paging is keyset, not OFFSET: each page continues after the sort key of the last row
+of the previous one, so page 50 costs what page 1 costs, and rows written meanwhile
+neither shift nor repeat what a client has already seen (search.html#paging).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, func, literal, or_, select
+
+from ..errors import Invalid, Issue
+from ..store.schema import resource_current
+from . import registry
+from .criteria import TOP, UnknownParameter, match_ids, split_values
+from .tables import search_sort
+
+RESULT_PARAMETERS = {"_format", "_pretty", "_summary", "_elements", "_count", "_sort", "_total",
+                     "_include", "_revinclude", "_contained", "_containedType", "_cursor", "_type"}
+SUMMARY_VALUES = ("true", "false", "text", "data", "count")
+TOTAL_VALUES = ("none", "estimate", "accurate")
+
+
+@dataclass
+class SortKey:
+    name: str
+    descending: bool
+
+
+@dataclass
+class SearchRequest:
+    res_type: str
+    criteria: list[tuple[str, str]] = field(default_factory=list)  # accepted (name, value), for links
+    conditions: list = field(default_factory=list)
+    ignored: list[Issue] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    count: int | None = None
+    total: str | None = None
+    summary: str | None = None
+    elements: list[str] | None = None
+    includes: list[tuple[str, bool]] = field(default_factory=list)  # (Type:param[:target], iterate)
+    revincludes: list[tuple[str, bool]] = field(default_factory=list)
+    cursor: str | None = None
+
+    @classmethod
+    def parse(cls, res_type: str, params: list[tuple[str, str]], strict: bool = False,
+              base: str | None = None) -> "SearchRequest":
+        request = cls(res_type)
+        for name, value in params:
+            if name in RESULT_PARAMETERS:
+                request._take_result_parameter(name, value)
+                continue
+            try:
+                ids, negated = match_ids(res_type, name, value, base)
+            except UnknownParameter as exc:
+                if strict:
+                    raise
+                request.ignored.append(Issue("not-supported", f"unknown search parameter {name!r} "
+                                             f"for {res_type} was ignored", [name], "warning"))
+                continue
+            cur = resource_current
+            request.conditions.append(cur.c.res_id.not_in(ids) if negated else cur.c.res_id.in_(ids))
+            request.criteria.append((name, value))
+        return request
+
+    def _take_result_parameter(self, name: str, value: str) -> None:
+        if name == "_sort":
+            self.sort = [parse_sort_key(self.res_type, k) for k in value.split(",") if k]
+        elif name == "_count":
+            if not value.isdigit():
+                raise Invalid(f"_count must be a non-negative integer, got {value!r}", ["_count"])
+            self.count = int(value)
+        elif name == "_total":
+            if value not in TOTAL_VALUES:
+                raise Invalid(f"_total must be one of {', '.join(TOTAL_VALUES)}, got {value!r}", ["_total"])
+            self.total = value
+        elif name == "_summary":
+            if value not in SUMMARY_VALUES:
+                raise Invalid(f"_summary must be one of {', '.join(SUMMARY_VALUES)}, got {value!r}", ["_summary"])
+            self.summary = value
+        elif name == "_elements":
+            self.elements = [e.strip() for e in value.split(",") if e.strip()]
+        elif name.startswith("_include") or name.startswith("_revinclude"):
+            self._take_include(name, value)
+        elif name == "_cursor":
+            self.cursor = value
+        elif name in ("_contained", "_containedType"):
+            raise Invalid(f"{name} is not supported: this server does not search contained resources", [name])
+
+    def _take_include(self, name: str, value: str) -> None:
+        base_name, _, modifier = name.partition(":")
+        if modifier not in ("", "iterate", "recurse"):
+            raise Invalid(f"{name}: unknown modifier :{modifier} (use :iterate)", [name])
+        iterate = modifier in ("iterate", "recurse")
+        check_include(value, base_name, self.res_type, iterate)
+        (self.includes if base_name == "_include" else self.revincludes).append((value, iterate))
+
+    def canonical(self) -> str:
+        """What a cursor is bound to: the same criteria and sort, in order."""
+        sort = ",".join(("-" if k.descending else "") + k.name for k in self.sort)
+        return self.res_type + "?" + "&".join(f"{n}={v}" for n, v in self.criteria) + "#" + sort
+
+
+def parse_sort_key(res_type: str, text: str) -> SortKey:
+    descending = text.startswith("-")
+    name = text[1:] if descending else text
+    param = registry.parameter(res_type, name)
+    if param is None or not param.is_sortable:
+        raise Invalid(f"_sort: {res_type} cannot be sorted by {name!r} (sortable: "
+                      f"{', '.join(p.name for p in registry.parameters_for(res_type) if p.is_sortable)})",
+                      ["_sort"])
+    return SortKey(name, descending)
+
+
+def check_include(value: str, kind: str, res_type: str, iterate: bool) -> None:
+    if value == "*":
+        return
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise Invalid(f"{kind}={value}: expected Type:parameter[:targetType]", [kind])
+    source, param_name = parts[0], parts[1]
+    param = registry.parameter(source, param_name)
+    if param is None or param.type != "reference":
+        raise Invalid(f"{kind}={value}: {source} has no reference search parameter {param_name!r}", [kind])
+    if kind == "_include" and source != res_type and not iterate:
+        raise Invalid(f"_include={value}: the source type must be {res_type} (or use _include:iterate)", [kind])
+
+
+# -- the page query --------------------------------------------------------------------
+def sort_columns(request: SearchRequest, query):
+    """Add the sort keys to `query`: [(column, descending)], ending with the id as tie-break."""
+    cur = resource_current
+    positive = {split_name(n) for n, _ in request.criteria if ":missing" not in n and ":not" not in n}
+    columns = []
+    for key in request.sort:
+        if key.name == "_id":
+            columns.append((cur.c.res_id, key.descending))
+            continue
+        if key.name == "_lastUpdated":
+            columns.append((cur.c.last_updated_ms, key.descending))
+            continue
+        sort = search_sort.alias(f"sort_{len(columns)}")
+        on = and_(sort.c.res_type == cur.c.res_type, sort.c.res_id == cur.c.res_id, sort.c.param == key.name)
+        column = sort.c.desc_key if key.descending else sort.c.asc_key
+        if key.name in positive:  # every match has a value: a plain join keeps the index usable
+            query = query.join(sort, on)
+        else:  # resources without a value sort last either way
+            query = query.outerjoin(sort, on)
+            column = func.coalesce(column, "" if key.descending else TOP)
+        columns.append((column, key.descending))
+    if not any(c is cur.c.res_id for c, _ in columns):
+        columns.append((cur.c.res_id, False))
+    return query, columns
+
+
+def split_name(name: str) -> str:
+    return name.split(":", 1)[0].split(".", 1)[0]
+
+
+def base_query(request: SearchRequest):
+    cur = resource_current
+    return select(cur.c.res_id).select_from(cur).where(
+        cur.c.res_type == request.res_type, cur.c.is_deleted.is_(False), *request.conditions)
+
+
+def page_query(request: SearchRequest, after: list | None, backwards: bool, limit: int):
+    """Ids (and sort values) of one page: rows after `after` in sort order (before it if backwards)."""
+    query, columns = sort_columns(request, base_query(request))
+    query = query.add_columns(*[c.label(f"k{i}") for i, (c, _) in enumerate(columns)])
+    if after is not None:
+        if len(after) != len(columns):
+            raise Invalid("the paging cursor does not belong to this search", ["_cursor"])
+        query = query.where(keyset_after(columns, after, backwards))
+    order = []
+    for column, descending in columns:
+        descending = descending != backwards
+        order.append(column.desc() if descending else column.asc())
+    return query.order_by(*order).limit(limit), len(columns)
+
+
+def keyset_after(columns, values: list, backwards: bool):
+    """(k1, k2, ...) strictly after `values` in the order of `columns` (row-value comparison, expanded)."""
+    branches = []
+    for i, (column, descending) in enumerate(columns):
+        go_down = descending != backwards
+        step = column < values[i] if go_down else column > values[i]
+        equal = [columns[j][0] == values[j] for j in range(i)]
+        branches.append(and_(*equal, step))
+    return or_(*branches)
+
+
+def count_query(request: SearchRequest):
+    return select(func.count()).select_from(base_query(request).subquery())
+
+
+__all__ = ["SearchRequest", "page_query", "count_query", "split_values", "literal", "matching_ids"]
+
+
+def matching_ids(conn, request: SearchRequest, limit: int) -> list[str]:
+    """All ids (up to `limit`) matching a request's criteria, in id order (conditional operations)."""
+    query = base_query(request).order_by(resource_current.c.res_id).limit(limit)
+    return [row.res_id for row in conn.execute(query)]
