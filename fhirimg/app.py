@@ -39,6 +39,8 @@ def create_app(config: dict | None = None, engine=None) -> Flask:
 
 def register_blueprints(app: Flask) -> None:
     from .api import capability, rest, search
+    # Any blueprint may route on `<restype:...>`: the converter exists before the first one.
+    app.url_map.converters["restype"] = rest.ResourceTypeConverter
     # Order matters: fixed paths (metadata, _search, _history) before /<type>/<id>.
     app.register_blueprint(capability.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(search.blueprint, url_prefix=FHIR_PREFIX)

@@ -79,9 +79,16 @@ def run(config_path) -> None:
 @click.option("--base", default="http://127.0.0.1:8080/fhir", show_default=True, help="FHIR base URL.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def load(paths, base, quiet) -> None:
-    """POST resources and Bundles from JSON files or directories to a FHIR server."""
-    from .loader import load_paths
-    summary = load_paths(list(paths), base, progress=not quiet)
+    """Send resources and Bundles from JSON/NDJSON files or directories to a FHIR server.
+
+    Transaction and batch Bundles are POSTed to the base; a resource with an id is PUT
+    (keeping its id), one without is POSTed. Prints a summary; exits 1 if anything failed.
+    """
+    from .loader import ServerUnreachable, load_paths
+    try:
+        summary = load_paths(list(paths), base, progress=not quiet)
+    except ServerUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(summary.describe())
     if summary.failed:
         sys.exit(1)

@@ -5,10 +5,12 @@ three; if one of them dies the others are stopped too, so nothing is left half r
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,20 +32,64 @@ def find_redis_server() -> str:
                          "or set FHIRIMG_REDIS_URL to an external Redis") from None
 
 
+# sockaddr_un.sun_path holds 108 bytes; a deeper var/ gets a loopback port instead.
+MAX_SOCKET_PATH = 100
+
+
 def start_redis(var_dir: Path) -> tuple[subprocess.Popen, str]:
     """Redis on a unix socket under var/ (no TCP port to collide with), persistence off: the
     database is the source of truth and the reconciler re-enqueues lost jobs."""
     socket_path = (var_dir / "redis.sock").resolve()
     socket_path.unlink(missing_ok=True)
-    proc = subprocess.Popen([find_redis_server(), "--port", "0", "--unixsocket", str(socket_path),
-                             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-                             "--dir", str(var_dir.resolve()), "--logfile", str((var_dir / "redis.log").resolve())])
-    deadline = time.monotonic() + 10
-    while not socket_path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the embedded redis-server did not start; see {var_dir / 'redis.log'}")
-        time.sleep(0.05)
-    return proc, f"unix://{socket_path}"
+    if len(str(socket_path).encode()) <= MAX_SOCKET_PATH:
+        listen, url = ["--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700"], \
+            f"unix://{socket_path}"
+    else:
+        port = free_loopback_port()
+        listen, url = ["--port", str(port), "--bind", "127.0.0.1"], f"redis://127.0.0.1:{port}/0"
+    proc = subprocess.Popen([find_redis_server(), *listen, "--save", "", "--appendonly", "no",
+                             "--dir", str(var_dir.resolve()), "--logfile", str((var_dir / "redis.log").resolve())],
+                            # Own session: a Ctrl-C in the terminal reaches server and worker,
+                            # not Redis, which must outlive them (stopped last by the supervisor).
+                            preexec_fn=die_with_parent, start_new_session=True)
+    wait_for_redis(proc, url, var_dir)
+    return proc, url
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_redis(proc: subprocess.Popen, url: str, var_dir: Path, timeout: float = 10.0) -> None:
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    client = Redis.from_url(url, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except RedisConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(f"the embedded redis-server did not start; see {var_dir / 'redis.log'}") from None
+            time.sleep(0.05)
+        finally:
+            client.close()
+
+
+def die_with_parent() -> None:
+    """Linux: ask for SIGTERM when the supervisor dies, even by SIGKILL, so that no orphan
+    Redis, worker or server outlives `fhirimg run` (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def run_embedded(config: dict, config_path: str | None) -> int:
@@ -58,8 +104,9 @@ def run_embedded(config: dict, config_path: str | None) -> int:
     base_cmd = [sys.executable, "-m", "fhirimg.cli"]
     extra = ["--config", config_path] if config_path else []
     if config["worker"]["embedded"]:
-        children.append(("worker", subprocess.Popen(base_cmd + ["worker", *extra], env=env)))
-    children.append(("server", subprocess.Popen(base_cmd + ["serve", *extra], env=env)))
+        children.append(("worker", subprocess.Popen(base_cmd + ["worker", *extra], env=env,
+                                                    preexec_fn=die_with_parent)))
+    children.append(("server", subprocess.Popen(base_cmd + ["serve", *extra], env=env, preexec_fn=die_with_parent)))
     serve = config["serve"]
     log.info("fhirimg is starting at http://%s:%s/fhir (Ctrl-C stops it)", serve["host"], serve["port"])
     return supervise(children)
@@ -86,14 +133,20 @@ def supervise(children: list[tuple[str, subprocess.Popen]]) -> int:
     return status
 
 
-def stop_children(children: list[tuple[str, subprocess.Popen]]) -> None:
-    # Server and worker first (a worker finishes its current instance), Redis last.
-    for name, proc in reversed(children):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+def stop_children(children: list[tuple[str, subprocess.Popen]], timeout: float = 15.0) -> None:
+    """Server and worker together first (a worker finishes its current instance, gunicorn its
+    requests), Redis last, so that they can still talk to it while they stop."""
+    users = [(name, proc) for name, proc in children if name != "redis"]
+    redis = [(name, proc) for name, proc in children if name == "redis"]
+    for group in (users, redis):
+        for _, proc in group:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, proc in group:
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in 15 s; killing it", name)
+                log.warning("%s did not stop in %.0f s; killing it", name, timeout)
                 proc.kill()
                 proc.wait()

@@ -63,3 +63,61 @@ class RedisServer:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+# --- fhirimg itself as a real process (serve, run) --------------------------------------------
+
+def fhirimg_command() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m fhirimg.cli`."""
+    import sys
+    script = Path(sys.executable).parent / "fhirimg"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fhirimg.cli"]
+
+
+def fhirimg_env(**settings: str) -> dict[str, str]:
+    """The current environment without any FHIRIMG_* setting, plus `settings`
+    (FHIRIMG_ + key in upper case: database_url="..." -> FHIRIMG_DATABASE_URL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRIMG_")}
+    env.update({f"FHIRIMG_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def start_fhirimg(args: list[str], workdir: Path, env: dict[str, str], **popen) -> subprocess.Popen:
+    """`fhirimg ARGS` in `workdir`, output to workdir/fhirimg.log (read it on failure)."""
+    log = open(workdir / "fhirimg.log", "ab")
+    return subprocess.Popen(fhirimg_command() + args, cwd=workdir, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, **popen)
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0, log: Path | None = None):
+    """Poll `url` until it answers 200; fail early (with the log) if `process` exits."""
+    import requests
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            text = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+            raise AssertionError(f"process exited with {process.returncode} before {url} answered:\n{text}")
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == 200:
+                return response
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+def descendants(pid: int) -> list:
+    """psutil.Process objects of every process below `pid` (children, grandchildren)."""
+    import psutil
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_gone(processes: list, timeout: float) -> list:
+    """The processes still alive after `timeout` seconds (zombies count as gone)."""
+    import psutil
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -1,0 +1,142 @@
+"""`fhirimg serve` under gunicorn and `fhirimg load`, as real processes over real sockets."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from ..factories import make_endpoint, make_imaging_study, make_patient
+from ..services import (descendants, fhirimg_command, fhirimg_env, free_port, start_fhirimg, wait_for_http,
+                        wait_gone)
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+class Served:
+    def __init__(self, workdir: Path, workers: int = 2):
+        self.workdir = workdir
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.env = fhirimg_env(database_url=f"sqlite:///{workdir / 'fhirimg.db'}", var_dir=workdir / "var",
+                               log_level="WARNING")
+        self.process = start_fhirimg(["serve", "--port", str(self.port), "--workers", str(workers)],
+                                     workdir, self.env)
+        wait_for_http(f"{self.base}/metadata", self.process, log=workdir / "fhirimg.log")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    server = Served(tmp_path_factory.mktemp("serve"))
+    yield server
+    server.stop()
+
+
+def test_serve_runs_the_configured_number_of_gunicorn_workers(served):
+    workers = descendants(served.process.pid)
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+
+
+def test_create_then_read_over_http(served):
+    created = requests.post(f"{served.base}/Patient", json=make_patient("serve-1"), headers=FHIR, timeout=10)
+    assert created.status_code == 201
+    location = created.headers["Location"]
+    assert location.startswith(served.base + "/Patient/") and location.endswith("/_history/1")
+    # Several reads: with 2 workers they are spread over both processes, which share the file DB.
+    for _ in range(6):
+        read = requests.get(f"{served.base}/Patient/{created.json()['id']}", timeout=10)
+        assert read.status_code == 200 and read.json()["identifier"] == created.json()["identifier"]
+        assert read.headers["ETag"] == 'W/"1"'
+
+
+def test_sigterm_stops_the_server_and_its_workers(tmp_path):
+    server = Served(tmp_path)
+    workers = descendants(server.process.pid)
+    assert workers
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(20) == 0
+    assert wait_gone(workers, 5) == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.base}/metadata", timeout=2)
+
+
+def test_bad_configuration_stops_serve_naming_the_key(tmp_path):
+    env = fhirimg_env(serve__workers="lots")
+    result = subprocess.run(fhirimg_command() + ["serve"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "serve.workers" in result.stderr
+
+
+# --- fhirimg load --------------------------------------------------------------------------
+
+def write(path: Path, document) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+    return path
+
+
+def load(served, *paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(fhirimg_command() + ["load", *map(str, paths), "--base", served.base],
+                          env=served.env, capture_output=True, text=True, timeout=120)
+
+
+def test_load_directory_sends_resources_bundles_and_ndjson(served, tmp_path):
+    data = tmp_path / "data"
+    write(data / "patient.json", make_patient("load-1", id="load-pat-1"))
+    write(data / "nested" / "endpoint.json", make_endpoint())
+    study_uid = "1.2.826.0.1.3680043.10.543.999.1"
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:6f1c5b1e-0000-4000-8000-000000000001", "resource": make_patient("load-2"),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": make_imaging_study("urn:uuid:6f1c5b1e-0000-4000-8000-000000000001", study_uid=study_uid),
+         "request": {"method": "POST", "url": "ImagingStudy"}}]}
+    write(data / "bundle.json", transaction)
+    collection = {"resourceType": "Bundle", "type": "collection",
+                  "entry": [{"resource": make_patient("load-3")}, {"resource": make_patient("load-4")}]}
+    write(data / "collection.json", collection)
+    (data / "patients.ndjson").write_text("\n".join(json.dumps(make_patient(f"load-nd-{i}")) for i in range(3)) + "\n")
+    (data / "notes.txt").write_text("not FHIR, not loaded")
+
+    result = load(served, data)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 files, 8 requests, 9 resources written, 0 failed" in result.stdout
+    assert "loading" in result.stderr and "100%" in result.stderr  # the tqdm progress bar
+    assert requests.get(f"{served.base}/Patient/load-pat-1").status_code == 200
+    for mrn in ("load-2", "load-3", "load-4", "load-nd-0", "load-nd-2"):
+        found = requests.get(f"{served.base}/Patient", params={"identifier": mrn}).json()
+        assert len(found.get("entry", [])) == 1, mrn
+    studies = requests.get(f"{served.base}/ImagingStudy", params={"identifier": f"urn:oid:{study_uid}"}).json()
+    subject = studies["entry"][0]["resource"]["subject"]["reference"]
+    assert subject.startswith("Patient/") and "urn:uuid" not in subject
+
+
+def test_load_reports_each_failure_and_exits_1(served, tmp_path):
+    good = write(tmp_path / "good.json", make_patient("load-ok"))
+    invalid = write(tmp_path / "invalid.json", make_patient("load-bad", gender="robot"))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = load(served, good, invalid, broken)
+    assert result.returncode == 1
+    assert "3 files, 2 requests, 1 resources written, 2 failed" in result.stdout
+    assert f"FAILED {invalid}: HTTP 422" in result.stdout and "Patient.gender" in result.stdout
+    assert f"FAILED {broken}:" in result.stdout
+
+
+def test_load_stops_at_once_when_the_server_is_unreachable(tmp_path):
+    path = write(tmp_path / "p.json", make_patient())
+    result = subprocess.run(fhirimg_command() + ["load", str(path), "--base", f"http://127.0.0.1:{free_port()}/fhir"],
+                            capture_output=True, text=True, timeout=60, env=fhirimg_env())
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr
