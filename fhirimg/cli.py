@@ -94,6 +94,14 @@ def load(paths, base, quiet) -> None:
         sys.exit(1)
 
 
+def _register_replicate_commands() -> None:
+    from .replicate import cli as replicate_cli  # also registers the [replicate] config section
+    main.add_command(replicate_cli.replicate)
+
+
+_register_replicate_commands()
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print figures you can compare."""

@@ -15,7 +15,8 @@ class GunicornApplication(BaseApplication):
 
     def load_config(self):
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # settings newer than the oldest gunicorn we support
+                self.cfg.set(key, value)
 
     def load(self):
         from .app import create_app
@@ -25,7 +26,10 @@ class GunicornApplication(BaseApplication):
 def gunicorn_options(serve: dict) -> dict:
     return {"bind": f"{serve['host']}:{serve['port']}", "workers": serve["workers"],
             "threads": serve["threads"], "timeout": serve["timeout"], "worker_class": "gthread",
-            "accesslog": "-", "graceful_timeout": 10, "limit_request_line": 8190}
+            "accesslog": "-", "graceful_timeout": 10, "limit_request_line": 8190,
+            # gunicorn >= 24 opens a control socket at one fixed path in $HOME: a second
+            # instance on the machine (tests, a replica, bench) would take it over.
+            "control_socket_disable": True}
 
 
 def serve_gunicorn(config: dict, serve: dict) -> None:

@@ -1,0 +1,106 @@
+"""`fhirimg replicate pull | push | status` (also registers the [replicate] config section)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+
+from .settings import adhoc_link, configured_links, parse_duration
+
+log = logging.getLogger("fhirimg.replicate")
+
+
+@click.group("replicate")
+def replicate() -> None:
+    """Push/pull replication between FHIR servers over their _history."""
+
+
+def _site(config_path):
+    from ..cli import _load, _setup_logging
+    from .runner import Site
+    config = _load(config_path)
+    _setup_logging(config)
+    return Site(config)
+
+
+def _types(value: str | None) -> list[str]:
+    return [t.strip() for t in (value or "").split(",") if t.strip()]
+
+
+def _every(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--every") from None
+
+
+def _run(site, link, every: float | None) -> None:
+    from .runner import run_link_every, run_link_once
+
+    def show(result) -> None:
+        click.echo(f"{link.name}: {result}")
+        if result.errors:
+            click.echo(f"{link.name}: FAILED: {result.errors[0]}", err=True)
+
+    if every is None:
+        result = run_link_once(site, link)
+        show(result)
+        if result.errors:
+            raise SystemExit(1)
+        return
+    try:
+        run_link_every(site, link, every, report=show)
+    except KeyboardInterrupt:
+        pass
+
+
+@replicate.command("pull")
+@click.option("--source", required=True, help="FHIR base URL of the source, e.g. http://a:8080/fhir")
+@click.option("--types", help="Comma-separated resource types (default: all supported).")
+@click.option("--every", help="Poll on this interval (30s, 5m) until interrupted; default: once.")
+@click.option("--name", help="Link name (keys the saved cursor); default derived from the URL.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def pull(source, types, every, name, config_path) -> None:
+    """Apply the source's changes since the saved cursor here, keeping ids and content."""
+    site = _site(config_path)
+    try:
+        link = adhoc_link("pull", source, _types(types), _every(every) or 30.0, site.section, name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _run(site, link, _every(every))
+
+
+@replicate.command("push")
+@click.option("--destination", required=True, help="FHIR base URL of the destination.")
+@click.option("--types", help="Comma-separated resource types (default: all supported).")
+@click.option("--every", help="Push on this interval (30s, 5m) until interrupted; default: once.")
+@click.option("--name", help="Link name (keys the saved cursor); default derived from the URL.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def push(destination, types, every, name, config_path) -> None:
+    """Send local changes since the saved cursor to the destination as transaction Bundles."""
+    site = _site(config_path)
+    try:
+        link = adhoc_link("push", destination, _types(types), _every(every) or 30.0, site.section, name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _run(site, link, _every(every))
+
+
+@replicate.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--offline", is_flag=True, help="Do not ask pull sources how far behind this site is.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def status(as_json, offline, config_path) -> None:
+    """Each link's cursor, changes behind, lag, counters and last error."""
+    from .client import RetryPolicy
+    from .status import format_status, link_statuses
+    site = _site(config_path)
+    links = {link.name: link for link in configured_links(site.config)}
+    rows = link_statuses(site.engine, links, RetryPolicy.from_section(site.section), live=not offline)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        click.echo(format_status(rows))

@@ -1,0 +1,79 @@
+"""The README's curl examples, run in order against `fhirimg serve`: the documentation
+cannot drift from what the server does."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from .test_serve import Served
+
+README = Path(__file__).resolve().parents[2] / "README.rst"
+SECTION = ("Every interaction with curl", "Loading files")
+
+# One status per curl command of the section, in order.
+EXPECTED = [200,            # metadata
+            201,            # create
+            201,            # update as create
+            200, 304,       # read, conditional read
+            200,            # update with If-Match
+            200,            # vread
+            200,            # patch
+            200,            # history
+            200, 200,       # search by identifier, by _id
+            200,            # conditional create that matches
+            200,            # conditional update
+            200,            # conditional delete
+            200, 410, 200]  # delete, read after delete, vread of an old version
+
+
+def curl_blocks(text: str) -> list[str]:
+    """The `.. code-block:: bash` bodies between the two SECTION headings."""
+    start = text.index("\n" + SECTION[0])
+    end = text.index("\n" + SECTION[1], start)
+    lines = text[start:end].splitlines()
+    blocks, current = [], None
+    for line in lines:
+        if line.strip() == ".. code-block:: bash":
+            current = []
+            blocks.append(current)
+        elif current is not None and (line.startswith("    ") or not line.strip()):
+            current.append(line[4:])
+        elif current is not None:
+            current = None
+    return ["\n".join(b).strip() for b in blocks]
+
+
+def test_the_readme_shows_every_interaction():
+    script = "\n".join(curl_blocks(README.read_text()))
+    for fragment in ("/metadata", "-X POST", "-X PUT", "If-Match", "If-None-Match", "_history/1", "-X PATCH",
+                     "If-None-Exist", "Patient?identifier=", "-X DELETE", "/_history\""):
+        assert fragment in script, fragment
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    server = Served(tmp_path_factory.mktemp("readme"))
+    yield server
+    server.stop()
+
+
+def test_every_curl_example_answers_as_documented(served):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    commands = curl_blocks(README.read_text())
+    # Each curl prints only its status code, one per line.
+    script = "curl() { command curl -sS -o /dev/null -w '%{http_code}\\n' \"$@\"; }\nset -e\n" + "\n".join(commands)
+    result = subprocess.run(["bash", "-c", script], env={**served.env, "FHIR": served.base},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [int(code) for code in result.stdout.split()] == EXPECTED
+    assert len(re.findall(r"^\s*curl ", "\n".join(commands), re.M)) == len(EXPECTED)
+    updated = requests.get(f"{served.base}/Patient/anna/_history/2").json()
+    assert updated["name"][0]["given"] == ["Anna", "Maria"]
+    found = requests.get(f"{served.base}/Patient", params={"identifier": "http://hospital.example.org/mrn|12345"})
+    assert found.json().get("entry", []) == []  # the conditional delete removed the only match

@@ -1,0 +1,79 @@
+"""Pull replication between two real fhirimg servers (exchanging.html push/pull)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+from sqlalchemy import update
+
+from fhirimg.replicate.schema import replication_link
+
+from ..factories import make_patient
+from .state import all_versions, current_state, version_count
+from .writers import FHIR, write_changes
+
+
+def test_pull_copies_every_version_with_the_same_ids_and_content(make_site):
+    a, b = make_site("a"), make_site("b")
+    write_changes(a.url, 120, seed=1)
+    result = b.run(b.link("pull", a))
+    assert result.caught_up and result.applied == version_count(a.engine)
+    assert all_versions(b.engine) == all_versions(a.engine)
+    assert current_state(b.engine) == current_state(a.engine)
+
+
+def test_pull_again_applies_nothing_even_from_the_start(make_site):
+    a, b = make_site("a"), make_site("b")
+    write_changes(a.url, 60, seed=2)
+    link = b.link("pull", a)
+    b.run(link)
+    count = version_count(b.engine)
+    assert b.run(link).applied == 0
+    with b.engine.begin() as conn:  # lose the cursor: every change comes again
+        conn.execute(update(replication_link).values(cursor=None))
+    again = b.run(link)
+    assert again.applied == 0 and again.skipped == version_count(a.engine)
+    assert version_count(b.engine) == count
+
+
+def test_deletes_propagate_and_types_filter(make_site):
+    a, b = make_site("a"), make_site("b")
+    pid = requests.post(f"{a.url}/Patient", json=make_patient(), headers=FHIR).json()["id"]
+    eid = requests.post(f"{a.url}/Endpoint", json={"resourceType": "Endpoint", "status": "active",
+                                                    "address": "http://127.0.0.1:1/dicom-web",
+                                                    "connectionType": [{"coding": [{"code": "dicom-wado-rs"}]}]},
+                        headers=FHIR).json()["id"]
+    link = b.link("pull", a, types=["Patient"])
+    b.run(link)
+    assert requests.get(f"{b.url}/Patient/{pid}").status_code == 200
+    assert requests.get(f"{b.url}/Endpoint/{eid}").status_code == 404
+    requests.delete(f"{a.url}/Patient/{pid}")
+    b.run(link)
+    assert requests.get(f"{b.url}/Patient/{pid}").status_code == 410
+
+
+def test_pull_every_second_while_four_writers_write_1000_changes(make_site):
+    a, b = make_site("a"), make_site("b")
+    link = b.link("pull", a)
+    stop = threading.Event()
+    rounds = []
+
+    def puller():
+        while not stop.is_set():
+            rounds.append(b.run(link))
+            stop.wait(1.0)
+
+    thread = threading.Thread(target=puller)
+    thread.start()
+    writers = [threading.Thread(target=write_changes, args=(a.url, 250, seed)) for seed in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(300)
+    stop.set()
+    thread.join(60)
+    b.run(link)
+    assert len(rounds) >= 2 and version_count(a.engine) >= 1000
+    assert all_versions(b.engine) == all_versions(a.engine)
+    assert current_state(b.engine) == current_state(a.engine)
