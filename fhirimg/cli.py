@@ -114,5 +114,13 @@ def _register_bench_commands() -> None:
 
 _register_bench_commands()
 
+
+def _register_transfer_commands() -> None:
+    from .transfer import cli as transfer_cli  # also registers the [transfer] config section
+    main.add_command(transfer_cli.transfer_report)
+
+
+_register_transfer_commands()
+
 if __name__ == "__main__":
     main()

@@ -14,4 +14,6 @@ def run_worker(config: dict, burst: bool = False) -> None:
     queues = [Queue(name, connection=connection) for name in config["worker"]["queues"]]
     from .replicate.jobs import prepare_worker as prepare_replication  # scheduled replication links
     prepare_replication(config, connection)
+    from .transfer.jobs import prepare_worker  # transfer: job config + reconciler (start-up, periodic)
+    prepare_worker(config, connection)
     Worker(queues, connection=connection).work(burst=burst, with_scheduler=True)
