@@ -118,12 +118,12 @@ def reconcile(repo: Repository, connection: Redis, section: dict) -> list[str]:
     now_ms, lease_ms = repo.clock(), section["lease_seconds"] * 1000
     requeued = []
     for row in rows:
+        if row.heartbeat_ms is not None and now_ms - row.heartbeat_ms < lease_ms:
+            continue  # a worker is on it (and releases the row itself, even when cancelled)
         task = repo.read("Task", row.task_id)
         if task is None or task.is_deleted or task.resource.get("status") not in ACTIVE_STATUSES:
             release_active(repo, row.task_id)  # cancelled before any worker saw it, or deleted
             continue
-        if row.heartbeat_ms is not None and now_ms - row.heartbeat_ms < lease_ms:
-            continue  # a worker is on it
         if has_live_job(connection, row.task_id, time.time(), section["lease_seconds"]):
             continue
         enqueue_retrieve(connection, section, repo, row.task_id, task.resource.get("priority", "routine"))
@@ -158,7 +158,7 @@ class Reconciler:
     def run_once(self) -> list[str]:
         try:
             engine = process_engine(self.config)
-            BlobStore(blob_root(self.config), engine).sweep_staging()
+            BlobStore(blob_root(self.config), engine).sweep_staging(self.section["staging_max_age"])
             return reconcile(Repository(engine), self.connection, self.section)
         except (RedisError, OSError) as exc:
             log.warning("transfer reconciler: Redis or storage unavailable, will retry: %s", exc)

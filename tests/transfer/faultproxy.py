@@ -11,6 +11,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,12 +21,13 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 @dataclass
 class Fault:
-    kind: str  # "status" | "drop" | "truncate"
+    kind: str  # "status" | "drop" | "truncate" | "slow" (sleep `delay` s per 64 KiB relayed)
     path_pattern: str = ".*"
     times: int = 1
     status: int = 503
     retry_after: str | None = "1"
     after_bytes: int = 0
+    delay: float = 0.0
 
 
 class FaultProxy:
@@ -96,7 +98,7 @@ class FaultProxy:
             if key.lower() not in HOP_BY_HOP:
                 handler.send_header(key, value)
         handler.end_headers()
-        limit = fault.after_bytes if fault else None
+        limit = fault.after_bytes if fault and fault.kind in ("drop", "truncate") else None
         sent = 0
         while True:
             block = response.read(65536)
@@ -112,6 +114,8 @@ class FaultProxy:
                 return
             handler.wfile.write(block)
             sent += len(block)
+            if fault and fault.kind == "slow":
+                time.sleep(fault.delay)
         self.record(handler.path, "relayed")
         upstream.close()
 
