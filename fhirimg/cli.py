@@ -110,6 +110,8 @@ def bench() -> None:
 def _register_bench_commands() -> None:
     from .bench import crud
     bench.add_command(crud.command)
+    from .bench import retrieve  # transfer: the three steps vs plain GETs
+    bench.add_command(retrieve.command)
 
 
 _register_bench_commands()

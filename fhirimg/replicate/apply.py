@@ -181,7 +181,9 @@ def source_prevails(ctx: ApplyContext, change: Change, current: StoredVersion) -
 
 def keep_local(conn, ctx: ApplyContext, change: Change, current: StoredVersion, applied, outcome: PageOutcome) -> None:
     note_conflict(conn, ctx, change, current, f"local version {current.version} kept ({ctx.conflict_rule})", outcome)
-    remember_applied(conn, ctx, change, applied, current.version)
+    # The source version counts as seen, but the local edit stays "not ours": the source's
+    # next change meets it again as a conflict instead of silently overwriting it.
+    remember_applied(conn, ctx, change, applied, applied.local_version if applied is not None else 0)
     outcome.skipped += 1
 
 

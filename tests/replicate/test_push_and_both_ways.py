@@ -1,0 +1,120 @@
+"""Push to a destination, and two sites replicating each other without ping-pong."""
+from __future__ import annotations
+
+import threading
+
+import requests
+
+from fhirimg.replicate.links import all_states
+
+from ..factories import make_patient
+from .state import all_versions, current_state, version_count
+from .writers import FHIR, write_changes
+
+
+def test_push_sends_every_version_in_order_as_transactions(make_site):
+    a, b = make_site("a"), make_site("b")
+    write_changes(a.url, 150, seed=5)
+    link = a.link("push", b)
+    result = a.run(link)
+    assert result.caught_up and result.sent == version_count(a.engine) and result.batches > 3
+    assert all_versions(b.engine) == all_versions(a.engine)
+    assert a.run(link).sent == 0  # nothing new: nothing sent
+    state = [s for s in all_states(a.engine) if s.name == link.name][0]
+    assert int(state.cursor) == state.position_seq == version_count(a.engine)  # a's last seq
+
+
+def test_push_while_writers_write_converges(make_site):
+    a, b = make_site("a"), make_site("b")
+    link = a.link("push", b)
+    stop = threading.Event()
+
+    def pusher():
+        while not stop.is_set():
+            a.run(link)
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=pusher)
+    thread.start()
+    writers = [threading.Thread(target=write_changes, args=(a.url, 60, seed)) for seed in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+    stop.set()
+    thread.join(60)
+    a.run(link)
+    assert all_versions(b.engine) == all_versions(a.engine)
+
+
+def test_push_falls_back_to_single_requests_and_skips_a_refused_entry(make_site):
+    a, b = make_site("a"), make_site("b")
+    good = requests.post(f"{a.url}/Patient", json=make_patient(), headers=FHIR).json()["id"]
+    # Make b refuse one resource: a Patient id that b already has as a different, newer,
+    # edit is fine; a 4xx needs content b rejects, so b gets a stricter body limit.
+    b.app.config["FHIRIMG"]["limits"]["max_body_bytes"] = 1500
+    big = requests.post(f"{a.url}/Patient", json=make_patient(family="X" * 2000), headers=FHIR).json()["id"]
+    after = requests.post(f"{a.url}/Patient", json=make_patient(), headers=FHIR).json()["id"]
+    result = a.run(a.link("push", b))
+    assert result.rejected == 1 and result.caught_up
+    assert requests.get(f"{b.url}/Patient/{good}").status_code == 200
+    assert requests.get(f"{b.url}/Patient/{after}").status_code == 200
+    assert requests.get(f"{b.url}/Patient/{big}").status_code == 404
+    state = all_states(a.engine)[0]
+    assert state.rejected == 1
+
+
+def test_two_sites_pulling_from_each_other_converge_without_ping_pong(make_site):
+    a, b = make_site("a"), make_site("b")
+    a_from_b, b_from_a = a.link("pull", b), b.link("pull", a)
+    write_changes(a.url, 80, seed=7)
+    write_changes(b.url, 80, seed=8)
+    for _ in range(2):
+        a.run(a_from_b)
+        b.run(b_from_a)
+    assert current_state(a.engine) == current_state(b.engine)
+    counts = (version_count(a.engine), version_count(b.engine))
+    # another round in both directions: only echoes come back, nothing is written
+    assert a.run(a_from_b).applied == 0 and b.run(b_from_a).applied == 0
+    assert (version_count(a.engine), version_count(b.engine)) == counts
+    # a later edit on either side travels once and stops
+    pid = next(k[1] for k, v in current_state(a.engine).items() if k[0] == "Patient" and v)
+    requests.put(f"{b.url}/Patient/{pid}", json=make_patient(id=pid, family="Edited-on-B"), headers=FHIR)
+    assert a.run(a_from_b).applied == 1 and b.run(b_from_a).applied == 0 and a.run(a_from_b).applied == 0
+    assert requests.get(f"{a.url}/Patient/{pid}").json()["name"][0]["family"] == "Edited-on-B"
+    assert current_state(a.engine) == current_state(b.engine)
+
+
+def test_push_never_sends_a_change_back_to_its_origin(make_site):
+    a, b = make_site("a"), make_site("b")
+    write_changes(a.url, 30, seed=9)
+    b.run(b.link("pull", a))  # b now holds a's changes, origin a
+    result = b.run(b.link("push", a))
+    assert result.sent == 0 and result.skipped == version_count(b.engine)
+
+
+def test_conflict_source_wins_by_default_and_is_logged(make_site):
+    a, b = make_site("a"), make_site("b")
+    pid = requests.post(f"{a.url}/Patient", json=make_patient(family="A1"), headers=FHIR).json()["id"]
+    link = b.link("pull", a)
+    b.run(link)
+    requests.put(f"{b.url}/Patient/{pid}", json=make_patient(id=pid, family="Local"), headers=FHIR)
+    requests.put(f"{a.url}/Patient/{pid}", json=make_patient(id=pid, family="A2"), headers=FHIR)
+    assert b.run(link).conflicts == 1
+    assert requests.get(f"{b.url}/Patient/{pid}").json()["name"][0]["family"] == "A2"
+    state = all_states(b.engine)[0]
+    assert state.conflicts == 1
+
+
+def test_conflict_local_wins_keeps_the_local_edit(make_site):
+    a, b = make_site("a"), make_site("b")
+    pid = requests.post(f"{a.url}/Patient", json=make_patient(family="A1"), headers=FHIR).json()["id"]
+    link = b.link("pull", a, conflict_rule="local-wins")
+    b.run(link)
+    requests.put(f"{b.url}/Patient/{pid}", json=make_patient(id=pid, family="Local"), headers=FHIR)
+    requests.put(f"{a.url}/Patient/{pid}", json=make_patient(id=pid, family="A2"), headers=FHIR)
+    assert b.run(link).conflicts == 1
+    assert requests.get(f"{b.url}/Patient/{pid}").json()["name"][0]["family"] == "Local"
+    # a's next edit is a conflict again (the local edit is still there), not silently applied
+    requests.put(f"{a.url}/Patient/{pid}", json=make_patient(id=pid, family="A3"), headers=FHIR)
+    assert b.run(link).conflicts == 1
