@@ -16,6 +16,11 @@ from .tables import TABLES
 
 def write_index(conn, res_type: str, res_id: str, resource: dict) -> None:
     delete_index(conn, res_type, res_id)
+    insert_index(conn, res_type, res_id, resource)
+
+
+def insert_index(conn, res_type: str, res_id: str, resource: dict) -> None:
+    """Index rows of a resource that has none yet (version 1): no deletes needed."""
     for kind, rows in extract_index_rows(resource).items():
         if rows:
             conn.execute(TABLES[kind].insert(), [dict(r, res_type=res_type, res_id=res_id) for r in rows])

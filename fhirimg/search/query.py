@@ -48,7 +48,7 @@ class SearchRequest:
               base: str | None = None) -> "SearchRequest":
         request = cls(res_type)
         for name, value in params:
-            if name in RESULT_PARAMETERS:
+            if name in RESULT_PARAMETERS or name.split(":", 1)[0] in ("_include", "_revinclude"):
                 request._take_result_parameter(name, value)
                 continue
             try:
