@@ -106,31 +106,62 @@ class BlobStore:
 
     def commit(self, staged: StagedFile, record: InstanceRecord) -> InstanceRecord:
         """Move a checked staging file into place atomically, then index it."""
-        record.path = self.relative_path(record.study_uid, record.series_uid, record.sop_uid)
-        record.size, record.sha256 = staged.size, staged.sha256
-        staged.finish()
-        target = self.absolute_path(record.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, target)
-        fsync_directory(target.parent)
-        record.stored_ms = self.clock()
-        self._index(record)
-        return record
+        return self.commit_many([(staged, record)])[0]
 
-    def _index(self, record: InstanceRecord) -> None:
-        row = {name: getattr(record, name) for name in (
-            "sop_uid", "study_uid", "series_uid", "sop_class_uid", "transfer_syntax_uid",
-            "instance_number", "size", "sha256", "path", "stored_ms")}
-        row["attributes"] = orjson.dumps(record.attributes)
+    def commit_many(self, items: list[tuple[StagedFile, InstanceRecord]]) -> list[InstanceRecord]:
+        """Group commit: fsync each file, rename all, fsync each directory once, one index transaction.
+
+        The order (data durable → names durable → rows) is the same as one at a time, so a
+        row still always names a complete file; only the directory fsyncs and the database
+        commits are shared, which is most of the per-instance cost on small instances.
+        """
+        placed: list[InstanceRecord] = []
+        directories: set[Path] = set()
+        try:
+            for staged, record in items:
+                record.path = self.relative_path(record.study_uid, record.series_uid, record.sop_uid)
+                record.size, record.sha256 = staged.size, staged.sha256
+                staged.finish()
+                target = self.absolute_path(record.path)
+                if target.parent not in directories:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    directories.add(target.parent)
+                os.replace(staged.path, target)
+                placed.append(record)
+        finally:
+            for staged, _ in items[len(placed):]:
+                staged.discard()
+        for directory in directories:
+            fsync_directory(directory)
+        now = self.clock()
+        for record in placed:
+            record.stored_ms = now
+        self._index(placed)
+        return placed
+
+    def _index(self, records: list[InstanceRecord]) -> None:
+        if not records:
+            return
+        rows = []
+        for record in records:
+            row = {name: getattr(record, name) for name in (
+                "sop_uid", "study_uid", "series_uid", "sop_class_uid", "transfer_syntax_uid",
+                "instance_number", "size", "sha256", "path", "stored_ms")}
+            row["attributes"] = orjson.dumps(record.attributes)
+            rows.append(row)
         table = dicom_instance
+        sop_uids = [r["sop_uid"] for r in rows]
         # A write transaction must take SQLite's write lock at BEGIN (see store.engine).
         with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-            old = conn.execute(select(table.c.path).where(table.c.sop_uid == record.sop_uid)).first()
-            conn.execute(delete(table).where(table.c.sop_uid == record.sop_uid))
-            conn.execute(table.insert().values(**row))
-        if old and old.path != record.path:
-            # The same SOP Instance UID arrived under another study/series: keep one copy only.
-            self.absolute_path(old.path).unlink(missing_ok=True)
+            old = conn.execute(select(table.c.sop_uid, table.c.path).where(table.c.sop_uid.in_(sop_uids))).all()
+            if old:
+                conn.execute(delete(table).where(table.c.sop_uid.in_([r.sop_uid for r in old])))
+            conn.execute(table.insert(), rows)
+        paths = {r["sop_uid"]: r["path"] for r in rows}
+        for row in old:
+            if row.path != paths[row.sop_uid]:
+                # The same SOP Instance UID arrived under another study/series: keep one copy only.
+                self.absolute_path(row.path).unlink(missing_ok=True)
 
     def stored_sop_uids(self, study_uid: str, series_uid: str | None = None) -> set[str]:
         """SOP Instance UIDs already held for a study (or one of its series)."""

@@ -26,6 +26,8 @@ from .qido import Rejection, SourceSeries, SourceStudy
 
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CHUNK_BYTES = 256 * 1024
+GROUP_COMMIT_INSTANCES = 16  # checked instances placed and indexed together (see BlobStore.commit_many)
+GROUP_COMMIT_BYTES = 64 << 20
 BROKEN_BODY = (requests.RequestException, urllib3.exceptions.HTTPError, MultipartError, SourceError, OSError)
 
 
@@ -74,6 +76,8 @@ class SeriesJob:
     study_uid: str
     series: SourceSeries
     wanted: set[str]
+    pending: list = field(default_factory=list)  # (staged, record) checked, not yet placed
+    pending_bytes: int = 0
 
 
 class Retriever:
@@ -171,6 +175,7 @@ class Retriever:
                     self.check_stop()
             finally:
                 discard_open_sinks(reader)
+                self.place_pending(job)  # checked instances are kept even if the body broke off
             return reader.is_closed
 
     def accept_part(self, part: Part, job: SeriesJob, expectation: Expectation) -> None:
@@ -190,9 +195,27 @@ class Retriever:
         if record.sop_uid not in job.wanted:
             staged.discard()  # already stored (resumed transfer) or sent twice
             return
-        self.blobstore.commit(staged, record)
         job.wanted.discard(record.sop_uid)
-        self.outcome.add_stored(record.size, self.monotonic())
+        job.pending.append((staged, record))
+        job.pending_bytes += staged.size
+        # The first instance is placed at once (time to first instance), then in groups.
+        if (len(job.pending) >= GROUP_COMMIT_INSTANCES or job.pending_bytes >= GROUP_COMMIT_BYTES
+                or self.outcome.first_instance_at is None):
+            self.place_pending(job)
+
+    def place_pending(self, job: SeriesJob) -> None:
+        """Move the checked instances of a series into the store and index them together."""
+        if not job.pending:
+            return
+        items, job.pending, job.pending_bytes = job.pending, [], 0
+        try:
+            placed = self.blobstore.commit_many(items)
+        except BaseException:
+            job.wanted.update(record.sop_uid for _, record in items)  # fetched again by the fallback
+            raise
+        now = self.monotonic()
+        for record in placed:
+            self.outcome.add_stored(record.size, now)
 
     def check_stop(self) -> None:
         if self.stop_event.is_set() or self.should_stop():

@@ -1,0 +1,200 @@
+"""``fhirimg bench retrieve``: the three steps as the worker runs them, against baselines, same run.
+
+Each repeat runs a retrieve Task to completion (run_retrieve: QIDO-RS, series metadata,
+series retrieves streamed into a fresh blob store) in a separate process, so the peak RSS
+reported is the worker's own. In the same run it measures the simplest possible baselines
+on the same source and Accept header: one plain streaming ``GET {source}/studies/{uid}``
+that only counts bytes, and a sequential per-instance WADO-RS loop with requests. Ratios
+are fhirimg throughput / baseline throughput (1.0 = as fast as the bare GET).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import requests
+
+ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+HEADERS = {"Accept": ACCEPT, "Accept-Encoding": "identity"}
+
+
+@dataclass
+class RunFigures:
+    seconds: float
+    nbytes: int
+    instances: int
+    steps: dict[str, float] = field(default_factory=dict)
+    first_instance: float | None = None
+    peak_rss_mb: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / self.seconds / 1e6 if self.seconds else 0.0
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.seconds if self.seconds else 0.0
+
+
+def baseline_study_get(source: str, study_uid: str) -> RunFigures:
+    """One plain streaming GET of the whole study that only counts bytes (no parsing, no disk)."""
+    session = requests.Session()
+    session.trust_env = False
+    started = time.perf_counter()
+    first = None
+    nbytes = 0
+    with session.get(f"{source}/studies/{study_uid}", headers=HEADERS, stream=True, timeout=(5, 120)) as r:
+        r.raise_for_status()
+        for chunk in r.raw.stream(1 << 20, decode_content=False):
+            if first is None:
+                first = time.perf_counter() - started
+            nbytes += len(chunk)
+    return RunFigures(time.perf_counter() - started, nbytes, 0, first_instance=first)
+
+
+def baseline_per_instance(source: str, study_uid: str) -> RunFigures:
+    """The naive client: QIDO for the instances, then one WADO-RS GET per instance, in sequence."""
+    session = requests.Session()
+    session.trust_env = False
+    started = time.perf_counter()
+    answer = session.get(f"{source}/studies/{study_uid}/instances", timeout=60,
+                         headers={"Accept": "application/dicom+json"})
+    answer.raise_for_status()
+    nbytes, first = 0, None
+    for item in answer.json():
+        series_uid, sop_uid = item["0020000E"]["Value"][0], item["00080018"]["Value"][0]
+        url = f"{source}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+        response = session.get(url, headers=HEADERS, timeout=(5, 120))
+        response.raise_for_status()
+        nbytes += len(response.content)
+        first = first if first is not None else time.perf_counter() - started
+    count = len(answer.json())
+    return RunFigures(time.perf_counter() - started, nbytes, count, first_instance=first)
+
+
+def fhirimg_run(source: str, study_uid: str, parallelism: int, queue) -> None:
+    """Child process: a fresh site, one retrieve Task run to its end; figures go to ``queue``."""
+    from fhirimg.app import create_app
+    from fhirimg.config import load_config
+    from fhirimg.transfer import settings  # noqa: F401 - registers [transfer]
+    from fhirimg.transfer.jobs import worker_context
+    from fhirimg.transfer.taskoutput import output_value
+    from fhirimg.transfer.tasks import run_retrieve
+
+    with tempfile.TemporaryDirectory(prefix="fhirimg-bench-") as tmp:
+        config = load_config(env={}, read_files=False, overrides={
+            "database_url": f"sqlite:///{tmp}/bench.db", "var_dir": tmp,
+            "transfer": {"allow_loopback": True, "series_parallelism": parallelism,
+                         "default_concurrency": max(4, parallelism)}})
+        client = create_app(config).test_client()
+        endpoint = client.post("/fhir/Endpoint", json={
+            "resourceType": "Endpoint", "status": "active", "address": source,
+            "connectionType": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                                            "code": "dicom-wado-rs"}]}]}).json["id"]
+        study = client.post("/fhir/ImagingStudy", json={
+            "resourceType": "ImagingStudy", "status": "available", "subject": {"reference": "Patient/bench"},
+            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
+            "endpoint": [{"reference": f"Endpoint/{endpoint}"}]}).json["id"]
+        task_id = client.post(f"/fhir/ImagingStudy/{study}/$retrieve").headers["Content-Location"].rsplit("/", 1)[1]
+        status = run_retrieve(task_id, worker_context(config))
+        task = client.get(f"/fhir/Task/{task_id}").json
+    steps = {s: output_value(task, f"duration-{s}") or 0.0 for s in ("qido", "metadata", "retrieve")}
+    queue.put({"status": status, "reason": (task.get("statusReason") or {}).get("concept", {}).get("text"),
+               "steps": steps, "bytes": int(output_value(task, "bytes-retrieved") or 0),
+               "instances": output_value(task, "instances-retrieved") or 0,
+               "first": output_value(task, "time-to-first-instance"),
+               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def run_fhirimg(source: str, study_uid: str, parallelism: int) -> RunFigures:
+    context = multiprocessing.get_context("spawn")  # a clean process: its peak RSS is the worker's
+    queue = context.Queue()
+    process = context.Process(target=fhirimg_run, args=(source, study_uid, parallelism, queue))
+    process.start()
+    result = queue.get(timeout=3600)
+    process.join()
+    if result["status"] != "completed":
+        raise click.ClickException(f"the retrieve Task ended {result['status']}: {result['reason']}")
+    steps = result["steps"]
+    return RunFigures(sum(steps.values()), result["bytes"], result["instances"], steps, result["first"],
+                      result["rss_mb"])
+
+
+def median_run(runs: list[RunFigures]) -> RunFigures:
+    return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+
+
+def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[RunFigures] | None) -> str:
+    best = median_run(ours)
+    base = median_run(whole)
+    instances = best.instances
+    lines = [f"study: {instances} instances, {best.nbytes / 1e6:.1f} MB; {len(ours)} repeat(s), median shown", "",
+             f"{'fhirimg step':<30}{'seconds':>9}{'share':>7}{'MB/s':>9}{'inst/s':>9}"]
+    for step, label in (("qido", "1 QIDO-RS (what exists)"), ("metadata", "2 series metadata"),
+                        ("retrieve", "3 series retrieve + check + store")):
+        seconds = best.steps.get(step, 0.0)
+        rate = best.nbytes / seconds / 1e6 if seconds else 0.0
+        per = instances / seconds if seconds else 0.0
+        lines.append(f"{label:<30}{seconds:>9.3f}{100 * seconds / best.seconds:>6.0f}%{rate:>9.1f}{per:>9.1f}")
+    lines.append(f"{'total (3 steps)':<30}{best.seconds:>9.3f}{'':>7}{best.mb_per_s:>9.1f}{best.instances_per_s:>9.1f}")
+    lines += ["", f"time to first instance stored: {best.first_instance or 0:.3f} s",
+              f"worker peak RSS: {max(r.peak_rss_mb for r in ours):.0f} MB", "",
+              f"{'baseline':<30}{'seconds':>9}{'':>7}{'MB/s':>9}{'ratio':>9}",
+              f"{'GET /studies/{uid}, count bytes':<30}{base.seconds:>9.3f}{'':>7}{base.mb_per_s:>9.1f}"
+              f"{best.mb_per_s / base.mb_per_s if base.mb_per_s else 0:>9.2f}"]
+    if naive:
+        slow = median_run(naive)
+        lines.append(f"{'sequential per-instance GETs':<30}{slow.seconds:>9.3f}{'':>7}{slow.mb_per_s:>9.1f}"
+                     f"{best.mb_per_s / slow.mb_per_s if slow.mb_per_s else 0:>9.2f}")
+    lines += ["", "ratio = fhirimg MB/s (all 3 steps, parsed, checked with pydicom, fsynced) / baseline MB/s",
+              f"fhirimg step 3 alone vs GET /studies: "
+              f"{(best.nbytes / best.steps['retrieve'] / 1e6) / base.mb_per_s if base.mb_per_s else 0:.2f}",
+              f"fhirimg runs (s): {', '.join(f'{r.seconds:.3f}' for r in ours)}; "
+              f"GET /studies runs (s): {', '.join(f'{r.seconds:.3f}' for r in whole)}; "
+              f"spread {statistics.pstdev([r.seconds for r in ours]):.3f} s"]
+    return "\n".join(lines)
+
+
+@click.command("retrieve")
+@click.option("--source", help="DICOMweb base of the source (default: a private Orthanc with a synthetic study).")
+@click.option("--study", "study_uid", help="Study Instance UID to retrieve (with --source).")
+@click.option("--repeat", default=3, show_default=True, help="Runs of each measurement (median reported).")
+@click.option("--series", default=4, show_default=True, help="Synthetic study: series.")
+@click.option("--instances", default=250, show_default=True, help="Synthetic study: instances per series.")
+@click.option("--rows", default=512, show_default=True, help="Synthetic study: rows = columns (16-bit).")
+@click.option("--parallelism", default=4, show_default=True, help="Series retrieved in parallel.")
+@click.option("--per-instance-baseline/--no-per-instance-baseline", default=True, show_default=True,
+              help="Also time a sequential per-instance WADO-RS client (slow on big studies).")
+def command(source, study_uid, repeat, series, instances, rows, parallelism, per_instance_baseline) -> None:
+    """Retrieve a study through the worker's three steps and compare with plain GETs, same run."""
+    if bool(source) != bool(study_uid):
+        raise click.UsageError("--source and --study go together")
+    orthanc = None
+    try:
+        if not source:
+            from .retrieve_source import PrivateOrthanc, load_synthetic_study
+            workdir = Path(tempfile.mkdtemp(prefix="fhirimg-bench-orthanc-"))
+            orthanc = PrivateOrthanc(workdir)
+            click.echo(f"loading {series} x {instances} synthetic instances of {rows}x{rows}x16-bit into a "
+                       f"private Orthanc on port {orthanc.port} ...", err=True)
+            study_uid, total = load_synthetic_study(orthanc, series, instances, rows)
+            source = orthanc.dicomweb
+            click.echo(f"loaded {total / 1e6:.1f} MB", err=True)
+        source = source.rstrip("/")
+        baseline_study_get(source, study_uid)  # warm the source's cache for everyone alike
+        ours, whole, naive = [], [], []
+        for _ in range(repeat):
+            whole.append(baseline_study_get(source, study_uid))
+            ours.append(run_fhirimg(source, study_uid, parallelism))
+            if per_instance_baseline:
+                naive.append(baseline_per_instance(source, study_uid))
+        click.echo(format_report(ours, whole, naive or None))
+    finally:
+        if orthanc is not None:
+            orthanc.stop()
