@@ -15,6 +15,7 @@ import binascii
 from dataclasses import dataclass
 
 import orjson
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import interactions
@@ -166,19 +167,57 @@ def resolve_identities(uow: UnitOfWork, entries: list[Entry]) -> dict[str, str |
         if entry.full_url and entry.is_write:
             targets[entry.full_url] = None if entry.is_conditional else f"{entry.res_type}/{entry.target_id}"
     conditional = order_by_dependencies([e for e in entries if e.is_conditional], targets)
-    independent = [e for e in conditional if not substitute_criteria(e.criteria, targets)[1]]
-    # Lock all independent criteria in one global order first: concurrent bundles with the
-    # same entries then queue on the first lock instead of deadlocking.
-    for entry in sorted(independent, key=lock_key):
-        interactions.lock_criteria(uow, entry.res_type, entry.criteria)
+    matches = find_independent_matches(uow, [e for e in conditional if not substitute_criteria(e.criteria, targets)[1]])
     for entry in conditional:
         criteria, depends = substitute_criteria(entry.criteria, targets)
-        if depends:
-            interactions.lock_criteria(uow, entry.res_type, criteria)
-        resolve_conditional_entry(uow, entry, criteria)
+        if entry.index not in matches:
+            lock_criteria(uow, [(entry.res_type, criteria)])
+            matches[entry.index] = search_at(uow, entry, criteria)
+        resolve_conditional_entry(uow, entry, matches[entry.index])
         if entry.full_url:
             targets[entry.full_url] = f"{entry.res_type}/{entry.target_id}" if entry.target_id else None
     return targets
+
+
+def find_independent_matches(uow: UnitOfWork, entries: list[Entry]) -> dict[int, list[str]]:
+    """Matches of the conditions that name no other entry.
+
+    A condition that already matches a stored resource needs no lock: that resource cannot
+    be created twice, and a concurrent change of it fails our compare-and-set (409). Only
+    conditions that match nothing - the ones that may create - are locked (all at once, in
+    one global order, so concurrent bundles queue instead of deadlocking) and searched
+    again, now seeing whatever a concurrent creator committed. An EHR naming the same
+    archive Endpoint in every Bundle therefore does not serialise all its pushes.
+    """
+    matches = {entry.index: search_at(uow, entry, entry.criteria) for entry in entries}
+    creating = [e for e in entries if not matches[e.index]]
+    if creating and lock_criteria(uow, [(e.res_type, e.criteria) for e in creating]):
+        for entry in creating:
+            matches[entry.index] = search_at(uow, entry, entry.criteria)
+    return matches
+
+
+def lock_criteria(uow: UnitOfWork, conditions: list[tuple[str, list[tuple[str, str]]]]) -> bool:
+    """PostgreSQL: the advisory locks REST conditional writes take (interactions.lock_criteria),
+    several in one round trip and in sorted order. SQLite needs none: its write lock is held
+    from BEGIN IMMEDIATE. Returns whether anything was locked."""
+    if uow.conn.dialect.name != "postgresql" or not conditions:
+        return False
+    keys = sorted({interactions.criteria_lock_id(res_type, criteria) for res_type, criteria in conditions})
+    uow.conn.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+                     {"keys": keys})
+    return True
+
+
+def search_at(uow: UnitOfWork, entry: Entry, criteria: list[tuple[str, str]]) -> list[str]:
+    try:
+        return uow.search_ids(entry.res_type, criteria)
+    except FhirError as error:
+        raise relocate(error, condition_path(entry)) from None
+
+
+def condition_path(entry: Entry) -> str:
+    return f"{entry.path}.request.{'ifNoneExist' if entry.if_none_exist else 'url'}"
 
 
 def assign_plain_identity(entry: Entry) -> None:
@@ -223,12 +262,8 @@ def order_by_dependencies(conditional: list[Entry], targets: dict[str, str | Non
     return ordered
 
 
-def resolve_conditional_entry(uow: UnitOfWork, entry: Entry, criteria: list[tuple[str, str]]) -> None:
-    where = f"{entry.path}.request.{'ifNoneExist' if entry.if_none_exist else 'url'}"
-    try:
-        matches = uow.search_ids(entry.res_type, criteria)
-    except FhirError as error:
-        raise relocate(error, where) from None
+def resolve_conditional_entry(uow: UnitOfWork, entry: Entry, matches: list[str]) -> None:
+    where = condition_path(entry)
     if len(matches) > 1:
         raise PreconditionFailed(f"the criteria {lock_key(entry)!r} match {len(matches)} resources; "
                                  "a conditional operation needs at most one", [where])

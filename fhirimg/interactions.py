@@ -195,10 +195,14 @@ def lock_criteria(uow: UnitOfWork, res_type: str, criteria: list[tuple[str, str]
     same study at once create it exactly once (on SQLite the write lock already does)."""
     if uow.conn.dialect.name != "postgresql":
         return
-    key = res_type + "?" + "&".join(f"{k}={v}" for k, v in sorted(criteria))
-    lock_id = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
     from sqlalchemy import text
-    uow.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id})
+    uow.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": criteria_lock_id(res_type, criteria)})
+
+
+def criteria_lock_id(res_type: str, criteria: list[tuple[str, str]]) -> int:
+    """The advisory lock id of a condition (shared by REST and Bundle conditional writes)."""
+    key = res_type + "?" + "&".join(f"{k}={v}" for k, v in sorted(criteria))
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def parse_if_match(value: str | None) -> int | None:

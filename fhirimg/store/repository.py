@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import orjson
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -196,7 +196,13 @@ class UnitOfWork:
                                created=created)
         if stored.resource is not None:
             stored.resource["id"] = res_id
-            self.indexer.write_index(self.conn, res_type, res_id, stored.resource)
+            insert_index = getattr(self.indexer, "insert_index", None)
+            if version == 1 and insert_index is not None:
+                # A brand-new resource has no index rows to delete first (its current row
+                # was just inserted under the primary key).
+                insert_index(self.conn, res_type, res_id, stored.resource)
+            else:
+                self.indexer.write_index(self.conn, res_type, res_id, stored.resource)
         else:
             self.indexer.delete_index(self.conn, res_type, res_id)
         self.pending[(res_type, res_id)] = stored
@@ -236,10 +242,12 @@ class UnitOfWork:
         return int(row.value), int(row.last_ms)
 
     def _stamp_current(self, versions: list[StoredVersion], now_ms: int) -> None:
+        # One statement for all: it runs under the change-counter lock, so it is on the
+        # critical path of every concurrent writer.
         cur = resource_current
-        keys = {(v.res_type, v.res_id) for v in versions}
-        for res_type, res_id in keys:
-            self.conn.execute(update(cur).where(cur.c.res_type == res_type, cur.c.res_id == res_id)
+        keys = sorted({(v.res_type, v.res_id) for v in versions})
+        for start in range(0, len(keys), 500):
+            self.conn.execute(update(cur).where(tuple_(cur.c.res_type, cur.c.res_id).in_(keys[start:start + 500]))
                               .values(last_updated_ms=now_ms))
 
 
