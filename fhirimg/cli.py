@@ -112,6 +112,8 @@ def _register_bench_commands() -> None:
     bench.add_command(crud.command)
     from .bench import retrieve  # transfer: the three steps vs plain GETs
     bench.add_command(retrieve.command)
+    from .bench import ingest  # push: transaction-Bundle ingest vs raw store
+    bench.add_command(ingest.command)
 
 
 _register_bench_commands()
