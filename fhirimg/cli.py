@@ -110,10 +110,15 @@ def bench() -> None:
 def _register_bench_commands() -> None:
     from .bench import crud
     bench.add_command(crud.command)
+    from .bench import history as history_bench  # history: page latency by depth; replication catch-up and lag
+    bench.add_command(history_bench.history_command)
+    bench.add_command(history_bench.replicate_command)
     from .bench import retrieve  # transfer: the three steps vs plain GETs
     bench.add_command(retrieve.command)
     from .bench import ingest  # push: transaction-Bundle ingest vs raw store
     bench.add_command(ingest.command)
+    from .bench import search as search_bench  # search: seeded population, EXPLAIN, query mix
+    bench.add_command(search_bench.command)
 
 
 _register_bench_commands()

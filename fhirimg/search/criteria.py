@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-from sqlalchemy import and_, literal, not_, or_, select, true
+from sqlalchemy import and_, exists, literal, not_, or_, select, true
 from sqlalchemy.sql import Select
 
 from ..errors import Invalid
@@ -260,3 +260,57 @@ def _has(res_type, name, value, base, depth) -> Select:
     id_test = ref.c.res_id.not_in(inner) if negated else ref.c.res_id.in_(inner)
     return select(ref.c.target_id).where(ref.c.res_type == source_type, ref.c.param == ref_name,
                                          ref.c.target_type == res_type, id_test)
+
+
+# -- a criterion as a condition on the searched table ----------------------------------
+SELECTIVE_TOKENS = {"identifier", "series", "instance", "group-identifier", "email", "phone", "telecom"}
+
+
+def criterion_condition(res_type: str, name: str, value: str, cur, base: str | None = None):
+    """The WHERE condition on `cur` (resource_current) for one criterion.
+
+    Selective criteria (an identifier, a reference) become `id IN (ids)`, which lets the
+    database start from the few matching ids; broad ones (a modality, a date range) become
+    a correlated EXISTS probed per candidate row, so a sorted, limited page can walk an
+    index in order and stop after one page instead of collecting every match first.
+    """
+    code, _, modifier = name.partition(":")
+    if code in registry.COLUMN_PARAMETERS and "." not in name and registry.parameter(res_type, code):
+        return _column_condition(res_type, code, modifier or None, value, name, cur)
+    ids, negated = match_ids(res_type, name, value, base)
+    if is_selective(res_type, name) and not negated:
+        return cur.c.res_id.in_(ids)
+    probe = exists(ids.where(ids.selected_columns[0] == cur.c.res_id).correlate(cur))
+    return ~probe if negated else probe
+
+
+def _column_condition(res_type, code, modifier, value, name, cur):
+    param = registry.parameter(res_type, code)
+    _check_modifier(param, modifier, name)
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise Invalid(f"{name} takes true or false, got {value!r}", [name])
+        return literal(value == "false")
+    values = split_values(value)
+    if code == "_id":
+        return cur.c.res_id.not_in(values) if modifier == "not" else cur.c.res_id.in_(values)
+    return or_(*[date_predicate(v, name, cur.c.last_updated_ms, cur.c.last_updated_ms) for v in values])
+
+
+def is_selective(res_type: str, name: str) -> bool:
+    if name.startswith("_has:"):
+        parts = name.split(":", 3)
+        return len(parts) == 4 and is_selective(parts[1], parts[3])
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    param = registry.parameter(res_type, code)
+    if param is None or modifier in ("missing", "not", "text", "contains", "below", "above"):
+        return False
+    if dot:
+        targets = [modifier] if modifier else registry.reference_targets(param)
+        return bool(targets) and targets[0] in SUPPORTED_TYPES and is_selective(targets[0], rest)
+    if param.type == "reference":
+        return True
+    if param.type == "token":
+        return code in SELECTIVE_TOKENS or code == "_id"
+    return param.type == "uri"

@@ -37,7 +37,7 @@ def extract_index_rows(resource: dict, use_fast_path: bool = True) -> dict[str, 
         for row in converted:
             row["param"] = param.name
         rows[param.type].extend(converted)
-        if param.is_sortable and converted:
+        if param.is_sortable and param.type != "date" and converted:  # dates sort on search_date
             rows["sort"].append(dict(sort_keys(param.type, converted), param=param.name))
     return rows
 

@@ -13,8 +13,9 @@ from sqlalchemy import and_, func, literal, or_, select
 from ..errors import Invalid, Issue
 from ..store.schema import resource_current
 from . import registry
-from .criteria import TOP, UnknownParameter, match_ids, split_values
-from .tables import search_sort
+from .criteria import TOP, UnknownParameter, criterion_condition, date_predicate, split_values
+from .dates import MAX_MS, MIN_MS, date_range
+from .tables import search_date, search_sort
 
 RESULT_PARAMETERS = {"_format", "_pretty", "_summary", "_elements", "_count", "_sort", "_total",
                      "_include", "_revinclude", "_contained", "_containedType", "_cursor", "_type"}
@@ -52,15 +53,14 @@ class SearchRequest:
                 request._take_result_parameter(name, value)
                 continue
             try:
-                ids, negated = match_ids(res_type, name, value, base)
-            except UnknownParameter as exc:
+                condition = criterion_condition(res_type, name, value, resource_current, base)
+            except UnknownParameter:
                 if strict:
                     raise
                 request.ignored.append(Issue("not-supported", f"unknown search parameter {name!r} "
                                              f"for {res_type} was ignored", [name], "warning"))
                 continue
-            cur = resource_current
-            request.conditions.append(cur.c.res_id.not_in(ids) if negated else cur.c.res_id.in_(ids))
+            request.conditions.append(condition)
             request.criteria.append((name, value))
         return request
 
@@ -128,11 +128,17 @@ def check_include(value: str, kind: str, res_type: str, iterate: bool) -> None:
 
 
 # -- the page query --------------------------------------------------------------------
-def sort_columns(request: SearchRequest, query):
-    """Add the sort keys to `query`: [(column, descending)], ending with the id as tie-break."""
+def sort_columns(request: SearchRequest):
+    """The page query without its order: (query, [(column, descending)]) ending with an id tie-break.
+
+    A date parameter is sorted on its search_date row (every date parameter of the
+    supported types has at most one value) and a plain date criterion on the same
+    parameter is applied to that row, so `started=ge..&_sort=-started` is one range scan
+    of ix_search_date_high in index order that stops after a page.
+    """
     cur = resource_current
     positive = {split_name(n) for n, _ in request.criteria if ":missing" not in n and ":not" not in n}
-    columns = []
+    columns, absorbed, joins, tie = [], set(), [], cur.c.res_id
     for key in request.sort:
         if key.name == "_id":
             columns.append((cur.c.res_id, key.descending))
@@ -140,18 +146,76 @@ def sort_columns(request: SearchRequest, query):
         if key.name == "_lastUpdated":
             columns.append((cur.c.last_updated_ms, key.descending))
             continue
-        sort = search_sort.alias(f"sort_{len(columns)}")
+        param = registry.parameter(request.res_type, key.name)
+        inner = key.name in positive
+        if param.type == "date":
+            sort = search_date.alias(f"sort_{len(columns)}")
+            column = sort.c.high_ms if key.descending else sort.c.low_ms
+            if inner:
+                absorbed |= _absorb_date_criteria(request, key.name, sort, joins)
+            missing = MIN_MS - 1 if key.descending else MAX_MS + 1
+        else:
+            sort = search_sort.alias(f"sort_{len(columns)}")
+            column = sort.c.desc_key if key.descending else sort.c.asc_key
+            missing = "" if key.descending else TOP
         on = and_(sort.c.res_type == cur.c.res_type, sort.c.res_id == cur.c.res_id, sort.c.param == key.name)
-        column = sort.c.desc_key if key.descending else sort.c.asc_key
-        if key.name in positive:  # every match has a value: a plain join keeps the index usable
-            query = query.join(sort, on)
+        if inner:  # every match has a value: a plain join keeps the index order usable
+            joins.insert(0, ("inner", sort, on))
+            if len(columns) == 0:
+                tie = sort.c.res_id
         else:  # resources without a value sort last either way
-            query = query.outerjoin(sort, on)
-            column = func.coalesce(column, "" if key.descending else TOP)
+            joins.insert(0, ("outer", sort, on))
+            column = func.coalesce(column, missing)
         columns.append((column, key.descending))
     if not any(c is cur.c.res_id for c, _ in columns):
-        columns.append((cur.c.res_id, False))
+        columns.append((tie, columns[-1][1] if columns else False))
+    query = select(cur.c.res_id).select_from(cur)
+    for kind, table, on in [j for j in joins if len(j) == 3]:
+        query = query.join(table, on) if kind == "inner" else query.outerjoin(table, on)
+    conditions = [c for i, c in enumerate(request.conditions) if i not in absorbed]
+    extra = [j[0] for j in joins if len(j) == 1]
+    query = query.where(cur.c.res_type == request.res_type, cur.c.is_deleted.is_(False), *conditions, *extra)
     return query, columns
+
+
+def _absorb_date_criteria(request: SearchRequest, name: str, sort, joins: list) -> set[int]:
+    absorbed = set()
+    for i, (criterion, value) in enumerate(request.criteria):
+        if criterion == name:
+            values = split_values(value)
+            preds = [date_predicate(v, name, sort.c.low_ms, sort.c.high_ms) for v in values]
+            joins.append((or_(*preds),))
+            if len(values) == 1:
+                joins += [(bound,) for bound in derived_bounds(request.res_type, name, values[0], sort)]
+            absorbed.add(i)
+    return absorbed
+
+
+def derived_bounds(res_type: str, name: str, value: str, sort) -> list:
+    """Redundant bounds on the other end of the ranges: low <= high <= low + widest span.
+
+    `started=lt2023-04-01` bounds `low`; sorted by `high` the index scan also needs a bound
+    on `high`, which is `high < 2023-04-01 + widest span of started` (one index seek).
+    """
+    prefix = value[:2] if value[:2].isalpha() else "eq"
+    vl, vh = date_range(value[2:] if value[:2].isalpha() else value)
+    d = search_date.alias("span")
+    width = d.c.high_ms - d.c.low_ms
+    widest = select(width).where(d.c.res_type == res_type, d.c.param == name).order_by(width.desc()).limit(1)
+    span = func.coalesce(widest.scalar_subquery(), 0)  # ORDER BY .. LIMIT 1: a seek on ix_search_date_span
+    if prefix == "lt":
+        return [sort.c.high_ms < vl + span]
+    if prefix == "le":
+        return [sort.c.high_ms <= vh + span]
+    if prefix == "gt":
+        return [sort.c.low_ms > vh - span]
+    if prefix == "ge":
+        return [sort.c.low_ms >= vl - span]
+    if prefix == "sa":
+        return [sort.c.high_ms > vh]
+    if prefix == "eb":
+        return [sort.c.low_ms < vl]
+    return []
 
 
 def split_name(name: str) -> str:
@@ -166,7 +230,7 @@ def base_query(request: SearchRequest):
 
 def page_query(request: SearchRequest, after: list | None, backwards: bool, limit: int):
     """Ids (and sort values) of one page: rows after `after` in sort order (before it if backwards)."""
-    query, columns = sort_columns(request, base_query(request))
+    query, columns = sort_columns(request)
     query = query.add_columns(*[c.label(f"k{i}") for i, (c, _) in enumerate(columns)])
     if after is not None:
         if len(after) != len(columns):

@@ -28,6 +28,10 @@ MODIFIERS = {
 # Parameters evaluated on storage columns rather than on index tables.
 COLUMN_PARAMETERS = {"_id", "_lastUpdated"}
 SORTABLE_TYPES = {"token", "string", "date", "uri"}
+# Per-series and per-instance UIDs/classes give a study no meaningful order, and would cost
+# a sort row per study each; _sort on them is refused (400) rather than done badly.
+UNSORTABLE_EXPRESSIONS = ("ImagingStudy.series.uid", "ImagingStudy.series.instance.uid",
+                          "ImagingStudy.series.instance.sopClass")
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class SearchParameter:
 
     @property
     def is_sortable(self) -> bool:
-        return self.name in COLUMN_PARAMETERS or (self.is_indexed and self.type in SORTABLE_TYPES)
+        return self.name in COLUMN_PARAMETERS or (self.is_indexed and self.type in SORTABLE_TYPES
+                                                  and self.expression not in UNSORTABLE_EXPRESSIONS)
 
 
 def _from_json(entry: dict, res_type: str | None) -> SearchParameter:

@@ -27,7 +27,9 @@ search_token = Table(
     Column("system", Value, nullable=True),
     Column("code", Value, nullable=False),
     Column("text", Value, nullable=True),  # normalised display/text, for :text
-    Index("ix_search_token_lookup", "res_type", "param", "code", "system", "res_id"),
+    # res_id before system: a per-candidate probe (EXISTS ... code = 'CT' AND res_id = ?) is
+    # then one index seek; the system is still covered for `system|code` lookups.
+    Index("ix_search_token_lookup", "res_type", "param", "code", "res_id", "system"),
     Index("ix_search_token_owner", "res_type", "res_id"),
 )
 
@@ -61,6 +63,10 @@ search_date = Table(
     Index("ix_search_date_high", "res_type", "param", "high_ms", "res_id"),
     Index("ix_search_date_owner", "res_type", "res_id"),
 )
+# The widest [low, high] of a parameter, read with one index seek: it turns a bound on one
+# end of the ranges into a bound on the other end, so a sorted range query scans only the range.
+Index("ix_search_date_span", search_date.c.res_type, search_date.c.param,
+      (search_date.c.high_ms - search_date.c.low_ms))
 
 search_uri = Table(
     "search_uri", index_metadata, *_owner_columns(),
