@@ -25,6 +25,7 @@ from fhirimg.store import Repository, create_schema, make_engine
 
 from .blobstore import BlobStore
 from .client import TransferClient
+from .rules import apply_rules
 from .schema import active_retrieve
 from .settings import (blob_root, client_settings, own_dicomweb_base, queue_for, retrieve_options,
                        transfer_section)
@@ -158,8 +159,12 @@ class Reconciler:
     def run_once(self) -> list[str]:
         try:
             engine = process_engine(self.config)
-            BlobStore(blob_root(self.config), engine).sweep_staging(self.section["staging_max_age"])
-            return reconcile(Repository(engine), self.connection, self.section)
+            blobstore = BlobStore(blob_root(self.config), engine)
+            blobstore.sweep_staging(self.section["staging_max_age"])
+            repo = Repository(engine)
+            # New Tasks from the auto-retrieve rules have no job yet: reconcile enqueues them.
+            apply_rules(repo, blobstore, self.section["rules"], own_dicomweb_base(self.config))
+            return reconcile(repo, self.connection, self.section)
         except (RedisError, OSError) as exc:
             log.warning("transfer reconciler: Redis or storage unavailable, will retry: %s", exc)
         except Exception:  # noqa: BLE001 - the loop must survive to try again

@@ -43,6 +43,13 @@ active_retrieve = Table(
     Column("runs", Integer, nullable=False, default=0),  # how many times a worker started it
 )
 
+# How far the auto-retrieve rules have read the change sequence (store.schema resource_version.seq).
+transfer_cursor = Table(
+    "transfer_cursor", metadata,
+    Column("name", String(40), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+
 register_metadata(metadata)
 
 

@@ -68,7 +68,7 @@ class TransferSettingsSchema(Schema):
     instance_attempts = fields.Integer(load_default=3, validate=validate.Range(1, 20))
     max_instance_bytes = fields.Integer(load_default=2 << 30, validate=validate.Range(1024))
     job_timeout = fields.Integer(load_default=6 * 3600, validate=validate.Range(10))
-    reconcile_interval = fields.Float(load_default=30.0, validate=validate.Range(0.1, 86_400))
+    reconcile_interval = fields.Float(load_default=10.0, validate=validate.Range(0.1, 86_400))
     staging_max_age = fields.Float(load_default=3600.0, validate=validate.Range(0.5, 30 * 86_400))
     lease_seconds = fields.Float(load_default=60.0, validate=validate.Range(0.5, 86_400))
     queue = fields.String(load_default="fhirimg", validate=validate.Length(1, 100))

@@ -7,6 +7,7 @@ cancelled) with nothing half-written in the blob store.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 from dicomweb_client.api import DICOMwebClient
@@ -23,6 +24,7 @@ from fhirimg.transfer.taskoutput import output_value
 from .dicomfactory import make_study
 from .faultproxy import Fault
 from .site import LiveServer, Site
+from .test_rules import site_task_ids
 from .workerproc import WorkerProcess, site_files, wait_for
 
 FINAL = ("completed", "failed", "cancelled")
@@ -44,19 +46,29 @@ def slow_study(orthanc):
 
 
 @pytest.fixture
-def site_env(tmp_path, redis_server):
-    config_path, config = site_files(tmp_path, redis_server.url)
-    site = Site(config, create_app(config))
+def make_env(tmp_path, redis_server):
+    """(site, start_worker, redis_server) for a config with these [transfer] overrides."""
     workers: list[WorkerProcess] = []
 
-    def start_worker() -> WorkerProcess:
-        worker = WorkerProcess(config_path, tmp_path / "worker.log")
-        workers.append(worker)
-        return worker
+    def build(**transfer):
+        config_path, config = site_files(tmp_path, redis_server.url, **transfer)
+        site = Site(config, create_app(config))
 
-    yield site, start_worker, redis_server
+        def start_worker() -> WorkerProcess:
+            worker = WorkerProcess(config_path, tmp_path / "worker.log")
+            workers.append(worker)
+            return worker
+
+        return site, start_worker, redis_server
+
+    yield build
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def site_env(make_env):
+    return make_env()
 
 
 def final_task(site: Site, task_id: str, timeout: float = 60.0) -> dict:
@@ -182,3 +194,17 @@ def test_cancel_mid_transfer_stops_the_worker_at_the_next_instance(site_env, fau
     assert len(index_rows(site)) < 18
     assert not list(site.context().blobstore.staging.iterdir())
     assert site.client.get(f"/fhir/ImagingStudy/{study_id}").json["meta"]["versionId"] == "1"
+
+
+def test_auto_retrieve_rule_fetches_a_pushed_study_without_a_request(make_env, orthanc, small_study):
+    site, start_worker, _ = make_env(rules=[{"address_prefix": orthanc.dicomweb, "modalities": ["MR"],
+                                             "priority": "urgent"}])
+    study_id = site.add_study(orthanc.dicomweb, small_study.study_uid, modality="MR")
+    start_worker()
+    task_id = wait_for(lambda: next(iter(site_task_ids(site)), None), 90, what="a Task from the rule")
+    task = final_task(site, task_id)
+    assert task["status"] == "completed" and task["priority"] == "urgent"
+    assert task["focus"]["reference"] == f"ImagingStudy/{study_id}"
+    assert site.served_study(small_study.study_uid) == small_study.instances
+    time.sleep(1.0)  # a few reconciler rounds: our own ImagingStudy update must not start another Task
+    assert len(site_task_ids(site)) == 1

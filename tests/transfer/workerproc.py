@@ -29,7 +29,12 @@ def toml_value(value) -> str:
 def write_config(path: Path, top: dict, sections: dict[str, dict]) -> Path:
     lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
     for name, section in sections.items():
-        lines += ["", f"[{name}]"] + [f"{key} = {toml_value(value)}" for key, value in section.items()]
+        tables = {k: v for k, v in section.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        lines += ["", f"[{name}]"] + [f"{key} = {toml_value(value)}" for key, value in section.items()
+                                      if key not in tables]
+        for key, items in tables.items():
+            for item in items:
+                lines += ["", f"[[{name}.{key}]]"] + [f"{k} = {toml_value(v)}" for k, v in item.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -1,0 +1,201 @@
+"""fhirimg's own DICOMweb service (PS3.18): QIDO-RS, WADO-RS, metadata and frames over the blob store.
+
+Instances are placed in the blob store the way the worker places them (staged, checked
+with pydicom, renamed), so these tests need no source archive.
+"""
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+
+from fhirimg.transfer.dicomcheck import Expectation, inspect_part10
+
+from ..transfer.dicomfactory import make_study
+from ..transfer.site import make_site, parts_by_sop
+
+DICOM = 'multipart/related; type="application/dicom"'
+
+
+@pytest.fixture
+def site(tmp_path):
+    return make_site(tmp_path)
+
+
+@pytest.fixture
+def stored(site):
+    """Two studies in the blob store: one CT+MR of 2 series x 3, one CT of 1 x 2 for another patient."""
+    first = make_study(series=2, instances=3, rows=32, columns=32, seed=41, patient_id="PAT-A")
+    second = make_study(series=1, instances=2, rows=32, columns=32, seed=42, patient_id="PAT-B")
+    blobstore = site.context().blobstore
+    for study in (first, second):
+        for series in study.series:
+            for sop, data in series.instances.items():
+                staged = blobstore.open_staging()
+                staged.write(data)
+                staged.finish()
+                record = inspect_part10(staged.path, Expectation(study.study_uid, series.series_uid,
+                                                                 frozenset([sop])))
+                blobstore.commit(staged, record)
+    return first, second
+
+
+def qido(site, path, **params):
+    response = site.client.get("/dicom-web" + path, query_string=params)
+    assert response.status_code == 200, response.data[:300]
+    assert response.headers["Content-Type"] == "application/dicom+json"
+    return response.json
+
+
+def value(item, tag):
+    return item[tag]["Value"][0]
+
+
+def test_search_for_studies_returns_counts_and_modalities(site, stored):
+    first, second = stored
+    studies = {value(s, "0020000D"): s for s in qido(site, "/studies")}
+    assert set(studies) == {first.study_uid, second.study_uid}
+    one = studies[first.study_uid]
+    assert value(one, "00201206") == 2 and value(one, "00201208") == 6
+    assert one["00080061"]["Value"] == ["CT", "MR"]
+    assert value(one, "00100020") == "PAT-A"
+    assert value(one, "00081190") == f"http://localhost/dicom-web/studies/{first.study_uid}"
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"PatientID": "PAT-B"}, {"second"}),
+    ({"00100020": "PAT-A"}, {"first"}),
+    ({"PatientID": "PAT-*"}, {"first", "second"}),
+    ({"PatientID": "NOBODY"}, set()),
+    ({"StudyDate": "20260101-20261231"}, {"first", "second"}),
+    ({"StudyDate": "20270101-"}, set()),
+    ({"ModalitiesInStudy": "MR"}, {"first"}),
+])
+def test_search_for_studies_matches_like_ps3_4(site, stored, params, expected):
+    names = {stored[0].study_uid: "first", stored[1].study_uid: "second"}
+    assert {names[value(s, "0020000D")] for s in qido(site, "/studies", **params)} == expected
+
+
+def test_study_uid_list_limit_and_offset_page_the_answer(site, stored):
+    uids = f"{stored[0].study_uid},{stored[1].study_uid}"
+    all_studies = qido(site, "/studies", StudyInstanceUID=uids)
+    assert len(all_studies) == 2
+    first_page = qido(site, "/studies", StudyInstanceUID=uids, limit=1)
+    second_page = qido(site, "/studies", StudyInstanceUID=uids, limit=1, offset=1)
+    assert [first_page[0], second_page[0]] == all_studies
+
+
+def test_includefield_adds_attributes_and_defaults_leave_them_out(site, stored):
+    plain = qido(site, "/studies", PatientID="PAT-A")[0]
+    assert "00081030" in plain and "00180050" not in plain  # StudyDescription is a default; SliceThickness not
+    wide = qido(site, "/studies", PatientID="PAT-A", includefield="SliceThickness")[0]
+    assert value(wide, "00180050") == 2.5
+
+
+def test_search_for_series_filters_by_modality(site, stored):
+    first, _ = stored
+    series = qido(site, f"/studies/{first.study_uid}/series", Modality="MR")
+    assert [value(s, "0020000E") for s in series] == [s.series_uid for s in first.series if s.modality == "MR"]
+    assert value(series[0], "00201209") == 3
+
+
+def test_search_for_instances_of_a_series_and_of_a_study(site, stored):
+    first, _ = stored
+    series = first.series[0]
+    found = qido(site, f"/studies/{first.study_uid}/series/{series.series_uid}/instances")
+    assert {value(i, "00080018") for i in found} == set(series.instances)
+    assert len(qido(site, f"/studies/{first.study_uid}/instances")) == 6
+    assert [value(i, "00200013") for i in found] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("path", ["/studies", "/studies/{study}", "/studies/{study}/series/{series}",
+                                  "/studies/{study}/series/{series}/instances/{sop}"])
+def test_retrieve_is_multipart_dicom_byte_identical_to_what_was_stored(site, stored, path):
+    first, _ = stored
+    series = first.series[1]
+    sop = sorted(series.instances)[0]
+    if path == "/studies":
+        path = "/studies/{study}"
+    url = "/dicom-web" + path.format(study=first.study_uid, series=series.series_uid, sop=sop)
+    response = site.client.get(url, headers={"Accept": DICOM + "; transfer-syntax=*"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith(DICOM + "; boundary=")
+    parts = parts_by_sop(response.data, response.headers["Content-Type"])
+    expected = (first.instances if "series" not in path else
+                series.instances if "instances" not in path else {sop: series.instances[sop]})
+    assert parts == expected
+
+
+def test_retrieve_without_accept_is_served_as_stored(site, stored):
+    first, _ = stored
+    response = site.client.get(f"/dicom-web/studies/{first.study_uid}")
+    assert response.status_code == 200
+    assert parts_by_sop(response.data, response.headers["Content-Type"]) == first.instances
+
+
+@pytest.mark.parametrize("accept", ["application/json", 'multipart/related; type="image/jpeg"',
+                                    DICOM + "; transfer-syntax=1.2.840.10008.1.2.4.50"])
+def test_retrieve_in_a_form_we_cannot_serve_is_406(site, stored, accept):
+    response = site.client.get(f"/dicom-web/studies/{stored[0].study_uid}", headers={"Accept": accept})
+    assert response.status_code == 406
+    assert response.json["resourceType"] == "OperationOutcome"
+
+
+def test_metadata_is_the_dicom_json_of_each_instance_without_pixel_data(site, stored):
+    first, _ = stored
+    series = first.series[0]
+    response = site.client.get(f"/dicom-web/studies/{first.study_uid}/series/{series.series_uid}/metadata",
+                               headers={"Accept": "application/dicom+json"})
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/dicom+json"
+    by_sop = {value(item, "00080018"): item for item in response.json}
+    assert set(by_sop) == set(series.instances)
+    for sop, data in series.instances.items():
+        ds = pydicom.dcmread(io.BytesIO(data))
+        item = by_sop[sop]
+        assert "7FE00010" not in item
+        assert value(item, "00280010") == ds.Rows and value(item, "00100020") == ds.PatientID
+        assert value(item, "00020010") == ds.file_meta.TransferSyntaxUID
+    assert len(site.client.get(f"/dicom-web/studies/{first.study_uid}/metadata").json) == 6
+
+
+def test_frames_of_uncompressed_pixel_data(site, stored):
+    first, _ = stored
+    series = first.series[0]
+    sop, data = sorted(series.instances.items())[0]
+    url = f"/dicom-web/studies/{first.study_uid}/series/{series.series_uid}/instances/{sop}/frames/1"
+    response = site.client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert response.status_code == 200
+    from ..transfer.multipart_reference import reference_parts
+    assert reference_parts(response.data, response.headers["Content-Type"]) == \
+        [pydicom.dcmread(io.BytesIO(data)).PixelData]
+    assert site.client.get(url[:-1] + "2").status_code == 404
+    assert site.client.get(url[:-1] + "0").status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/studies/1.2..3", "/studies/..%5C..%5Cetc", "/studies/1.2.3%00", "/studies/1.2.3/series/01.2",
+                                  "/studies/1.2.3/series/1.2/instances/1.a/metadata", "/studies/" + "1." * 40 + "1",
+                                  "/studies/1.2.3/series/1.2/instances/x/frames/1"])
+def test_malformed_uids_are_400_before_anything_is_looked_up(site, stored, path):
+    response = site.client.get("/dicom-web" + path)
+    assert response.status_code == 400
+    assert "not a valid DICOM UID" in response.json["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("path", ["/studies/1.2.3", "/studies/1.2.3/metadata", "/studies/1.2.3/series",
+                                  "/studies/{study}/series/1.2.3", "/studies/{study}/series/1.2.3/instances",
+                                  "/studies/{study}/series/{series}/instances/1.2.3"])
+def test_unknown_uids_are_404(site, stored, path):
+    first, _ = stored
+    path = path.format(study=first.study_uid, series=first.series[0].series_uid)
+    response = site.client.get("/dicom-web" + path)
+    assert response.status_code == 404
+    assert response.json["issue"][0]["code"] == "not-found"
+
+
+@pytest.mark.parametrize("params", [{"NoSuchKeyword": "x"}, {"limit": "0"}, {"offset": "-1"},
+                                    {"includefield": "Bogus"}])
+def test_bad_query_parameters_are_400_naming_the_parameter(site, stored, params):
+    response = site.client.get("/dicom-web/studies", query_string=params)
+    assert response.status_code == 400
+    assert response.json["issue"][0]["expression"]
