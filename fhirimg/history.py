@@ -319,20 +319,26 @@ def _at_condition(query: HistoryQuery, rv, hi: int):
 
 
 def select_versions(conn: Connection, query: HistoryQuery, lo: int, hi: int, pos: int | None, limit: int):
+    """The page's versions. The seqs are chosen first on resource_version alone (an index
+    range scan that stops after `limit`), then joined: a planner misled by stale statistics
+    can then at worst sort integers, never every row's content."""
     rv = resource_version
-    prev = resource_version.alias("prev")
     conditions = _filters(query, rv, lo, hi)
     if pos is not None:
         conditions.append(rv.c.seq > pos if query.ascending else rv.c.seq < pos)
     if query.at is not None:
         conditions.append(_at_condition(query, rv, hi))
-    stmt = (select(rv, prev.c.is_deleted.label("prev_deleted"), change_origin.c.origin)
-            .select_from(rv.outerjoin(prev, and_(prev.c.res_type == rv.c.res_type, prev.c.res_id == rv.c.res_id,
-                                                 prev.c.version == rv.c.version - 1))
-                         .outerjoin(change_origin, change_origin.c.seq == rv.c.seq))
-            .where(*conditions)
-            .order_by(rv.c.seq.asc() if query.ascending else rv.c.seq.desc())
-            .limit(limit))
+    order = rv.c.seq.asc() if query.ascending else rv.c.seq.desc()
+    page = select(rv.c.seq).where(*conditions).order_by(order).limit(limit).subquery("page")
+    version = resource_version.alias("v")
+    prev = resource_version.alias("prev")
+    stmt = (select(version, prev.c.is_deleted.label("prev_deleted"), change_origin.c.origin)
+            .select_from(page.join(version, version.c.seq == page.c.seq)
+                         .outerjoin(prev, and_(prev.c.res_type == version.c.res_type,
+                                               prev.c.res_id == version.c.res_id,
+                                               prev.c.version == version.c.version - 1))
+                         .outerjoin(change_origin, change_origin.c.seq == version.c.seq))
+            .order_by(version.c.seq.asc() if query.ascending else version.c.seq.desc()))
     return conn.execute(stmt).all()
 
 

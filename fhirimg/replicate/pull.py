@@ -44,7 +44,7 @@ def first_url(link: Link, page_size: int) -> str:
 
 def pull_once(repo: Repository, client: PeerClient, link: Link, own_site: str, page_size: int = 200,
               clock: Callable[[], float] = time.time, max_pages: int | None = None,
-              after_page: Callable[[int], None] | None = None) -> PullReport:
+              after_page: Callable[[int, list], None] | None = None) -> PullReport:
     """Follow the source's history from the cursor to its end (or `max_pages`)."""
     report = PullReport()
     state = load_state(repo.engine, link, int(clock() * 1000))
@@ -62,7 +62,7 @@ def pull_once(repo: Repository, client: PeerClient, link: Link, own_site: str, p
         for name in ("applied", "skipped", "conflicts", "rejected"):
             setattr(report, name, getattr(report, name) + getattr(outcome, name))
         if after_page:
-            after_page(report.pages)
+            after_page(report.pages, changes)
         if not next_url:
             report.caught_up = True
             break
