@@ -12,7 +12,7 @@ from .orthanc import OrthancServer
 
 
 @pytest.fixture
-def engine(tmp_path):
+def engine(tmp_path):  # noqa: F811 - SQLite only, see docstring
     """SQLite only: the transfer tables use nothing dialect-specific, and Orthanc tests are slow enough."""
     engine = make_engine(f"sqlite:///{tmp_path / 'transfer.db'}")
     create_schema(engine)

@@ -100,3 +100,21 @@ def test_missing_study_at_the_source_fails_with_a_reason(tmp_path, orthanc):
     task_id = site.start_retrieve(study_id)
     assert run_retrieve(task_id, site.context()) == "failed"
     assert "no instances" in site.task(task_id)["statusReason"]["concept"]["text"]
+
+
+def test_transfer_report_shows_where_the_time_went(tmp_path, orthanc, source_study, monkeypatch):
+    from click.testing import CliRunner
+
+    from fhirimg.cli import main
+    from fhirimg.transfer.report import format_task_report
+    site = make_site(tmp_path)
+    study_id = site.add_study(orthanc.dicomweb, source_study.study_uid)
+    task_id = site.start_retrieve(study_id)
+    run_retrieve(task_id, site.context())
+    text = format_task_report(site.task(task_id))
+    for label in ("1 QIDO-RS", "2 series metadata", "3 pixel data", "total", "slowest", "8/8 stored"):
+        assert label in text
+    monkeypatch.setenv("FHIRIMG_DATABASE_URL", site.config["database_url"])
+    result = CliRunner().invoke(main, ["transfer-report", task_id])
+    assert result.exit_code == 0 and text.splitlines()[0] in result.output
+    assert CliRunner().invoke(main, ["transfer-report", "nope"]).exit_code != 0

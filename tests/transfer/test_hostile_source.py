@@ -1,0 +1,105 @@
+"""A source that sends bad UIDs, non-DICOM parts and instances nobody asked for.
+
+Each bad object is rejected and recorded in Task.output, the good ones are stored, nothing
+else reaches the disk, and a transfer with rejected instances is never called complete.
+"""
+from __future__ import annotations
+
+import io
+import uuid
+
+import orjson
+import pydicom
+
+from fhirimg.transfer.taskoutput import OUTPUT_SYSTEM, output_value
+from fhirimg.transfer.tasks import run_retrieve
+
+from .dicomfactory import make_study
+from .scripted_server import ScriptedServer
+from .site import make_site
+
+
+def multipart(parts: list[bytes]) -> tuple[dict, bytes]:
+    boundary = uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}, body
+
+
+def dicom_json(ds) -> dict:
+    return {"0020000D": {"vr": "UI", "Value": [ds.StudyInstanceUID]},
+            "0020000E": {"vr": "UI", "Value": [ds.SeriesInstanceUID]},
+            "00080018": {"vr": "UI", "Value": [ds.SOPInstanceUID]},
+            "00080016": {"vr": "UI", "Value": [ds.SOPClassUID]},
+            "00080060": {"vr": "CS", "Value": [ds.Modality]},
+            "00200013": {"vr": "IS", "Value": [int(ds.InstanceNumber)]}}
+
+
+def hostile_source():
+    """A study of 3 instances (A, B, C) served with every kind of bad content around them."""
+    study = make_study(series=1, instances=3, rows=16, columns=16, seed=61)
+    stranger = make_study(series=1, instances=1, rows=16, columns=16, seed=62)
+    series = study.series[0]
+    a, b, c = sorted(series.instances, key=lambda s: pydicom.dcmread(io.BytesIO(series.instances[s])).InstanceNumber)
+    datasets = [pydicom.dcmread(io.BytesIO(series.instances[s])) for s in (a, b, c)]
+    json_headers = {"Content-Type": "application/dicom+json"}
+
+    def route(handler):
+        path = handler.path.split("?")[0]
+        if path.endswith("/series"):
+            return 200, json_headers, orjson.dumps([
+                {"0020000E": {"vr": "UI", "Value": [series.series_uid]}, "00080060": {"vr": "CS", "Value": ["CT"]}},
+                {"0020000E": {"vr": "UI", "Value": ["../../etc"]}}])
+        if path.endswith("/instances"):
+            listed = [dicom_json(ds) for ds in datasets]
+            listed.append({"00080018": {"vr": "UI", "Value": ["1.2.3/../../passwd"]}})
+            return 200, json_headers, orjson.dumps(listed)
+        if path.endswith("/metadata"):
+            return 200, json_headers, orjson.dumps([dicom_json(ds) for ds in datasets])
+        if path.endswith(f"/series/{series.series_uid}"):
+            headers, body = multipart([series.instances[a], b"this is not DICOM at all" * 10,
+                                       next(iter(stranger.instances.values())), series.instances[b]])
+            return 200, headers, body
+        if "/instances/" in path:  # the fallback for C gets junk again
+            headers, body = multipart([b"\x00" * 128 + b"DICM" + b"\xff" * 64])
+            return 200, headers, body
+        return 404, {}, b""
+
+    return study, (a, b, c), route
+
+
+def rejection_reasons(task: dict) -> list[str]:
+    return [o["type"]["text"] for o in task["output"]
+            if any(c["code"] == "rejected" and c["system"] == OUTPUT_SYSTEM for c in o["type"]["coding"])]
+
+
+def test_bad_objects_are_rejected_and_recorded_the_rest_is_stored(tmp_path):
+    study, (a, b, c), route = hostile_source()
+    site = make_site(tmp_path)
+    with ScriptedServer([route]) as server:
+        study_id = site.add_study(server.url + "/dicom-web", study.study_uid)
+        task_id = site.start_retrieve(study_id)
+        assert run_retrieve(task_id, site.context()) == "failed"
+    task = site.task(task_id)
+    assert task["statusReason"]["concept"]["text"] == "1 of 3 instances could not be retrieved"
+    assert sorted(set(rejection_reasons(task))) == ["invalid-uid", "not-dicom", "not-retrieved", "unexpected-uid"]
+    assert output_value(task, "instances-stored") == 2
+    blobstore = site.context().blobstore
+    files = {p.stem for p in blobstore.root.rglob("*.dcm")}
+    assert files == {a, b}
+    assert not list(blobstore.staging.iterdir())
+    assert all(".." not in str(p) and "passwd" not in str(p) for p in blobstore.root.rglob("*"))
+    assert site.client.get(f"/fhir/ImagingStudy/{study_id}").json["meta"]["versionId"] == "1"
+
+
+def test_study_uid_that_is_not_a_uid_fails_the_task_without_a_request(tmp_path):
+    site = make_site(tmp_path)
+    with ScriptedServer([(500, {}, b"")]) as server:
+        study_id = site.add_study(server.url + "/dicom-web", "1.2.3")
+        stored = site.client.get(f"/fhir/ImagingStudy/{study_id}").json
+        stored["identifier"][0]["value"] = "urn:oid:1.2.3/../../etc"
+        assert site.client.put(f"/fhir/ImagingStudy/{study_id}", json=stored).status_code == 200
+        task_id = site.start_retrieve(study_id)
+        assert run_retrieve(task_id, site.context()) == "failed"
+        assert server.requests == []
+    assert "Study Instance UID" in site.task(task_id)["statusReason"]["concept"]["text"]
