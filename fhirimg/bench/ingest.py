@@ -143,22 +143,23 @@ def store_directly(database_url: str, studies: list[Study], concurrency: int) ->
     create_schema(engine)
     repo = Repository(engine)
     endpoint_ids: dict[str, str] = {}
-
-    def write(item: Study) -> bool:
-        key = item.endpoint["identifier"][0]["value"]
-        with repo.transaction() as uow:
-            patient = uow.create("Patient", item.patient)
-            if key not in endpoint_ids:
-                endpoint_ids[key] = uow.create("Endpoint", item.endpoint).res_id
-            study = dict(item.study, subject={"reference": f"Patient/{patient.res_id}"},
-                         endpoint=[{"reference": f"Endpoint/{endpoint_ids[key]}"}])
-            uow.create("ImagingStudy", study)
-        return True
-
     try:
-        return run_concurrently("raw store", studies, concurrency, write)
+        return run_concurrently("raw store", studies, concurrency, lambda item: store_study(repo, item, endpoint_ids))
     finally:
         engine.dispose()
+
+
+def store_study(repo, item: Study, endpoint_ids: dict[str, str]) -> bool:
+    """One study in one storage transaction; a shared Endpoint is written once."""
+    key = item.endpoint["identifier"][0]["value"]
+    with repo.transaction() as uow:
+        patient = uow.create("Patient", item.patient)
+        if key not in endpoint_ids:
+            endpoint_ids[key] = uow.create("Endpoint", item.endpoint).res_id
+        study = dict(item.study, subject={"reference": f"Patient/{patient.res_id}"},
+                     endpoint=[{"reference": f"Endpoint/{endpoint_ids[key]}"}])
+        uow.create("ImagingStudy", study)
+    return True
 
 
 @click.command("ingest")
