@@ -89,6 +89,38 @@ def push(destination, types, every, name, config_path) -> None:
     _run(site, link, _every(every))
 
 
+@replicate.command("run")
+@click.option("--link", "names", multiple=True, help="Only this configured link (repeatable).")
+@click.option("--once", is_flag=True, help="One round of each link, then exit (1 if any failed).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def run(names, once, config_path) -> None:
+    """Run the configured links in the foreground, each on its interval (no Redis needed)."""
+    import threading
+
+    from .runner import run_link_every, run_link_once
+    site = _site(config_path)
+    links = [link for link in configured_links(site.config) if link.enabled and (not names or link.name in names)]
+    unknown = set(names) - {link.name for link in links}
+    if unknown or not links:
+        raise click.ClickException(f"no enabled configured link named {', '.join(sorted(unknown)) or '(any)'}")
+    if once:
+        results = [(link, run_link_once(site, link)) for link in links]
+        for link, result in results:
+            click.echo(f"{link.name}: {result}")
+        raise SystemExit(1 if any(r.errors for _, r in results) else 0)
+    stop = threading.Event()
+    threads = [threading.Thread(target=run_link_every, args=(site, link, link.interval, stop),
+                                kwargs={"report": lambda r, n=link.name: click.echo(f"{n}: {r}")}, daemon=True)
+               for link in links]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            stop.wait(1.0)
+    except KeyboardInterrupt:
+        stop.set()
+
+
 @replicate.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--offline", is_flag=True, help="Do not ask pull sources how far behind this site is.")

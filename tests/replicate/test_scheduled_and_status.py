@@ -100,3 +100,22 @@ def test_cli_pull_once_copies_and_reports(make_site, tmp_path, monkeypatch):
     assert all_versions(b.engine) == all_versions(a.engine, ("Patient", "ImagingStudy"))
     bad = CliRunner().invoke(main, ["replicate", "pull", "--source", a.url, "--types", "Observation"])
     assert bad.exit_code != 0 and "Observation" in bad.output
+
+
+def test_cli_run_once_runs_the_configured_links(make_site, tmp_path, monkeypatch):
+    a, b = make_site("a"), make_site("b")
+    write_changes(a.url, 8, seed=26)
+    config = tmp_path / "fhirimg.toml"
+    config.write_text(f'''
+database_url = "{database_url_for_subprocess(b)}"
+[[replicate.links]]
+name = "from-a"
+direction = "pull"
+url = "{a.url}"
+''')
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["replicate", "run", "--once", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert all_versions(b.engine) == all_versions(a.engine)
+    missing = CliRunner().invoke(main, ["replicate", "run", "--once", "--link", "nope", "--config", str(config)])
+    assert missing.exit_code != 0 and "nope" in missing.output
