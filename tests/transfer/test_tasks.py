@@ -118,3 +118,13 @@ def test_transfer_report_shows_where_the_time_went(tmp_path, orthanc, source_stu
     result = CliRunner().invoke(main, ["transfer-report", task_id])
     assert result.exit_code == 0 and text.splitlines()[0] in result.output
     assert CliRunner().invoke(main, ["transfer-report", "nope"]).exit_code != 0
+
+
+def test_task_cancelled_by_json_patch_is_not_run(tmp_path, fault_proxy, source_study):
+    site = make_site(tmp_path)
+    task_id = site.start_retrieve(site.add_study(fault_proxy.dicomweb, source_study.study_uid))
+    response = site.client.patch(f"/fhir/Task/{task_id}", data='[{"op": "replace", "path": "/status", '
+                                 '"value": "cancelled"}]', headers={"Content-Type": "application/json-patch+json"})
+    assert response.status_code == 200
+    assert run_retrieve(task_id, site.context()) == "cancelled"
+    assert fault_proxy.log == [] and site.task(task_id)["status"] == "cancelled"

@@ -208,3 +208,20 @@ def test_auto_retrieve_rule_fetches_a_pushed_study_without_a_request(make_env, o
     assert site.served_study(small_study.study_uid) == small_study.instances
     time.sleep(1.0)  # a few reconciler rounds: our own ImagingStudy update must not start another Task
     assert len(site_task_ids(site)) == 1
+
+
+def test_redis_flushed_and_worker_lost_mid_transfer_the_task_still_completes(
+        site_env, fault_proxy, slow_study):
+    site, start_worker, redis_server = site_env
+    fault_proxy.add(Fault("slow", r"/series/[0-9.]+$", times=100, delay=0.05))
+    study_id = site.add_study(fault_proxy.dicomweb, slow_study.study_uid)
+    task_id = site.start_retrieve(study_id)
+    worker = start_worker()
+    wait_for(lambda: len(index_rows(site)) >= 1, 60, what="first instance stored")
+    Redis.from_url(redis_server.url).flushall()  # queue, job and worker registrations gone
+    worker.kill()
+    fault_proxy.clear()
+    start_worker()
+    task = final_task(site, task_id)
+    assert task["status"] == "completed"
+    assert blob_files(site) == slow_study.instances
