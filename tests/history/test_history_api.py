@@ -175,3 +175,22 @@ def test_entries_carry_this_sites_origin(client):
     assert site.startswith("urn:uuid:")
     assert all(e["extension"][0]["valueUri"] == site for e in response.json["entry"])
     assert local(response.headers["X-Next-Poll"]).startswith("/fhir/_history?")
+
+
+def test_unknown_parameters_are_ignored_unless_handling_is_strict(client):
+    write_three_versions(client)
+    assert client.get("/fhir/_history?foo=bar").status_code == 200
+    assert_outcome(client.get("/fhir/_history?foo=bar", headers={"Prefer": "handling=strict"}), 400,
+                   expression="foo")
+
+
+def test_unsupported_type_and_bad_id_are_rejected(client):
+    assert_outcome(client.get("/fhir/Observation/_history"), 404, says="not supported")
+    assert client.get("/fhir/Patient/bad$id/_history").status_code in (400, 404)
+
+
+def test_cursor_order_cannot_be_changed_mid_history(client):
+    write_three_versions(client)
+    bundle = client.get("/fhir/_history?_count=1").json
+    nxt = local([link["url"] for link in bundle["link"] if link["relation"] == "next"][0])
+    assert_outcome(client.get(nxt + "&_sort=_lastUpdated"), 400, expression="_sort")
