@@ -79,7 +79,8 @@ def worker_context(config: dict) -> TransferContext:
     return TransferContext(repo=Repository(engine), client=TransferClient(client_settings(section)),
                            blobstore=BlobStore(blob_root(config), engine), options=retrieve_options(section),
                            own_dicomweb_base=own_dicomweb_base(config),
-                           qido_page_size=section["qido_page_size"], lease_seconds=section["lease_seconds"])
+                           qido_page_size=section["qido_page_size"], lease_seconds=section["lease_seconds"],
+                           max_runs=section["max_runs"])
 
 
 def job_id_for(task_id: str) -> str:

@@ -70,6 +70,7 @@ class TransferSettingsSchema(Schema):
     job_timeout = fields.Integer(load_default=6 * 3600, validate=validate.Range(10))
     reconcile_interval = fields.Float(load_default=10.0, validate=validate.Range(0.1, 86_400))
     staging_max_age = fields.Float(load_default=3600.0, validate=validate.Range(0.5, 30 * 86_400))
+    max_runs = fields.Integer(load_default=5, validate=validate.Range(1, 1000))
     lease_seconds = fields.Float(load_default=60.0, validate=validate.Range(0.5, 86_400))
     queue = fields.String(load_default="fhirimg", validate=validate.Length(1, 100))
     urgent_queue = fields.String(load_default="fhirimg-urgent", validate=validate.Length(1, 100))

@@ -49,6 +49,7 @@ class TransferContext:
     own_dicomweb_base: str
     qido_page_size: int = 200
     lease_seconds: float = 60.0
+    max_runs: int = 5
     clock: Callable[[], int] | None = None  # epoch milliseconds; defaults to the repository's
 
     def now_ms(self) -> int:
@@ -83,8 +84,20 @@ def run_retrieve(task_id: str, ctx: TransferContext) -> str:
     if task is None or task.is_deleted or task.resource.get("status") not in ACTIVE_STATUSES:
         release_active(ctx.repo, task_id)
         return "gone" if task is None or task.is_deleted else task.resource["status"]
+    runs = previous_runs(ctx.repo, task_id)
+    if runs >= ctx.max_runs:
+        # Every earlier run died (worker killed, disk full, database gone): stop the loop.
+        return finish(ctx, task_id, "failed", f"gave up after {runs} runs that did not finish; "
+                                              "see the worker logs", None)
     with Heartbeat(ctx.repo, task_id, ctx.lease_seconds / 4, ctx.now_ms):
         return run_started_retrieve(task_id, task.resource, ctx)
+
+
+def previous_runs(repo: Repository, task_id: str) -> int:
+    with repo.reading() as uow:
+        runs = uow.conn.execute(select(active_retrieve.c.runs)
+                                .where(active_retrieve.c.task_id == task_id)).scalar()
+    return int(runs or 0)
 
 
 def run_started_retrieve(task_id: str, task: dict, ctx: TransferContext) -> str:

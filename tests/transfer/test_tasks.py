@@ -128,3 +128,16 @@ def test_task_cancelled_by_json_patch_is_not_run(tmp_path, fault_proxy, source_s
     assert response.status_code == 200
     assert run_retrieve(task_id, site.context()) == "cancelled"
     assert fault_proxy.log == [] and site.task(task_id)["status"] == "cancelled"
+
+
+def test_a_task_whose_runs_keep_dying_is_failed_after_max_runs(tmp_path, fault_proxy, source_study):
+    from sqlalchemy import update
+
+    from fhirimg.transfer.schema import active_retrieve
+    site = make_site(tmp_path, max_runs=2)
+    task_id = site.start_retrieve(site.add_study(fault_proxy.dicomweb, source_study.study_uid))
+    with site.app.extensions["fhirimg.engine"].begin() as conn:  # two earlier runs died
+        conn.execute(update(active_retrieve).where(active_retrieve.c.task_id == task_id).values(runs=2))
+    assert run_retrieve(task_id, site.context()) == "failed"
+    assert "gave up after 2 runs" in site.task(task_id)["statusReason"]["concept"]["text"]
+    assert fault_proxy.log == []
