@@ -203,6 +203,12 @@ def reject(conn, ctx: ApplyContext, change: Change, why: str, outcome: PageOutco
     outcome.rejected += 1
 
 
+def reject_malformed(conn, ctx: ApplyContext, why: str, outcome: PageOutcome) -> None:
+    log.error("replication link %s rejected an entry: %s", ctx.link, why)
+    record_event(conn, ctx.link, "rejected", why, ctx.now_ms)
+    outcome.rejected += 1
+
+
 def applied_row(conn: Connection, link: str, change: Change):
     ra = replication_applied
     return conn.execute(select(ra).where(ra.c.link == link, ra.c.res_type == change.res_type,

@@ -14,7 +14,7 @@ from typing import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..store.repository import Repository
-from .apply import ApplyContext, MalformedEntry, PageOutcome, apply_change, parse_change
+from .apply import ApplyContext, MalformedEntry, PageOutcome, apply_change, parse_change, reject_malformed
 from .client import PeerClient, PeerError
 from .links import LinkState, advance, claim_cursor, load_state, record_error
 from .origin import record_origins
@@ -77,7 +77,10 @@ def apply_page(repo: Repository, client: PeerClient, link: Link, own_site: str, 
     with repo.transaction() as uow:
         claim_cursor(uow.conn, link.name, state.cursor, now_ms)
         for change in changes:
-            apply_change(uow, ctx, change, outcome)
+            if isinstance(change, str):
+                reject_malformed(uow.conn, ctx, change, outcome)
+            else:
+                apply_change(uow, ctx, change, outcome)
         uow.flush_versions()  # assigns seq now, so the origins go into this same transaction
         record_origins(uow.conn, [{"seq": s.seq, "origin": o, "link": link.name} for s, o in outcome.origins])
         extra = {"peer_site": client.peer_site} if client.peer_site else {}
@@ -89,17 +92,22 @@ def apply_page(repo: Repository, client: PeerClient, link: Link, own_site: str, 
 
 
 def parse_page(bundle, url: str) -> list:
-    """The page's changes, oldest first; a malformed Bundle raises PeerError (retried later)."""
+    """The page's changes, oldest first (an entry that cannot be read is a str saying why);
+    a Bundle that is not a history Bundle raises PeerError (retried later)."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or bundle.get("type") != "history":
         raise PeerError(f"{url} did not answer with a history Bundle", retryable=True)
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise PeerError(f"{url}: Bundle.entry is not a list", retryable=True)
-    try:
-        changes = [parse_change(entry, i) for i, entry in enumerate(entries)]
-    except MalformedEntry as exc:
-        raise PeerError(f"{url}: malformed history Bundle: {exc}", retryable=True) from None
-    stamps = [c.updated_ms for c in changes if c.updated_ms is not None]
+    changes = []
+    for i, entry in enumerate(entries):
+        try:
+            changes.append(parse_change(entry, i))
+        except MalformedEntry as exc:
+            # One entry nobody can apply must not hold the link for ever: it is recorded
+            # (replicate status shows it) and passed over.
+            changes.append(f"{url}: {exc}")
+    stamps = [c.updated_ms for c in changes if not isinstance(c, str) and c.updated_ms is not None]
     if len(stamps) > 1 and stamps[0] > stamps[-1]:
         changes.reverse()  # a source that ignored _sort=_lastUpdated answers newest first
     return changes

@@ -109,3 +109,12 @@ def test_links_to_another_host_are_not_followed(site, source):
     source.script = [(200, page, {})]
     result = run(site, source)
     assert result.errors and "refusing to follow" in result.errors[0]
+
+
+def test_an_entry_without_type_and_id_is_rejected_and_passed_over(site, source):
+    nameless = {"request": {"method": "DELETE"}, "response": {"status": "200 OK"}}
+    source.script = [(200, bundle([nameless, put_entry(make_patient(id="after"), 1)]), {})]
+    result = run(site, source)
+    assert result.rejected == 1 and result.applied == 1 and not result.errors
+    status = link_statuses(site.engine, {}, RetryPolicy(), live=False)[0]
+    assert "entry[0]" in status.recent_events[0]["detail"]
