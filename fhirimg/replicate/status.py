@@ -58,6 +58,11 @@ def link_statuses(engine, links: dict[str, Link], policy: RetryPolicy, live: boo
                               state.last_error, _instant(state.last_error_ms),
                               [{"kind": e["kind"], "detail": e["detail"], "at": _instant(e["at_ms"])}
                                for e in recent_events(engine, state.name)]))
+    seen = {row.name for row in out}
+    for name, link in links.items():
+        if name not in seen:  # configured, but no run has reached the database yet
+            out.append(LinkStatus(name, link.direction, link.url, None, None, None, 0, 0, 0, 0, None,
+                                  "never ran" if link.enabled else "disabled", None, []))
     return out
 
 

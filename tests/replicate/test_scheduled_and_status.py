@@ -119,3 +119,18 @@ url = "{a.url}"
     assert all_versions(b.engine) == all_versions(a.engine)
     missing = CliRunner().invoke(main, ["replicate", "run", "--once", "--link", "nope", "--config", str(config)])
     assert missing.exit_code != 0 and "nope" in missing.output
+
+
+def test_status_lists_configured_links_that_never_ran(make_site, tmp_path, monkeypatch):
+    b = make_site("b")
+    config = tmp_path / "fhirimg.toml"
+    config.write_text(f'''
+database_url = "{database_url_for_subprocess(b)}"
+[[replicate.links]]
+name = "to-nowhere"
+direction = "push"
+url = "http://127.0.0.1:9/fhir"
+''')
+    result = CliRunner().invoke(main, ["replicate", "status", "--json", "--config", str(config)])
+    (row,) = json.loads(result.output)
+    assert row["name"] == "to-nowhere" and row["last_error"] == "never ran"
