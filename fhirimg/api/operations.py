@@ -14,9 +14,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import Invalid
+from ..errors import Invalid, Unprocessable, UnsupportedMediaType
 from ..transfer.jobs import enqueue_retrieve
-from ..transfer.settings import PRIORITIES, transfer_section
+from ..transfer.settings import PRIORITIES, own_dicomweb_base, transfer_section
+from ..transfer.sources import TaskFailure, check_retrievable
 from ..transfer.tasks import start_retrieve
 from .capability import register_operation
 from .negotiation import base_url, json_response, media_type, parse_json, read_bounded_body
@@ -37,6 +38,7 @@ def retrieve(res_id: str) -> Response:
     for attempt in range(2):
         try:
             with repo.transaction() as uow:
+                require_retrievable(uow, res_id)
                 task, created = start_retrieve(uow, res_id, priority, repo.clock())
             break
         except IntegrityError:
@@ -48,6 +50,18 @@ def retrieve(res_id: str) -> Response:
     return json_response(task.resource, 202, headers)
 
 
+def require_retrievable(uow, study_id: str) -> None:
+    """422 at once for a study that names nothing to fetch from (rather than a failed Task later)."""
+    stored = uow.read("ImagingStudy", study_id)
+    if stored is None or stored.is_deleted:
+        return  # start_retrieve answers 404
+    try:
+        check_retrievable(uow, stored.resource, own_dicomweb_base(current_app.config["FHIRIMG"]))
+    except TaskFailure as exc:
+        where = "ImagingStudy.identifier" if "Instance UID" in str(exc) else "ImagingStudy.endpoint"
+        raise Unprocessable(str(exc), [where]) from None
+
+
 def requested_priority() -> str:
     """``priority`` from a Parameters body (valueCode) or the query; default routine."""
     priority = request.args.get("priority")
@@ -57,7 +71,7 @@ def requested_priority() -> str:
     if not data.strip():
         return priority or "routine"
     if media_type(request.headers.get("Content-Type")) not in ("application/fhir+json", "application/json"):
-        raise Invalid("the $retrieve body must be a Parameters resource in JSON", ["Parameters"])
+        raise UnsupportedMediaType("the $retrieve body must be a Parameters resource in application/fhir+json")
     body = parse_json(data)
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise Invalid("the $retrieve body must be a Parameters resource", ["Parameters"])

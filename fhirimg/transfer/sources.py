@@ -55,6 +55,17 @@ def plan_source(repo: Repository, task: dict, own_base: str = "") -> SourcePlan:
     return SourcePlan(study_id, study_uid, base, series_bases)
 
 
+def check_retrievable(uow, study: dict, own_base: str = "") -> None:
+    """Raise TaskFailure unless the study has a Study Instance UID and a DICOMweb Endpoint."""
+    study_uid_of(study)
+    references = list(study.get("endpoint") or [])
+    for series in study.get("series") or []:
+        references += series.get("endpoint") or []
+    if first_dicomweb_address(uow, references, own_base) is None:
+        raise TaskFailure("the ImagingStudy has no active Endpoint of connection type dicom-wado-rs or "
+                          "dicom-qido-rs to retrieve from")
+
+
 def focus_study_id(task: dict) -> str:
     reference = ((task.get("focus") or {}).get("reference") or "")
     kind, _, study_id = reference.partition("/")

@@ -96,10 +96,10 @@ def test_study_uid_that_is_not_a_uid_fails_the_task_without_a_request(tmp_path):
     site = make_site(tmp_path)
     with ScriptedServer([(500, {}, b"")]) as server:
         study_id = site.add_study(server.url + "/dicom-web", "1.2.3")
+        task_id = site.start_retrieve(study_id)  # $retrieve itself refuses such a study (422)
         stored = site.client.get(f"/fhir/ImagingStudy/{study_id}").json
         stored["identifier"][0]["value"] = "urn:oid:1.2.3/../../etc"
         assert site.client.put(f"/fhir/ImagingStudy/{study_id}", json=stored).status_code == 200
-        task_id = site.start_retrieve(study_id)
         assert run_retrieve(task_id, site.context()) == "failed"
         assert server.requests == []
     assert "Study Instance UID" in site.task(task_id)["statusReason"]["concept"]["text"]

@@ -123,3 +123,25 @@ def test_capability_statement_lists_the_operation(client):
     resources = client.get("/fhir/metadata").json["rest"][0]["resource"]
     study = next(r for r in resources if r["type"] == "ImagingStudy")
     assert any(op["name"] == "retrieve" for op in study.get("operation", []))
+
+
+def test_study_without_a_dicomweb_endpoint_is_422_and_writes_nothing(client, engine):
+    study_id = client.post("/fhir/ImagingStudy", json=make_imaging_study()).json["id"]
+    before = table_counts(engine)
+    assert_outcome(client.post(f"/fhir/ImagingStudy/{study_id}/$retrieve"), 422,
+                   expression="ImagingStudy.endpoint", says="no active Endpoint")
+    assert table_counts(engine) == before
+
+
+def test_study_without_a_study_uid_is_422(client):
+    endpoint = client.post("/fhir/Endpoint", json=make_endpoint()).json["id"]
+    study = make_imaging_study(endpoint=[{"reference": f"Endpoint/{endpoint}"}])
+    study["identifier"] = [{"system": "urn:dicom:uid", "value": "urn:oid:1.2..3"}]
+    study_id = client.post("/fhir/ImagingStudy", json=study).json["id"]
+    assert_outcome(client.post(f"/fhir/ImagingStudy/{study_id}/$retrieve"), 422, expression="ImagingStudy.identifier")
+
+
+def test_body_that_is_not_json_is_415(client, study_id):
+    response = client.post(f"/fhir/ImagingStudy/{study_id}/$retrieve", data="priority=stat",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_outcome(response, 415)
