@@ -181,7 +181,7 @@ def fhirpath_cost() -> str:
 @click.option("--patients", type=int, help="Patients to seed (default: studies / 5).")
 @click.option("--no-seed", is_flag=True, help="Reuse the population already in the database.")
 @click.option("--requests", "per_kind", default=300, show_default=True, help="Timed requests per query kind.")
-@click.option("--clients", default=4, show_default=True, help="Concurrent HTTP clients.")
+@click.option("--clients", default=2, show_default=True, help="Concurrent HTTP clients.")
 @click.option("--workers", default=2, show_default=True, help="gunicorn workers of the started server.")
 def command(base, database_url, studies, patients, no_seed, per_kind, clients, workers) -> None:
     """Seed N studies, EXPLAIN and time the HIE search mix (p50/p99, req/s)."""
