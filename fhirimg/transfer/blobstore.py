@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable
 import orjson
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from fhirimg.store.engine import WRITE_OPTION
 
@@ -149,19 +150,35 @@ class BlobStore:
                 "instance_number", "size", "sha256", "path", "stored_ms")}
             row["attributes"] = orjson.dumps(record.attributes)
             rows.append(row)
-        table = dicom_instance
-        sop_uids = [r["sop_uid"] for r in rows]
-        # A write transaction must take SQLite's write lock at BEGIN (see store.engine).
-        with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-            old = conn.execute(select(table.c.sop_uid, table.c.path).where(table.c.sop_uid.in_(sop_uids))).all()
-            if old:
-                conn.execute(delete(table).where(table.c.sop_uid.in_([r.sop_uid for r in old])))
-            conn.execute(table.insert(), rows)
+        old = self._replace_rows(rows)
         paths = {r["sop_uid"]: r["path"] for r in rows}
         for row in old:
             if row.path != paths[row.sop_uid]:
                 # The same SOP Instance UID arrived under another study/series: keep one copy only.
                 self.absolute_path(row.path).unlink(missing_ok=True)
+
+    def _replace_rows(self, rows: list[dict]) -> list:
+        """Delete-then-insert the rows in one transaction; returns the (sop_uid, path) replaced.
+
+        Two workers placing the same instance at once (a duplicated job) can both find no
+        row and both insert on PostgreSQL: the loser's unique violation is retried once.
+        """
+        table = dicom_instance
+        sop_uids = [r["sop_uid"] for r in rows]
+        for attempt in range(2):
+            try:
+                # A write transaction must take SQLite's write lock at BEGIN (see store.engine).
+                with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+                    old = conn.execute(select(table.c.sop_uid, table.c.path)
+                                       .where(table.c.sop_uid.in_(sop_uids))).all()
+                    if old:
+                        conn.execute(delete(table).where(table.c.sop_uid.in_([r.sop_uid for r in old])))
+                    conn.execute(table.insert(), rows)
+                return old
+            except IntegrityError:
+                if attempt:
+                    raise
+        return []
 
     def stored_sop_uids(self, study_uid: str, series_uid: str | None = None) -> set[str]:
         """SOP Instance UIDs already held for a study (or one of its series)."""
