@@ -59,8 +59,11 @@ def query_args() -> qido.Query:
 @blueprint.route("/studies", methods=["GET"])
 def search_for_studies() -> Response:
     query = query_args()
+    # A StudyInstanceUID list narrows the scan in SQL; matching below still applies every filter.
+    named = next((value for tag, _, value in query.filters if tag == "0020000D"), "")
+    uids = [uid.strip() for uid in named.split(",")] if named not in ("", "*") else None
     results = []
-    for study in index.study_summaries(engine()):
+    for study in index.study_summaries(engine(), uids):
         attributes = qido.study_attributes(study, f"{own_base()}/studies/{study.study_uid}")
         if qido.matches(attributes, query.filters):
             results.append(qido.select_fields(attributes, qido.STUDY_TAGS, query))
