@@ -26,8 +26,10 @@ run: $(STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Against a running server (`make run` in another terminal, or BASE=https://remote/fhir).
+BASE ?= http://127.0.0.1:8080/fhir
 bench: $(STAMP)
-	$(VENV)/bin/fhirimg bench crud --help
+	$(VENV)/bin/fhirimg bench crud --base $(BASE)
 
 lint: $(TEST_STAMP)
 	$(PIP) install -q ruff && $(VENV)/bin/ruff check fhirimg tests

@@ -75,9 +75,15 @@ def vread(uow: UnitOfWork, res_type: str, res_id: str, version: str) -> Result:
     return Result(200, stored)
 
 
-def create(uow: UnitOfWork, res_type: str, body, if_none_exist: str | None = None) -> Result:
-    """POST [type]: the server assigns the id; a client id in the body is ignored."""
-    validate_resource(body, res_type)
+def create(uow: UnitOfWork, res_type: str, body, if_none_exist: str | None = None, *,
+           validated: bool = False) -> Result:
+    """POST [type]: the server assigns the id; a client id in the body is ignored.
+
+    `validated=True`: the caller has run validate_resource already, outside the database
+    transaction (on SQLite the write lock is taken at BEGIN, so validating inside it
+    would serialise the CPU work of every writer)."""
+    if not validated:
+        validate_resource(body, res_type)
     if if_none_exist:
         criteria = parse_criteria(if_none_exist)
         lock_criteria(uow, res_type, criteria)
@@ -91,9 +97,11 @@ def create(uow: UnitOfWork, res_type: str, body, if_none_exist: str | None = Non
     return Result(201, uow.create(res_type, resource))
 
 
-def update(uow: UnitOfWork, res_type: str, res_id: str, body, if_match: int | None = None) -> Result:
+def update(uow: UnitOfWork, res_type: str, res_id: str, body, if_match: int | None = None, *,
+           validated: bool = False) -> Result:
     """PUT [type]/[id]: new version, or update-as-create with the client's id."""
-    validate_resource(body, res_type)
+    if not validated:
+        validate_resource(body, res_type)
     if body.get("id") != res_id:
         raise Invalid(f"the resource id {body.get('id')!r} must equal the id in the URL {res_id!r}",
                       [f"{res_type}.id"])
@@ -101,9 +109,11 @@ def update(uow: UnitOfWork, res_type: str, res_id: str, body, if_match: int | No
     return Result(201 if stored.created else 200, stored)
 
 
-def conditional_update(uow: UnitOfWork, res_type: str, query: str, body, if_match: int | None = None) -> Result:
+def conditional_update(uow: UnitOfWork, res_type: str, query: str, body, if_match: int | None = None, *,
+                       validated: bool = False) -> Result:
     """PUT [type]?criteria (http.html#cond-update)."""
-    validate_resource(body, res_type)
+    if not validated:
+        validate_resource(body, res_type)
     criteria = parse_criteria(query)
     if not criteria:
         raise Invalid("a conditional update needs search criteria in the URL")
@@ -116,11 +126,11 @@ def conditional_update(uow: UnitOfWork, res_type: str, query: str, body, if_matc
         if body_id and body_id != matches[0]:
             raise Invalid(f"the resource id {body_id!r} differs from the matching resource {matches[0]!r}",
                           [f"{res_type}.id"])
-        return update(uow, res_type, matches[0], {**body, "id": matches[0]}, if_match)
+        return update(uow, res_type, matches[0], {**body, "id": matches[0]}, if_match, validated=True)
     if body_id:
         if uow.read(res_type, body_id) is not None and not uow.read(res_type, body_id).is_deleted:
             raise PreconditionFailed(f"{res_type}/{body_id} exists but does not match the criteria")
-        return update(uow, res_type, body_id, body, if_match)
+        return update(uow, res_type, body_id, body, if_match, validated=True)
     return Result(201, uow.create(res_type, body, method="PUT"))
 
 

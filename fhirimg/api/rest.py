@@ -8,7 +8,7 @@ from werkzeug.routing import BaseConverter
 
 from .. import interactions
 from ..errors import MethodNotAllowed, NotFound, informational_outcome
-from ..resources import SUPPORTED_TYPES
+from ..resources import SUPPORTED_TYPES, validate_resource
 from .negotiation import (JSON_PATCH, JSON_TYPES, json_response, read_json_body, version_headers,
                           write_response)
 
@@ -46,8 +46,9 @@ def checked_type(res_type: str) -> str:
 def create(res_type: str) -> Response:
     checked_type(res_type)
     body = read_json_body()
+    validate_resource(body, res_type)  # before the transaction: see interactions.create
     with repository().transaction() as uow:
-        result = interactions.create(uow, res_type, body, request.headers.get("If-None-Exist"))
+        result = interactions.create(uow, res_type, body, request.headers.get("If-None-Exist"), validated=True)
     return write_response(result.stored, result.status, result.diagnostics)
 
 
@@ -55,9 +56,11 @@ def create(res_type: str) -> Response:
 def conditional_update(res_type: str) -> Response:
     checked_type(res_type)
     body = read_json_body()
+    validate_resource(body, res_type)
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
     with repository().transaction() as uow:
-        result = interactions.conditional_update(uow, res_type, request.query_string.decode(), body, if_match)
+        result = interactions.conditional_update(uow, res_type, request.query_string.decode(), body, if_match,
+                                                 validated=True)
     return write_response(result.stored, result.status, result.diagnostics)
 
 
@@ -95,9 +98,10 @@ def update(res_type: str, res_id: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
     body = read_json_body()
+    validate_resource(body, res_type)
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
     with repository().transaction() as uow:
-        result = interactions.update(uow, res_type, res_id, body, if_match)
+        result = interactions.update(uow, res_type, res_id, body, if_match, validated=True)
     return write_response(result.stored, result.status)
 
 

@@ -1,6 +1,8 @@
 """create, read, vread, update, delete, PATCH and versioning (http.html)."""
 from __future__ import annotations
 
+import pytest
+
 from ..conftest import table_counts
 from ..factories import make_imaging_study, make_patient
 
@@ -88,3 +90,32 @@ def test_json_patch_changes_one_element(client):
     assert response.status_code == 200
     assert response.json["status"] == "cancelled"
     assert response.json["meta"]["versionId"] == "2"
+
+
+def test_validation_runs_before_the_write_lock_is_taken(client, backend, database, monkeypatch):
+    """On SQLite a write transaction holds the database-wide lock from BEGIN; validating
+    inside it would serialise every writer's CPU work. While the body is validated,
+    another connection must be able to take the write lock at once."""
+    if backend != "sqlite":
+        pytest.skip("the database-wide write lock is SQLite's")
+    import sqlite3
+
+    from fhirimg.api import rest
+    path = database[0].removeprefix("sqlite:///")
+    original, checked = rest.validate_resource, []
+
+    def validate_and_probe_lock(body, res_type):
+        probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")  # raises "database is locked" if a writer holds it
+            probe.execute("ROLLBACK")
+        finally:
+            probe.close()
+        checked.append(res_type)
+        return original(body, res_type)
+
+    monkeypatch.setattr(rest, "validate_resource", validate_and_probe_lock)
+    patient = create(client, make_patient()).json
+    assert client.put(f"/fhir/Patient/{patient['id']}", json=dict(patient, gender="male"), headers=FHIR).status_code == 200
+    assert client.put("/fhir/Patient?identifier=x", json=make_patient("x"), headers=FHIR).status_code == 201
+    assert checked == ["Patient"] * 3
