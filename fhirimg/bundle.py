@@ -22,7 +22,7 @@ from . import interactions
 from .bundle_execute import EntryResult, execute_entry
 from .bundle_parse import Entry, ParsedBundle, parse_bundle, processing_order
 from .bundle_refs import (check_local_targets, conditional_reference, find_reference_sites, is_bundle_local,
-                          matches_in_memory, split_fragment, substitute_criteria, substitute_local)
+                          iter_identifiers, matches_in_memory, split_fragment, substitute_criteria, substitute_local)
 from .errors import FhirError, Invalid, Issue, NotFound, PreconditionFailed
 from .resources import SUPPORTED_TYPES, validate_resource
 from .store.repository import Repository, UnitOfWork, new_id
@@ -309,18 +309,50 @@ def check_overlaps(entries: list[Entry]) -> None:
         if key in seen:
             raise duplicate_target(seen[key], entry, f"{entry.res_type}/{entry.target_id}")
         seen[key] = entry
+    written = WrittenResources(entries)
     for entry in entries:
         if entry.is_conditional and entry.action == "create":
-            check_no_twin(entry, entries)
+            check_no_twin(entry, written)
 
 
-def check_no_twin(entry: Entry, entries: list[Entry]) -> None:
+def check_no_twin(entry: Entry, written: "WrittenResources") -> None:
     """Two entries that would both create the resource one conditional entry looks for."""
-    for other in entries:
-        if other is entry or other.res_type != entry.res_type or other.action not in ("create", "update"):
-            continue
-        if matches_in_memory(other.resource, other.target_id, entry.criteria):
+    for other in written.candidates(entry.res_type, entry.criteria):
+        if other is not entry and matches_in_memory(other.resource, other.target_id, entry.criteria):
             raise duplicate_target(entry, other, f"the {entry.res_type} matching {lock_key(entry)!r}")
+
+
+class WrittenResources:
+    """The entries whose resource this Bundle writes, by type and by identifier, so that
+    matching conditions against them stays linear in the size of the Bundle."""
+
+    def __init__(self, entries: list[Entry]):
+        self.entries = [e for e in entries if e.action in ("create", "update") and e.resource is not None]
+        self.by_type: dict[str, list[Entry]] = {}
+        self.by_token: dict[tuple, list[Entry]] = {}
+        for entry in self.entries:
+            self.by_type.setdefault(entry.res_type, []).append(entry)
+            self.by_token.setdefault((entry.res_type, "_id", entry.target_id), []).append(entry)
+            for ident in iter_identifiers(entry.resource):
+                value = ident.get("value")
+                if isinstance(value, str):
+                    self.by_token.setdefault((entry.res_type, ident.get("system"), value), []).append(entry)
+                    self.by_token.setdefault((entry.res_type, "*", value), []).append(entry)
+
+    def candidates(self, res_type: str, criteria: list[tuple[str, str]]) -> list[Entry]:
+        """A superset of the entries that can match `criteria` (callers still match each)."""
+        for name, value in criteria:
+            if "," in value:
+                continue
+            if name == "_id":
+                return self.by_token.get((res_type, "_id", value), [])
+            if name == "identifier":
+                system, sep, code = value.partition("|")
+                if not sep:
+                    return self.by_token.get((res_type, "*", value), [])
+                if system and code:
+                    return self.by_token.get((res_type, system, code), [])
+        return self.by_type.get(res_type, [])
 
 
 def duplicate_target(first: Entry, second: Entry, what: str) -> FhirError:
@@ -333,10 +365,10 @@ def duplicate_target(first: Entry, second: Entry, what: str) -> FhirError:
 def resolve_conditional_references(uow: UnitOfWork, entries: list[Entry], targets: dict[str, str | None]) -> None:
     """`Patient?identifier=...` references: exactly one match, counting the store as it is in
     this transaction and the resources this Bundle writes (http.html#trules)."""
-    written = [e for e in entries if e.action in ("create", "update") and e.resource is not None]
+    written = WrittenResources(entries)
     replaced = {(e.res_type, e.target_id) for e in entries if e.action in ("update", "delete")}
     resolved: dict[str, str] = {}
-    for entry in written:
+    for entry in written.entries:
         for site in entry.sites:
             found = conditional_reference(site.value)
             if found is None:
@@ -347,7 +379,7 @@ def resolve_conditional_references(uow: UnitOfWork, entries: list[Entry], target
             site.holder["reference"] = resolved[site.value]
 
 
-def resolve_conditional_reference(uow: UnitOfWork, found: tuple[str, str], written: list[Entry],
+def resolve_conditional_reference(uow: UnitOfWork, found: tuple[str, str], written: WrittenResources,
                                   replaced: set, targets: dict, where: str) -> str:
     res_type, query = found
     if res_type not in SUPPORTED_TYPES:
@@ -357,9 +389,7 @@ def resolve_conditional_reference(uow: UnitOfWork, found: tuple[str, str], writt
         ids = {rid for rid in uow.search_ids(res_type, criteria) if (res_type, rid) not in replaced}
     except FhirError as error:
         raise relocate(error, where) from None
-    for other in written:
-        if other.res_type != res_type:
-            continue
+    for other in written.candidates(res_type, criteria):
         matched = matches_in_memory(other.resource, other.target_id, criteria)
         if matched is None:
             raise Invalid(f"the conditional reference {res_type}?{query} uses criteria that cannot be matched "

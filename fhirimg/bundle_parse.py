@@ -255,6 +255,10 @@ def check_entry_semantics(entry: Entry) -> None:
                       [f"{path}.request.ifNoneExist"])
     if entry.if_match and method not in ("PUT", "PATCH", "DELETE"):
         raise Invalid("request.ifMatch applies to PUT, PATCH and DELETE only", [f"{path}.request.ifMatch"])
+    if (entry.if_none_match or entry.if_modified_since) and method not in ("GET", "HEAD"):
+        name = "ifNoneMatch" if entry.if_none_match else "ifModifiedSince"
+        raise Invalid(f"request.{name} is supported on GET and HEAD only (conditional read)",
+                      [f"{path}.request.{name}"], code="not-supported")
     if method in ("GET", "HEAD") and entry.version is not None and entry.query is not None:
         raise Invalid("a vread takes no search criteria", [f"{path}.request.url"])
 

@@ -221,3 +221,14 @@ def test_imaging_study_over_the_instance_count_is_still_validated_per_entry(clie
     study = make_imaging_study(numberOfSeries="two")
     rejected(client, engine, bundle(entry(study, "POST", "ImagingStudy")), 400,
              expression="Bundle.entry[0].resource.numberOfSeries")
+
+
+def test_if_none_match_on_a_write_is_400(client, engine):
+    document = bundle(entry(make_patient(id="x1"), "PUT", "Patient/x1", ifNoneMatch="*"))
+    rejected(client, engine, document, 400, expression="Bundle.entry[0].request.ifNoneMatch")
+
+
+def test_conditional_reference_by_a_parameter_bundle_entries_cannot_be_matched_on_is_400(client, engine):
+    document = bundle(entry(make_patient(), "POST", "Patient"),
+                      entry(make_imaging_study(patient_ref="Patient?birthdate=1970-01-01"), "POST", "ImagingStudy"))
+    rejected(client, engine, document, 400, expression="Bundle.entry[1].resource.subject.reference")

@@ -217,3 +217,27 @@ def test_criteria_naming_another_entry_use_its_resolved_identity(client, engine)
             entry(make_patient(mrn="M-11"), "PUT", f"Patient?identifier={MRN}|M-11", p_url)))
     outcome = assert_outcome(response, 400, expression="Bundle.entry[0].request", says="only once")
     assert "Bundle.entry[1].request" in outcome["issue"][0]["expression"]
+
+
+def test_conditional_reference_by_code_alone_matches_an_entry_of_the_bundle(client):
+    result = ok(post_bundle(client, bundle(
+        entry(make_imaging_study(patient_ref="Patient?identifier=M-12"), "POST", "ImagingStudy"),
+        entry(make_patient(mrn="M-12"), "POST", "Patient"))))
+    study = read(client, f"ImagingStudy/{location_id(result['entry'][0])}")
+    assert study["subject"]["reference"] == f"Patient/{location_id(result['entry'][1])}"
+
+
+def test_get_with_if_none_match_is_304(client):
+    pid = create(client, make_patient()).get_json()["id"]
+    result = ok(post_bundle(client, bundle(entry(None, "GET", f"Patient/{pid}", ifNoneMatch='W/"1"'),
+                                           entry(None, "GET", f"Patient/{pid}", ifNoneMatch='W/"9"'))))
+    assert statuses(result) == ["304 Not Modified", "200 OK"]
+    assert "resource" not in result["entry"][0] and result["entry"][1]["resource"]["id"] == pid
+
+
+def test_many_conditional_creates_in_one_transaction(client):
+    """Matching conditions against the Bundle's own entries stays linear (indexed by identifier)."""
+    entries = [entry(make_patient(mrn=f"bulk-{n}"), "POST", "Patient", urn(), ifNoneExist=f"identifier={MRN}|bulk-{n}")
+               for n in range(300)]
+    result = ok(post_bundle(client, bundle(*entries)))
+    assert statuses(result) == ["201 Created"] * 300
