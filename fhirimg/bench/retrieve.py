@@ -135,22 +135,22 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
     base = median_run(whole)
     instances = best.instances
     lines = [f"study: {instances} instances, {best.nbytes / 1e6:.1f} MB; {len(ours)} repeat(s), median shown", "",
-             f"{'fhirimg step':<30}{'seconds':>9}{'share':>7}{'MB/s':>9}{'inst/s':>9}"]
+             f"{'fhirimg step':<36}{'seconds':>9}{'share':>7}{'MB/s':>9}{'inst/s':>9}"]
     for step, label in (("qido", "1 QIDO-RS (what exists)"), ("metadata", "2 series metadata"),
                         ("retrieve", "3 series retrieve + check + store")):
         seconds = best.steps.get(step, 0.0)
         rate = best.nbytes / seconds / 1e6 if seconds else 0.0
         per = instances / seconds if seconds else 0.0
-        lines.append(f"{label:<30}{seconds:>9.3f}{100 * seconds / best.seconds:>6.0f}%{rate:>9.1f}{per:>9.1f}")
-    lines.append(f"{'total (3 steps)':<30}{best.seconds:>9.3f}{'':>7}{best.mb_per_s:>9.1f}{best.instances_per_s:>9.1f}")
+        lines.append(f"{label:<36}{seconds:>9.3f}{100 * seconds / best.seconds:>6.0f}%{rate:>9.1f}{per:>9.1f}")
+    lines.append(f"{'total (3 steps)':<36}{best.seconds:>9.3f}{'':>7}{best.mb_per_s:>9.1f}{best.instances_per_s:>9.1f}")
     lines += ["", f"time to first instance stored: {best.first_instance or 0:.3f} s",
               f"worker peak RSS: {max(r.peak_rss_mb for r in ours):.0f} MB", "",
-              f"{'baseline':<30}{'seconds':>9}{'':>7}{'MB/s':>9}{'ratio':>9}",
-              f"{'GET /studies/{uid}, count bytes':<30}{base.seconds:>9.3f}{'':>7}{base.mb_per_s:>9.1f}"
+              f"{'baseline':<36}{'seconds':>9}{'':>7}{'MB/s':>9}{'ratio':>9}",
+              f"{'GET /studies/{uid}, count bytes':<36}{base.seconds:>9.3f}{'':>7}{base.mb_per_s:>9.1f}"
               f"{best.mb_per_s / base.mb_per_s if base.mb_per_s else 0:>9.2f}"]
     if naive:
         slow = median_run(naive)
-        lines.append(f"{'sequential per-instance GETs':<30}{slow.seconds:>9.3f}{'':>7}{slow.mb_per_s:>9.1f}"
+        lines.append(f"{'sequential per-instance GETs':<36}{slow.seconds:>9.3f}{'':>7}{slow.mb_per_s:>9.1f}"
                      f"{best.mb_per_s / slow.mb_per_s if slow.mb_per_s else 0:>9.2f}")
     lines += ["", "ratio = fhirimg MB/s (all 3 steps, parsed, checked with pydicom, fsynced) / baseline MB/s",
               f"fhirimg step 3 alone vs GET /studies: "
