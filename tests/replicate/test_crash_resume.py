@@ -11,7 +11,7 @@ import time
 from urllib.parse import quote
 
 from .state import all_versions, version_count
-from .writers import write_changes
+from .writers import seed_changes
 
 
 def database_url_for_subprocess(site) -> str:
@@ -32,7 +32,7 @@ def start_pull(site, source_url: str, tmp_path) -> subprocess.Popen:
 
 def test_pull_killed_mid_page_resumes_without_loss_or_duplicates(make_site, tmp_path):
     a, b = make_site("a"), make_site("b")
-    write_changes(a.url, 450, seed=11)
+    seed_changes(a.site.repo, 300, seed=11)
     total = version_count(a.engine)
     rng = random.Random(3)
     partial_kills = 0

@@ -11,12 +11,13 @@ from fhirimg.replicate.schema import replication_link
 
 from ..factories import make_patient
 from .state import all_versions, current_state, version_count
-from .writers import FHIR, write_changes
+from .writers import FHIR, seed_changes, write_changes
 
 
 def test_pull_copies_every_version_with_the_same_ids_and_content(make_site):
     a, b = make_site("a"), make_site("b")
-    write_changes(a.url, 120, seed=1)
+    write_changes(a.url, 30, seed=1)  # over HTTP: creates, updates, deletes, transactions
+    seed_changes(a.site.repo, 150, seed=1)
     result = b.run(b.link("pull", a))
     assert result.caught_up and result.applied == version_count(a.engine)
     assert all_versions(b.engine) == all_versions(a.engine)
@@ -25,7 +26,7 @@ def test_pull_copies_every_version_with_the_same_ids_and_content(make_site):
 
 def test_pull_again_applies_nothing_even_from_the_start(make_site):
     a, b = make_site("a"), make_site("b")
-    write_changes(a.url, 60, seed=2)
+    seed_changes(a.site.repo, 60, seed=2)
     link = b.link("pull", a)
     b.run(link)
     count = version_count(b.engine)
