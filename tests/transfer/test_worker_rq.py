@@ -50,8 +50,8 @@ def make_env(tmp_path, redis_server):
     """(site, start_worker, redis_server) for a config with these [transfer] overrides."""
     workers: list[WorkerProcess] = []
 
-    def build(**transfer):
-        config_path, config = site_files(tmp_path, redis_server.url, **transfer)
+    def build(database_url: str | None = None, **transfer):
+        config_path, config = site_files(tmp_path, redis_server.url, database_url, **transfer)
         site = Site(config, create_app(config))
 
         def start_worker() -> WorkerProcess:
@@ -225,3 +225,16 @@ def test_redis_flushed_and_worker_lost_mid_transfer_the_task_still_completes(
     task = final_task(site, task_id)
     assert task["status"] == "completed"
     assert blob_files(site) == slow_study.instances
+
+
+def test_worker_on_both_databases_completes_and_serves_the_study(make_env, database, orthanc, small_study):
+    url, schema = database
+    if schema:  # PostgreSQL: the test's private schema, named in the URL so the worker process uses it too
+        url += f"?options=-csearch_path%3D{schema}"
+    site, start_worker, _ = make_env(database_url=url)
+    task_id = site.start_retrieve(site.add_study(orthanc.dicomweb, small_study.study_uid))
+    start_worker()
+    task = final_task(site, task_id)
+    assert task["status"] == "completed", task.get("statusReason")
+    assert site.served_study(small_study.study_uid) == small_study.instances
+    assert not active_rows(site)

@@ -39,13 +39,13 @@ def write_config(path: Path, top: dict, sections: dict[str, dict]) -> Path:
     return path
 
 
-def site_files(tmp: Path, redis_url: str, **transfer) -> tuple[Path, dict]:
-    """A config file for worker and site: SQLite, private Redis, fast retries, short lease."""
+def site_files(tmp: Path, redis_url: str, database_url: str | None = None, **transfer) -> tuple[Path, dict]:
+    """A config file for worker and site: SQLite (or the given database), private Redis, fast retries, short lease."""
     section = {"allow_loopback": True, "backoff_base": 0.01, "backoff_max": 0.05, "retry_after_max": 0.5,
                "read_timeout": 10.0, "lease_seconds": 1.5, "reconcile_interval": 0.3, "staging_max_age": 2.0,
                **transfer}
     path = write_config(tmp / "fhirimg.toml", {
-        "database_url": f"sqlite:///{tmp / 'site.db'}", "redis_url": redis_url, "var_dir": str(tmp / "var"),
+        "database_url": database_url or f"sqlite:///{tmp / 'site.db'}", "redis_url": redis_url, "var_dir": str(tmp / "var"),
         "base_url": "http://fhirimg.test/fhir", "log_level": "INFO"}, {"transfer": section})
     return path, load_config(path, env={})
 
