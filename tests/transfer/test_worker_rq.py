@@ -116,16 +116,22 @@ def test_retrieve_through_the_worker_serves_the_study_back_over_dicomweb(site_en
         server.stop()
 
 
-def test_throttled_source_completes_through_the_worker(site_env, fault_proxy, small_study):
+def test_throttled_and_breaking_source_completes_through_the_worker(site_env, fault_proxy, orthanc, small_study):
     site, start_worker, _ = site_env
     fault_proxy.add(Fault("status", r"/instances\?", times=2, status=429, retry_after="0"))
     fault_proxy.add(Fault("status", r"/series/[0-9.]+$", times=1, status=503, retry_after="1"))
+    first, second = (s.series_uid for s in small_study.series)
+    fault_proxy.add(Fault("drop", rf"/series/{first}$", times=1, after_bytes=12_000))  # reset mid-part
+    fault_proxy.add(Fault("truncate", rf"/series/{second}$", times=1, after_bytes=20_000))
+    fault_proxy.add(Fault("truncate", r"/instances/[0-9.]+$", times=1, after_bytes=700))
     study_id = site.add_study(fault_proxy.dicomweb, small_study.study_uid)
     task_id = site.start_retrieve(study_id)
     start_worker()
     task = final_task(site, task_id)
     assert task["status"] == "completed" and output_value(task, "retries") == 3
+    assert output_value(task, "series-fallbacks") == 2
     assert blob_files(site) == small_study.instances
+    assert not list(site.context().blobstore.staging.iterdir())
 
 
 def test_endpoint_outside_the_allow_list_fails_the_task_with_a_reason(site_env, small_study):
