@@ -209,9 +209,9 @@ def study_index_rows(study: dict) -> dict[str, list[dict]]:
 
 
 def check_same_rows(fast: dict, reference: dict) -> None:
-    for kind in reference:
+    for kind, rows in reference.items():
         a = sorted(repr(sorted(r.items())) for r in fast.get(kind, []))
-        b = sorted(repr(sorted(r.items())) for r in reference[kind])
+        b = sorted(repr(sorted(r.items())) for r in rows)
         if a != b:
             raise RuntimeError(f"benchmark index rows differ from the write path's for {kind}: "
                                f"{set(a) ^ set(b)}")
@@ -244,10 +244,10 @@ def insert_rows(conn, table, rows: list[dict]) -> None:
     tuples = [tuple(row.get(c) for c in columns) for row in rows]
     raw = conn.connection.driver_connection
     if conn.dialect.name == "postgresql":
-        with raw.cursor() as cursor:
-            with cursor.copy(f'COPY {table.name} ({", ".join(columns)}) FROM STDIN') as copy:
-                for values in tuples:
-                    copy.write_row(values)
+        statement = f'COPY {table.name} ({", ".join(columns)}) FROM STDIN'
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for values in tuples:
+                copy.write_row(values)
         return
     marks = ", ".join("?" for _ in columns)
     raw.cursor().executemany(f'INSERT INTO {table.name} ({", ".join(columns)}) VALUES ({marks})', tuples)

@@ -20,7 +20,13 @@ from ..store.schema import resource_current
 from . import registry
 from .dates import BadDate, date_range
 from .extract import normalise_string, parse_reference
-from .tables import search_date, search_reference, search_string, search_token, search_uri
+from .tables import (
+    search_date,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
 
 MAX_CHAIN_DEPTH = 3
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")

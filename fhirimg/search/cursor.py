@@ -28,7 +28,7 @@ def decode_cursor(cursor: str, canonical: str) -> dict:
         padded = cursor + "=" * (-len(cursor) % 4)
         body = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
         if not isinstance(body, dict) or not isinstance(body.get("k"), list):
-            raise ValueError("not a cursor")
+            raise TypeError("not a cursor")
     except (ValueError, orjson.JSONDecodeError, TypeError) as exc:
         raise Invalid(f"_cursor is not a paging cursor of this server: {exc}", ["_cursor"]) from None
     if body.get("q") != search_hash(canonical):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 _DATE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -32,7 +32,7 @@ def date_range(text: str) -> tuple[int, int]:
     try:
         year, month, day = int(g["y"]), int(g["m"] or 1), int(g["d"] or 1)
         start = datetime(year, month, day, int(g["H"] or 0), int(g["M"] or 0), int(g["S"] or 0),
-                         tzinfo=timezone.utc)
+                         tzinfo=UTC)
     except ValueError as exc:
         raise BadDate(f"{text!r} is not a valid date: {exc}") from None
     if g["tz"] and g["tz"] != "Z":

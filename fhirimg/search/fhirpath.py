@@ -12,8 +12,9 @@ both give the same rows.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 Item = tuple[Any, str | None]  # (value, FHIR type when known from a choice element)
 Evaluator = Callable[[dict], list[Item]]
@@ -29,7 +30,7 @@ class Unsupported(Exception):
     """The expression is outside the fast subset."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def compile_expression(expression: str, use_fast_path: bool = True) -> Evaluator:
     """A function resource -> [(value, type)] for one expression."""
     if use_fast_path:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from ..errors import Invalid, Issue
 from ..store.schema import resource_current
 from . import registry
-from .criteria import TOP, UnknownParameter, criterion_condition, date_predicate, split_values
+from .criteria import (
+    TOP,
+    UnknownParameter,
+    criterion_condition,
+    date_predicate,
+    split_values,
+)
 from .dates import MAX_MS, MIN_MS, date_range
 from .tables import search_date, search_sort
 
@@ -46,7 +52,7 @@ class SearchRequest:
 
     @classmethod
     def parse(cls, res_type: str, params: list[tuple[str, str]], strict: bool = False,
-              base: str | None = None) -> "SearchRequest":
+              base: str | None = None) -> SearchRequest:
         request = cls(res_type)
         for name, value in params:
             if name in RESULT_PARAMETERS or name.split(":", 1)[0] in ("_include", "_revinclude"):
@@ -81,7 +87,7 @@ class SearchRequest:
             self.summary = value
         elif name == "_elements":
             self.elements = [e.strip() for e in value.split(",") if e.strip()]
-        elif name.startswith("_include") or name.startswith("_revinclude"):
+        elif name.startswith(("_include", "_revinclude")):
             self._take_include(name, value)
         elif name == "_cursor":
             self.cursor = value
@@ -258,7 +264,7 @@ def count_query(request: SearchRequest):
     return select(func.count()).select_from(base_query(request).subquery())
 
 
-__all__ = ["SearchRequest", "page_query", "count_query", "split_values", "literal", "matching_ids"]
+__all__ = ["SearchRequest", "count_query", "matching_ids", "page_query", "split_values"]
 
 
 def matching_ids(conn, request: SearchRequest, limit: int) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..resources import SUPPORTED_TYPES
@@ -70,7 +70,7 @@ def _from_json(entry: dict, res_type: str | None) -> SearchParameter:
                            entry.get("processingMode", "normal"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load() -> dict[str, dict[str, SearchParameter]]:
     data = json.loads(DATA_FILE.read_text())
     out: dict[str, dict[str, SearchParameter]] = {}

@@ -5,14 +5,14 @@ resource and writes it back.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
              "display": "subsetted"}
 ALWAYS = ("resourceType", "id", "meta")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _element_sets(res_type: str) -> tuple[frozenset, frozenset]:
     """(summary elements, mandatory elements) of a type, from the fhir.resources model."""
     from fhir.resources import get_fhir_model_class

@@ -1,6 +1,8 @@
 """Index extraction: the fast FHIRPath subset gives exactly what fhirpathpy gives."""
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 
 from fhirimg.search.dates import date_range
@@ -50,8 +52,8 @@ def test_string_normalisation_folds_case_and_accents():
     ("2025-03-01T10:15:30.25Z", "2025-03-01T10:15:30.250", "2025-03-01T10:15:30.259"),
 ])
 def test_date_precision_ranges(text, low, high):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def ms(s):
-        return int(datetime.fromisoformat(s).replace(tzinfo=timezone.utc).timestamp() * 1000)
+        return int(datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp() * 1000)
     assert date_range(text) == (ms(low), ms(high))
