@@ -70,16 +70,17 @@ def search_for_studies() -> Response:
     return dicom_json(qido.page(results, query))
 
 
+@blueprint.route("/series", methods=["GET"])
 @blueprint.route("/studies/<study>/series", methods=["GET"])
-def search_for_series(study: str) -> Response:
-    study = require_uid(study, "StudyInstanceUID")
+def search_for_series(study: str | None = None) -> Response:
+    study = require_uid(study, "StudyInstanceUID") if study is not None else None
     query = query_args()
     summaries = index.series_summaries(engine(), study)
-    if not summaries:
+    if not summaries and study is not None:
         raise NotFound(f"study {study} is not held here")
     results = []
     for series in summaries:
-        url = f"{own_base()}/studies/{study}/series/{series.series_uid}"
+        url = f"{own_base()}/studies/{series.study_uid}/series/{series.series_uid}"
         attributes = qido.series_attributes(series, url)
         if qido.matches(attributes, query.filters):
             results.append(qido.select_fields(attributes, qido.SERIES_TAGS, query))

@@ -100,6 +100,14 @@ def test_search_for_series_filters_by_modality(site, stored):
     assert value(series[0], "00201209") == 3
 
 
+def test_search_for_all_series_spans_studies(site, stored):
+    first, second = stored
+    everything = qido(site, "/series")
+    assert {value(s, "0020000E") for s in everything} == {s.series_uid for s in first.series + second.series}
+    only_b = qido(site, "/series", PatientID="PAT-B", includefield="PatientID")
+    assert [value(s, "0020000E") for s in only_b] == [second.series[0].series_uid]
+
+
 def test_search_for_instances_of_a_series_and_of_a_study(site, stored):
     first, _ = stored
     series = first.series[0]
