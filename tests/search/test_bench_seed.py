@@ -9,7 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from fhirimg.bench.search import explain, query_mix, sample
-from fhirimg.bench.search_seed import Population, make_study, seed_population, study_index_rows
+from fhirimg.bench.search_seed import (
+    Population,
+    make_study,
+    seed_population,
+    study_index_rows,
+)
 from fhirimg.search.extract import extract_index_rows
 from fhirimg.search.query import SearchRequest
 from fhirimg.search.searchset import SearchContext, run_search
@@ -23,7 +28,7 @@ def test_generated_index_rows_equal_the_write_path_extraction():
         study = dict(make_study(rng, population, [1] * 8), id="s1")
         fast, reference = study_index_rows(study), extract_index_rows(study)
         for kind, rows in reference.items():
-            key = lambda r: repr(sorted(r.items()))  # noqa: E731
+            key = lambda r: repr(sorted(r.items()))
             assert sorted(map(key, fast[kind])) == sorted(map(key, rows)), kind
 
 
