@@ -241,3 +241,8 @@ def test_many_conditional_creates_in_one_transaction(client):
                for n in range(300)]
     result = ok(post_bundle(client, bundle(*entries)))
     assert statuses(result) == ["201 Created"] * 300
+
+
+def test_capability_statement_advertises_transaction_and_batch(client):
+    codes = {i["code"] for i in client.get("/fhir/metadata").get_json()["rest"][0]["interaction"]}
+    assert {"transaction", "batch"} <= codes
