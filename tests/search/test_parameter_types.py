@@ -199,3 +199,31 @@ def test_unknown_parameter_lenient_is_reported_and_not_echoed(client, studies):
 def test_unknown_parameter_strict_is_400(client, studies):
     response = client.get("/fhir/ImagingStudy?colour=blue", headers={"Prefer": "handling=strict"})
     assert_outcome(response, 400, expression="colour")
+
+
+def test_profile_security_and_id_not(client, repo):
+    profile = "http://example.org/StructureDefinition/imaging-study-x"
+    labelled = make_imaging_study("Patient/p", meta={"profile": [profile], "security": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]})
+    lid = repo.create("ImagingStudy", labelled).res_id
+    plain = repo.create("ImagingStudy", make_imaging_study("Patient/p")).res_id
+    assert match_ids(search(client, f"ImagingStudy?_profile={profile}")) == {lid}
+    assert match_ids(search(client, "ImagingStudy?_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R")) == {lid}
+    assert match_ids(search(client, f"ImagingStudy?_id:not={lid}")) == {plain}
+    assert match_ids(search(client, "ImagingStudy?started:missing=false")) == {lid, plain}
+
+
+def test_deleted_resources_are_not_found(client, repo):
+    sid = repo.create("ImagingStudy", make_imaging_study("Patient/p", modality="NM")).res_id
+    assert match_ids(search(client, "ImagingStudy?modality=NM")) == {sid}
+    repo.delete("ImagingStudy", sid)
+    assert match_ids(search(client, "ImagingStudy?modality=NM")) == set()
+    assert match_ids(search(client, "ImagingStudy?modality:not=CT")) == set()
+
+
+def test_an_update_reindexes(client, repo):
+    stored = repo.create("ImagingStudy", make_imaging_study("Patient/p", modality="NM"))
+    changed = make_imaging_study("Patient/p", modality="PT")
+    repo.update("ImagingStudy", stored.res_id, {**changed, "id": stored.res_id})
+    assert match_ids(search(client, "ImagingStudy?modality=NM")) == set()
+    assert match_ids(search(client, "ImagingStudy?modality=PT")) == {stored.res_id}
