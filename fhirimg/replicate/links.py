@@ -7,14 +7,27 @@ backs off instead of applying the same page twice.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from ..store.engine import WRITE_OPTION
+
 from .schema import replication_event, replication_link
 from .settings import Link
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that takes SQLite's write lock at BEGIN (a deferred one that
+    reads first can fail with SQLITE_BUSY when it upgrades); plain BEGIN on PostgreSQL."""
+    with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
+        with conn.begin():
+            yield conn
 
 
 class CursorMoved(Exception):
@@ -43,13 +56,14 @@ class LinkState:
 
 def load_state(engine: Engine, link: Link, now_ms: int) -> LinkState:
     """The link's row, created on first use; a link may not change direction or URL silently."""
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         row = conn.execute(select(replication_link).where(replication_link.c.name == link.name)).first()
         if row is None:
             try:
-                conn.execute(replication_link.insert().values(
-                    name=link.name, direction=link.direction, url=link.url, applied=0, skipped=0,
-                    conflicts=0, rejected=0, last_run_ms=now_ms))
+                with conn.begin_nested():  # a savepoint: on PostgreSQL a failed insert aborts the transaction
+                    conn.execute(replication_link.insert().values(
+                        name=link.name, direction=link.direction, url=link.url, applied=0, skipped=0,
+                        conflicts=0, rejected=0, last_run_ms=now_ms))
             except IntegrityError:
                 pass  # made concurrently
             row = conn.execute(select(replication_link).where(replication_link.c.name == link.name)).one()
@@ -87,7 +101,7 @@ def advance(conn: Connection, state: LinkState, cursor: str, now_ms: int, *, app
 
 
 def record_error(engine: Engine, name: str, message: str, now_ms: int) -> None:
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         conn.execute(update(replication_link).where(replication_link.c.name == name)
                      .values(last_error=message[:4000], last_error_ms=now_ms))
 
@@ -107,5 +121,5 @@ def recent_events(engine: Engine, link: str, limit: int = 5) -> list[dict]:
 
 
 def set_fields(engine: Engine, name: str, **fields) -> None:
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         conn.execute(update(replication_link).where(replication_link.c.name == name).values(**fields))

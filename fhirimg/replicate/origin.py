@@ -25,8 +25,9 @@ def site_id(engine: Engine, configured: str | None = None) -> str:
         found = conn.execute(select(site_identity.c.site_id).where(site_identity.c.id == 1)).scalar()
         if found:
             return found
+    from .links import writing
     try:
-        with engine.begin() as conn:
+        with writing(engine) as conn:
             made = f"urn:uuid:{uuid.uuid4()}"
             conn.execute(site_identity.insert().values(id=1, site_id=made))
             return made

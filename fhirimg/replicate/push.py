@@ -26,7 +26,7 @@ from ..history import visible_watermark
 from ..store.repository import Repository, row_to_version, strip_server_meta
 from ..store.schema import resource_version
 from .client import PeerClient, PeerError
-from .links import LinkState, advance, claim_cursor, load_state, record_error, record_event
+from .links import LinkState, advance, claim_cursor, load_state, record_error, record_event, writing
 from .schema import change_origin
 from .settings import Link
 
@@ -169,7 +169,7 @@ def check_transaction_response(answer, count: int) -> None:
 def finish_batch(repo: Repository, link: Link, state: LinkState, batch, outgoing, rejected, dest_site,
                  watermark: int, clock) -> None:
     now_ms = int(clock() * 1000)
-    with repo.engine.begin() as conn:
+    with writing(repo.engine) as conn:
         claim_cursor(conn, link.name, state.cursor, now_ms)
         for change, why in rejected:
             detail = f"{change.res_type}/{change.res_id} version {change.version} refused by {link.url}: {why}"
