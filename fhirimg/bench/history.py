@@ -126,11 +126,25 @@ def bench_replicate(source: str, changes: int, load_rate: float, load_seconds: f
     site = Site(config)
     client = site.client_for(Link("bench", "pull", source))
     link = Link(f"bench-{uuid.uuid4().hex[:8]}", "pull", source)
+    marks: list[tuple[float, int]] = []
     start = time.perf_counter()
-    report = pull_once(site.repo, client, link, site.site_id, page_size=site.section["page_size"])
+    report = pull_once(site.repo, client, link, site.site_id, page_size=site.section["page_size"],
+                       after_page=lambda _n, changes: marks.append((time.perf_counter(), len(changes))))
     catch_up = time.perf_counter() - start
     lags = follow_under_load(site, client, link, source, load_rate, load_seconds)
-    return total, report, catch_up, lags
+    return total, report, catch_up, lags, tenths(start, marks)
+
+
+def tenths(start: float, marks: list[tuple[float, int]]) -> list[float]:
+    """Entries/s in each tenth of the catch-up (by pages): flat when depth costs nothing."""
+    if len(marks) < 10:
+        return []
+    out, size, last = [], len(marks) / 10, start
+    for k in range(10):
+        chunk = marks[int(k * size):int((k + 1) * size)]
+        out.append(sum(n for _, n in chunk) / (chunk[-1][0] - last))
+        last = chunk[-1][0]
+    return out
 
 
 def follow_under_load(site, client, link, source: str, rate: float, seconds: float) -> list[float]:
@@ -174,10 +188,14 @@ def follow_under_load(site, client, link, source: str, rate: float, seconds: flo
 def replicate_command(source: str, changes: int, load_rate: float, load_seconds: float, database: str | None) -> None:
     """Catch-up throughput (entries/s) and lag under a steady write load."""
     source = source.rstrip("/")
-    total, report, catch_up, lags = bench_replicate(source, changes, load_rate, load_seconds, database)
+    total, report, catch_up, lags, by_tenth = bench_replicate(source, changes, load_rate, load_seconds, database)
     click.echo(f"fhirimg bench replicate: source {source} with {total} changes")
     click.echo(f"catch-up   {report.applied} applied, {report.skipped} skipped in {report.pages} pages, "
                f"{catch_up:.1f}s: {report.applied / catch_up:.0f} entries/s")
+    if by_tenth:
+        click.echo("catch-up entries/s by tenth of the history (oldest first): "
+                   + " ".join(f"{rate:.0f}" for rate in by_tenth)
+                   + f"; last/first {by_tenth[-1] / by_tenth[0]:.2f}")
     if lags:
         ordered = sorted(lags)
         click.echo(f"lag under {load_rate:g} changes/s for {load_seconds:g}s: {len(lags)} changes, "
