@@ -35,6 +35,7 @@ def search_type_post(res_type: str) -> Response:
     return json_response(search(res_type, params))
 
 
+@blueprint.route("", methods=["GET"], strict_slashes=False)  # GET [base]?_type=... without a redirect
 @blueprint.route("/", methods=["GET"])
 def search_system() -> Response:
     params = [(k, v) for k, v in request.args.items(multi=True) if k not in IGNORED_HERE]
