@@ -61,9 +61,17 @@ def create_schema(engine) -> None:
     """Create all tables (idempotent) and the single change-counter row."""
     from .. import search  # noqa: F401  (registers the index tables)
     from ..replicate import schema as _replication  # noqa: F401  (change origins, link cursors)
-    metadata.create_all(engine)
-    for extra in _extra_metadata:
-        extra.create_all(engine)
-    with engine.begin() as conn:
-        if conn.execute(change_counter.select()).first() is None:
-            conn.execute(change_counter.insert().values(id=1, value=0, last_ms=0))
+    from .engine import WRITE_OPTION
+    # Several processes start on a fresh database at once (gunicorn workers, `fhirimg run`'s
+    # server and worker): each would see a table missing and all but one would fail with
+    # "already exists". One write transaction, serialised by SQLite's write lock or a
+    # PostgreSQL advisory lock, makes creation happen once and the others see it done.
+    with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262436)")
+            metadata.create_all(conn)
+            for extra in _extra_metadata:
+                extra.create_all(conn)
+            if conn.execute(change_counter.select()).first() is None:
+                conn.execute(change_counter.insert().values(id=1, value=0, last_ms=0))
