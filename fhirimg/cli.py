@@ -113,9 +113,6 @@ def _register_bench_commands() -> None:
     from .bench import history as history_bench  # history: page latency by depth; replication catch-up and lag
     bench.add_command(history_bench.history_command)
     bench.add_command(history_bench.replicate_command)
-    from .bench import history as history_bench  # history: page latency by depth; replication catch-up and lag
-    bench.add_command(history_bench.history_command)
-    bench.add_command(history_bench.replicate_command)
     from .bench import retrieve  # transfer: the three steps vs plain GETs
     bench.add_command(retrieve.command)
     from .bench import ingest  # push: transaction-Bundle ingest vs raw store

@@ -12,8 +12,8 @@ def connect_redis(url: str) -> Redis:
 def run_worker(config: dict, burst: bool = False) -> None:
     connection = connect_redis(config["redis_url"])
     queues = [Queue(name, connection=connection) for name in config["worker"]["queues"]]
-    from .replicate.jobs import prepare_worker as prepare_replication  # scheduled replication links
-    prepare_replication(config, connection)
     from .transfer.jobs import prepare_worker  # transfer: job config + reconciler (start-up, periodic)
     prepare_worker(config, connection)
+    from .replicate.jobs import prepare_worker as prepare_replication  # scheduled replication links
+    prepare_replication(config, connection)
     Worker(queues, connection=connection).work(burst=burst, with_scheduler=True)
