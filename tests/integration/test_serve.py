@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,13 @@ def served(tmp_path_factory):
 
 
 def test_serve_runs_the_configured_number_of_gunicorn_workers(served):
+    # The first worker may answer /metadata before gunicorn has forked the second one.
+    deadline = time.monotonic() + 15
+    workers = descendants(served.process.pid)
+    while len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        workers = descendants(served.process.pid)
+    time.sleep(0.5)  # and no third one appears
     workers = descendants(served.process.pid)
     assert len(workers) == 2, [p.cmdline() for p in workers]
 
