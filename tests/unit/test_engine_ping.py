@@ -53,3 +53,28 @@ def test_connection_dropped_while_idle_is_replaced_transparently(pg_engine):
     record.info["idle_since"] = 0.0
     second = backend_pid(pg_engine)  # no error: the ping failed and the pool reconnected
     assert second != first
+
+
+# --- session settings ----------------------------------------------------------------------
+
+def test_postgres_sessions_plan_every_execution_and_keep_url_options():
+    """Custom plans always (a generic plan costed on an unanalysed table made a conditional
+    create's lookup take 10 s), without losing options the URL gives (search_path)."""
+    url = postgres_url()
+    if not url:
+        require_or_skip("PostgreSQL tests need FHIRIMG_TEST_POSTGRES_URL")
+    sep = "&" if "?" in url else "?"
+    engine = make_engine(f"{url}{sep}options=-csearch_path%3Dsome_schema")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+            assert conn.execute(text("SHOW search_path")).scalar() == "some_schema"
+    finally:
+        engine.dispose()
+    engine = make_engine(url, schema="other_schema")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+            assert conn.execute(text("SHOW search_path")).scalar() == "other_schema"
+    finally:
+        engine.dispose()
