@@ -26,7 +26,7 @@ import click
 import requests
 from sqlalchemy import func, select, text
 
-from ..search.query import SearchRequest, page_query
+from ..search.query import SearchRequest, page_query, resolve_date_spans
 from ..search.tables import TABLES, search_token
 from ..store import Repository, create_schema, make_engine
 from ..store.schema import resource_current
@@ -86,9 +86,10 @@ def query_mix(values: dict, rng: random.Random) -> dict:
 def explain(engine, res_type: str, params: list[tuple[str, str]]) -> tuple[str, bool]:
     """The plan of the page query the server runs for these parameters, and whether it full-scans."""
     request = SearchRequest.parse(res_type, params)
-    query, _ = page_query(request, None, False, 21)
-    sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
+        resolve_date_spans(conn, request)
+        query, _ = page_query(request, None, False, 21)
+        sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
         if engine.dialect.name == "postgresql":
             lines = [r[0] for r in conn.execute(text("EXPLAIN " + sql))]
         else:
