@@ -64,17 +64,11 @@ def test_postgres_sessions_plan_every_execution_and_keep_url_options():
     if not url:
         require_or_skip("PostgreSQL tests need FHIRIMG_TEST_POSTGRES_URL")
     sep = "&" if "?" in url else "?"
-    engine = make_engine(f"{url}{sep}options=-csearch_path%3Dsome_schema")
-    try:
-        with engine.connect() as conn:
-            assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
-            assert conn.execute(text("SHOW search_path")).scalar() == "some_schema"
-    finally:
-        engine.dispose()
-    engine = make_engine(url, schema="other_schema")
-    try:
-        with engine.connect() as conn:
-            assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
-            assert conn.execute(text("SHOW search_path")).scalar() == "other_schema"
-    finally:
-        engine.dispose()
+    for engine, schema in ((make_engine(f"{url}{sep}options=-csearch_path%3Dsome_schema"), "some_schema"),
+                           (make_engine(url, schema="other_schema"), "other_schema")):
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+                assert conn.execute(text("SHOW search_path")).scalar() == schema
+        finally:
+            engine.dispose()
