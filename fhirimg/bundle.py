@@ -66,6 +66,22 @@ def process_transaction(repo: Repository, entries: list[Entry], settings: Bundle
         rewrite_local_references(entries, targets)
         for entry in processing_order(entries):
             entry.result = execute_entry(uow, entry, settings)
+        record_pushed_origins(uow, entries)
+
+
+def record_pushed_origins(uow, entries: list[Entry]) -> None:
+    """Versions written for entries that name their origin site are remembered with it, in
+    this transaction, as a pull records what it applies (replicate/origin.py)."""
+    if not any(e.origin for e in entries):
+        return
+    written = {id(v) for v in uow.written}
+    pushed = [(e.result.stored, e.origin) for e in entries
+              if e.origin and e.result is not None and id(e.result.stored) in written]
+    if not pushed:
+        return
+    from .replicate.origin import record_origins
+    uow.flush_versions()  # assigns seq now
+    record_origins(uow.conn, [{"seq": v.seq, "origin": origin, "link": "pushed-in"} for v, origin in pushed])
 
 
 def index_full_urls(entries: list[Entry]) -> dict[str, str]:
@@ -449,6 +465,7 @@ def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) ->
         resolve_identities(uow, [entry])
         resolve_conditional_references(uow, [entry], {})
         entry.result = execute_entry(uow, entry, settings)
+        record_pushed_origins(uow, [entry])
 
 
 def refuse_references_between_entries(entry: Entry) -> None:

@@ -49,6 +49,7 @@ class Entry:
     if_match: str | None = None
     if_none_match: str | None = None
     if_modified_since: str | None = None
+    origin: str | None = None  # site that first wrote this change (replication push), if given
     # set while processing (bundle.py)
     if_match_version: int | None = None
     criteria: list = field(default_factory=list)  # parsed ifNoneExist / conditional url criteria
@@ -153,8 +154,28 @@ def parse_entry(index: int, raw, base: str) -> Entry:
     entry.if_modified_since = request.get("ifModifiedSince")
     entry.full_url = parse_full_url(raw.get("fullUrl"), path)
     entry.resource = raw.get("resource")
+    entry.origin = parse_origin(raw.get("extension"), path)
     check_entry_semantics(entry)
     return entry
+
+
+MAX_ORIGIN_CHARS = 255
+
+
+def parse_origin(extensions, path: str) -> str | None:
+    """The change-origin extension a replicating site puts on each entry it pushes (the id of
+    the site that first wrote the change), so this site never pushes it back there."""
+    from .replicate.origin import ORIGIN_EXTENSION
+    if not isinstance(extensions, list):
+        return None
+    for i, ext in enumerate(extensions):
+        if isinstance(ext, dict) and ext.get("url") == ORIGIN_EXTENSION:
+            value = ext.get("valueUri")
+            if not isinstance(value, str) or not value or len(value) > MAX_ORIGIN_CHARS or any(c.isspace() for c in value):
+                raise Invalid(f"the change-origin extension needs a valueUri of at most {MAX_ORIGIN_CHARS} "
+                              "characters without spaces", [f"{path}.extension[{i}].valueUri"], code="value")
+            return value
+    return None
 
 
 def check_request_elements(request: dict, path: str) -> None:

@@ -27,6 +27,7 @@ from ..store.repository import Repository, row_to_version, strip_server_meta
 from ..store.schema import resource_version
 from .client import PeerClient, PeerError
 from .links import LinkState, advance, claim_cursor, load_state, record_error, record_event, writing
+from .origin import origin_extension
 from .schema import change_origin
 from .settings import Link
 
@@ -84,15 +85,20 @@ def cut_batch(changes: list[OutgoingChange]) -> list[OutgoingChange]:
     return batch
 
 
-def transaction_bundle(changes: list[OutgoingChange], base: str) -> dict:
-    return {"resourceType": "Bundle", "type": "transaction", "entry": [bundle_entry(c, base) for c in changes]}
+def transaction_bundle(changes: list[OutgoingChange], base: str, own_site: str | None = None) -> dict:
+    return {"resourceType": "Bundle", "type": "transaction",
+            "entry": [bundle_entry(c, base, own_site) for c in changes]}
 
 
-def bundle_entry(change: OutgoingChange, base: str) -> dict:
+def bundle_entry(change: OutgoingChange, base: str, own_site: str | None = None) -> dict:
+    """PUT or DELETE by id, marked with the site that first wrote the change (this one unless
+    it came from elsewhere), so the destination never pushes it back there."""
     path = f"{change.res_type}/{change.res_id}"
+    origin = change.origin or own_site
+    marks = {"extension": [origin_extension(origin)]} if origin else {}
     if change.resource is None:
-        return {"request": {"method": "DELETE", "url": path}}
-    return {"fullUrl": f"{base}/{path}", "resource": strip_server_meta(change.resource),
+        return {**marks, "request": {"method": "DELETE", "url": path}}
+    return {**marks, "fullUrl": f"{base}/{path}", "resource": strip_server_meta(change.resource),
             "request": {"method": "PUT", "url": path}}
 
 
@@ -114,7 +120,7 @@ def push_once(repo: Repository, client: PeerClient, link: Link, own_site: str, b
         outgoing = [c for c in batch if not dest_site or (c.origin or own_site) != dest_site]
         rejected: list[tuple[OutgoingChange, str]] = []
         if outgoing:
-            transactions, rejected = send_batch(client, outgoing, transactions)
+            transactions, rejected = send_batch(client, outgoing, transactions, own_site)
         finish_batch(repo, link, state, batch, outgoing, rejected, dest_site or client.peer_site, watermark, clock)
         report.batches += 1
         report.sent += len(outgoing) - len(rejected)
@@ -123,11 +129,12 @@ def push_once(repo: Repository, client: PeerClient, link: Link, own_site: str, b
     return report
 
 
-def send_batch(client: PeerClient, changes: list[OutgoingChange], transactions: bool):
-    """Send one batch; returns (destination takes transactions, entries it rejected)."""
+def send_batch(client: PeerClient, changes: list[OutgoingChange], transactions: bool, own_site: str | None = None):
+    """Send one batch; returns (destination takes transactions, entries it rejected).
+    Single requests (a destination without transactions) cannot carry the change's origin."""
     if transactions:
         try:
-            answer = client.post_bundle(transaction_bundle(changes, client.base))
+            answer = client.post_bundle(transaction_bundle(changes, client.base, own_site))
             check_transaction_response(answer, len(changes))
             return True, []
         except PeerError as exc:

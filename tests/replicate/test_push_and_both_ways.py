@@ -93,6 +93,31 @@ def test_push_never_sends_a_change_back_to_its_origin(make_site):
     assert result.sent == 0 and result.skipped == version_count(b.engine)
 
 
+def test_two_sites_pushing_to_each_other_converge_without_ping_pong(make_site):
+    """A pushed change carries its origin (an entry extension); the receiving site records
+    it, so it never pushes the change back, even after it has been edited on both sides."""
+    a, b = make_site("a"), make_site("b")
+    a_to_b, b_to_a = a.link("push", b), b.link("push", a)
+    write_changes(a.url, 60, seed=21)
+    write_changes(b.url, 60, seed=22)
+    a.run(a_to_b)
+    b.run(b_to_a)
+    assert current_state(a.engine) == current_state(b.engine)
+    counts = (version_count(a.engine), version_count(b.engine))
+    # another round in both directions sends nothing: every change is at its origin already
+    again_a, again_b = a.run(a_to_b), b.run(b_to_a)
+    assert again_a.sent == 0 and again_b.sent == 0
+    assert (version_count(a.engine), version_count(b.engine)) == counts
+    # an edit on each side travels once and stops
+    pids = [k[1] for k, v in current_state(a.engine).items() if k[0] == "Patient" and v][:2]
+    requests.put(f"{a.url}/Patient/{pids[0]}", json=make_patient(id=pids[0], family="Edited-on-A"), headers=FHIR)
+    requests.put(f"{b.url}/Patient/{pids[1]}", json=make_patient(id=pids[1], family="Edited-on-B"), headers=FHIR)
+    assert a.run(a_to_b).sent == 1 and b.run(b_to_a).sent == 1
+    assert a.run(a_to_b).sent == 0 and b.run(b_to_a).sent == 0
+    assert current_state(a.engine) == current_state(b.engine)
+    assert requests.get(f"{b.url}/Patient/{pids[0]}").json()["name"][0]["family"] == "Edited-on-A"
+
+
 def test_conflict_source_wins_by_default_and_is_logged(make_site):
     a, b = make_site("a"), make_site("b")
     pid = requests.post(f"{a.url}/Patient", json=make_patient(family="A1"), headers=FHIR).json()["id"]
@@ -118,3 +143,18 @@ def test_conflict_local_wins_keeps_the_local_edit(make_site):
     # a's next edit is a conflict again (the local edit is still there), not silently applied
     requests.put(f"{a.url}/Patient/{pid}", json=make_patient(id=pid, family="A3"), headers=FHIR)
     assert b.run(link).conflicts == 1
+
+
+def test_a_malformed_change_origin_is_a_400_naming_it_and_writes_nothing(make_site):
+    a = make_site("a")
+    before = version_count(a.engine)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": make_patient(id="p-origin", family="X"), "request": {"method": "PUT", "url": "Patient/p-origin"}},
+        {"extension": [{"url": "https://fhirimg.org/fhir/StructureDefinition/change-origin", "valueUri": "a b"}],
+         "resource": make_patient(id="p-origin-2", family="Y"), "request": {"method": "PUT", "url": "Patient/p-origin-2"}}]}
+    response = requests.post(a.url, json=bundle, headers=FHIR)
+    assert response.status_code == 400
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["Bundle.entry[1].extension[0].valueUri"]
+    assert version_count(a.engine) == before
