@@ -118,3 +118,65 @@ def test_an_entry_without_type_and_id_is_rejected_and_passed_over(site, source):
     assert result.rejected == 1 and result.applied == 1 and not result.errors
     status = link_statuses(site.engine, {}, RetryPolicy(), live=False)[0]
     assert "entry[0]" in status.recent_events[0]["detail"]
+
+
+def test_429_with_retry_after_is_retried_and_then_applied(site, source):
+    source.script = [(429, {"resourceType": "OperationOutcome"}, {"Retry-After": "1"}),
+                     (200, bundle([put_entry(make_patient(id="p429"), 1)]), {})]
+    result = run(site, source)
+    assert not result.errors and result.applied == 1 and len(source.requests) == 2
+
+
+# --- push to a failing destination ------------------------------------------------------------
+
+class ScriptedDestination:
+    """A fake FHIR server taking transaction Bundles at [base] with scripted statuses."""
+
+    def __init__(self):
+        self.script: list[int] = []
+        self.posted: list[dict] = []
+        app = Flask("scripted-destination")
+
+        @app.route("/fhir/_history")
+        def history():
+            return Response('{"resourceType": "Bundle", "type": "history", "entry": []}',
+                            content_type="application/fhir+json")
+
+        @app.route("/fhir", methods=["POST"])
+        def transaction():
+            body = request.get_json(force=True)
+            self.posted.append(body)
+            status = self.script.pop(0) if self.script else 200
+            if status != 200:
+                return Response('{"resourceType": "OperationOutcome"}', status=status,
+                                content_type="application/fhir+json")
+            answer = {"resourceType": "Bundle", "type": "transaction-response",
+                      "entry": [{"response": {"status": "200 OK"}} for _ in body.get("entry", [])]}
+            return Response(__import__("json").dumps(answer), content_type="application/fhir+json")
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/fhir"
+
+
+def test_push_keeps_its_cursor_while_the_destination_fails_and_resends_the_batch(site):
+    destination = ScriptedDestination()
+    try:
+        for i in range(3):
+            site.site.repo.create("Patient", make_patient(family=f"Push{i}"), f"push-{i}")
+        site.site.section["max_attempts"] = 2
+        link = Link("to-flaky", "push", destination.url)
+        destination.script = [500, 503]  # both attempts of the first run fail
+        first = run_link_once(site.site, link)
+        assert first.errors
+        state = [s for s in all_states(site.engine) if s.name == "to-flaky"][0]
+        assert not state.cursor and state.last_error
+        assert len(destination.posted) == 2
+        second = run_link_once(site.site, link)  # the destination is back
+        assert not second.errors
+        state = [s for s in all_states(site.engine) if s.name == "to-flaky"][0]
+        assert int(state.cursor) > 0
+        ids = lambda body: [e["request"]["url"] for e in body["entry"]]  # noqa: E731
+        assert ids(destination.posted[-1]) == ids(destination.posted[0]) == [f"Patient/push-{i}" for i in range(3)]
+    finally:
+        destination.server.shutdown()
