@@ -24,27 +24,31 @@ def test_push_sends_every_version_in_order_as_transactions(make_site):
     assert int(state.cursor) == state.position_seq == version_count(a.engine)  # a's last seq
 
 
-def test_push_while_writers_write_converges(make_site):
+def test_push_every_second_while_four_writers_write_1000_changes(make_site):
+    """The pull test's shape (test_pull.py), pushed: A -> B while A takes 1 000 changes."""
     a, b = make_site("a"), make_site("b")
     link = a.link("push", b)
     stop = threading.Event()
+    rounds = []
 
     def pusher():
         while not stop.is_set():
-            a.run(link)
-            stop.wait(0.5)
+            rounds.append(a.run(link))
+            stop.wait(1.0)
 
     thread = threading.Thread(target=pusher)
     thread.start()
-    writers = [threading.Thread(target=write_changes, args=(a.url, 60, seed)) for seed in range(4)]
+    writers = [threading.Thread(target=write_changes, args=(a.url, 250, seed)) for seed in range(4)]
     for w in writers:
         w.start()
     for w in writers:
-        w.join(120)
+        w.join(300)
     stop.set()
     thread.join(60)
     a.run(link)
+    assert len(rounds) >= 2 and version_count(a.engine) >= 1000
     assert all_versions(b.engine) == all_versions(a.engine)
+    assert current_state(b.engine) == current_state(a.engine)
 
 
 def test_push_falls_back_to_single_requests_and_skips_a_refused_entry(make_site):
