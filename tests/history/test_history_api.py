@@ -37,6 +37,20 @@ def test_instance_history_is_newest_first_with_request_and_response(client):
         assert entry["fullUrl"].endswith(f"/fhir/Patient/{pid}")
 
 
+def test_a_patch_is_a_patch_entry_with_the_resource_as_it_was(client):
+    pid = client.post("/fhir/Patient", json=make_patient(family="Before"), headers=FHIR).json["id"]
+    patched = client.patch(f"/fhir/Patient/{pid}", json=[{"op": "replace", "path": "/gender", "value": "other"}],
+                           headers={"Content-Type": "application/json-patch+json"})
+    assert patched.status_code == 200
+    client.put(f"/fhir/Patient/{pid}", json=make_patient(id=pid, family="After"), headers=FHIR)
+    third, second, first = client.get(f"/fhir/Patient/{pid}/_history").json["entry"]
+    assert second["request"] == {"method": "PATCH", "url": f"Patient/{pid}"}
+    assert second["response"]["etag"] == 'W/"2"'
+    assert second["resource"]["gender"] == "other" and second["resource"]["name"][0]["family"] == "Before"
+    assert second["resource"]["meta"]["versionId"] == "2"
+    assert third["resource"]["name"][0]["family"] == "After"
+
+
 def test_recreate_after_delete_is_201_in_history(client):
     pid = write_three_versions(client)
     assert client.put(f"/fhir/Patient/{pid}", json=make_patient(id=pid), headers=FHIR).status_code == 201

@@ -122,7 +122,8 @@ def test_two_sites_pushing_to_each_other_converge_without_ping_pong(make_site):
     assert requests.get(f"{b.url}/Patient/{pids[0]}").json()["name"][0]["family"] == "Edited-on-A"
 
 
-def test_conflict_source_wins_by_default_and_is_logged(make_site):
+def test_conflict_source_wins_by_default_and_is_logged(make_site, caplog):
+    caplog.set_level("WARNING", logger="fhirimg.replicate")
     a, b = make_site("a"), make_site("b")
     pid = requests.post(f"{a.url}/Patient", json=make_patient(family="A1"), headers=FHIR).json()["id"]
     link = b.link("pull", a)
@@ -133,6 +134,7 @@ def test_conflict_source_wins_by_default_and_is_logged(make_site):
     assert requests.get(f"{b.url}/Patient/{pid}").json()["name"][0]["family"] == "A2"
     state = all_states(b.engine)[0]
     assert state.conflicts == 1
+    assert any("conflict" in r.getMessage().lower() and pid in r.getMessage() for r in caplog.records)
 
 
 def test_conflict_local_wins_keeps_the_local_edit(make_site):

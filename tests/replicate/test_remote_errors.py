@@ -180,3 +180,18 @@ def test_push_keeps_its_cursor_while_the_destination_fails_and_resends_the_batch
         assert ids(destination.posted[-1]) == ids(destination.posted[0]) == [f"Patient/push-{i}" for i in range(3)]
     finally:
         destination.server.shutdown()
+
+
+def test_a_reference_to_a_resource_not_yet_replicated_is_stored(site, source):
+    """History order can bring a study before its patient: the gap is temporary, so the
+    study is stored as it is and the patient arrives on a later page."""
+    study = {"resourceType": "ImagingStudy", "id": "s-early", "status": "available",
+             "subject": {"reference": "Patient/p-late"}}
+    source.script = [(200, bundle([put_entry(study, 1)]), {})]
+    assert run(site, source).applied == 1
+    stored = site.site.repo.read("ImagingStudy", "s-early")
+    assert stored is not None and stored.resource["subject"]["reference"] == "Patient/p-late"
+    assert site.site.repo.read("Patient", "p-late") is None
+    source.script = [(200, bundle([put_entry(make_patient(id="p-late"), 1)]), {})]
+    assert run(site, source).applied == 1
+    assert site.site.repo.read("Patient", "p-late") is not None
