@@ -68,8 +68,9 @@ class WriterGate:
     the right moment wins. Threads of one process now wait on a lock instead and enter as
     soon as the previous writer commits (bench ingest's raw store, 8 threads in one process:
     p99 1 353 ms -> 245 ms). Processes still meet in SQLite's busy handler: with 4 gunicorn
-    workers bench crud's create p99 stays ~650 ms; use PostgreSQL for many server processes. The lock is released after the DBAPI commit or rollback (from whichever thread
-    ends the transaction). A nested write transaction of the holding thread, or a wait
+    workers bench crud's create p99 stays ~650 ms; use PostgreSQL for many server processes.
+    The lock is released after the DBAPI commit or rollback (from whichever thread ends the
+    transaction). A nested write transaction of the holding thread, or a wait
     longer than the busy timeout, goes straight to SQLite as before: the gate only orders
     writers, it never adds a way to deadlock.
     """
