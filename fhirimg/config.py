@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 ENV_PREFIX = "FHIRIMG_"
 DEFAULT_FILE = Path("config/fhirimg.toml")
@@ -202,3 +202,24 @@ def _mask_url_password(url: str) -> str:
     if ":" in creds:
         creds = creds.split(":", 1)[0] + ":***"
     return f"{scheme}://{creds}{at}{host}"
+
+
+ENV_NAME = validate.Regexp(r"^([A-Z_][A-Z0-9_]*)?$", error="must be an environment variable name")
+
+
+class CredentialsSchema(Schema):
+    """How to authenticate to a remote server, by reference to environment variables (the
+    secrets themselves never sit in a configuration file). Base of the replication link and
+    transfer source schemas."""
+
+    auth = fields.String(load_default="none", validate=validate.OneOf(["none", "basic", "bearer"]))
+    username_env = fields.String(load_default="", validate=ENV_NAME)
+    password_env = fields.String(load_default="", validate=ENV_NAME)
+    token_env = fields.String(load_default="", validate=ENV_NAME)
+
+    @validates_schema
+    def check_auth_references(self, data, **_):
+        if data["auth"] == "basic" and not (data["username_env"] and data["password_env"]):
+            raise ValidationError("basic auth needs username_env and password_env", "auth")
+        if data["auth"] == "bearer" and not data["token_env"]:
+            raise ValidationError("bearer auth needs token_env", "auth")

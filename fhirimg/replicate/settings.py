@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..config import register_section
+from ..config import CredentialsSchema, register_section
 from ..resources import SUPPORTED_TYPES
 
 CONFLICT_RULES = ["source-wins", "local-wins", "newest-wins"]
-ENV_NAME = validate.Regexp(r"^([A-Z_][A-Z0-9_]*)?$", error="must be an environment variable name")
 NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", error="1-64 letters, digits, _ . -")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
 
@@ -42,7 +41,7 @@ class Duration(fields.Field):
         return seconds
 
 
-class LinkSchema(Schema):
+class LinkSchema(CredentialsSchema):
     class Meta:
         unknown = RAISE
 
@@ -53,18 +52,7 @@ class LinkSchema(Schema):
     types = fields.List(fields.String(validate=validate.OneOf(SUPPORTED_TYPES)), load_default=list)
     interval = Duration(load_default=30.0)
     conflict_rule = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(CONFLICT_RULES))
-    auth = fields.String(load_default="none", validate=validate.OneOf(["none", "basic", "bearer"]))
-    username_env = fields.String(load_default="", validate=ENV_NAME)
-    password_env = fields.String(load_default="", validate=ENV_NAME)
-    token_env = fields.String(load_default="", validate=ENV_NAME)
     enabled = fields.Boolean(load_default=True)
-
-    @validates_schema
-    def check_auth_references(self, data, **_):
-        if data["auth"] == "basic" and not (data["username_env"] and data["password_env"]):
-            raise ValidationError("basic auth needs username_env and password_env", "auth")
-        if data["auth"] == "bearer" and not data["token_env"]:
-            raise ValidationError("bearer auth needs token_env", "auth")
 
 
 class ReplicateSchema(Schema):

@@ -19,7 +19,7 @@ from fhirimg.store.schema import resource_version
 
 from .blobstore import BlobStore
 from .schema import transfer_cursor
-from .sources import TaskFailure, normalise_address, study_uid_of
+from .sources import TaskFailure, dicomweb_addresses, study_uid_of
 from .tasks import start_retrieve
 
 log = logging.getLogger("fhirimg.transfer")
@@ -81,22 +81,10 @@ def matching_priority(uow, study: dict, rules: list[dict], own_base: str, blobst
 
 
 def endpoint_addresses(uow, study: dict, own_base: str) -> set[str]:
-    from .sources import is_dicomweb_endpoint
     references = list(study.get("endpoint") or [])
     for series in study.get("series") or []:
         references += series.get("endpoint") or []
-    out = set()
-    for reference in references:
-        kind, _, endpoint_id = (reference.get("reference") or "").partition("/")
-        if kind != "Endpoint" or not endpoint_id:
-            continue
-        stored = uow.read("Endpoint", endpoint_id)
-        if stored is None or stored.is_deleted or not is_dicomweb_endpoint(stored.resource):
-            continue
-        address = normalise_address(stored.resource.get("address", ""))
-        if address and address != normalise_address(own_base):
-            out.add(address)
-    return out
+    return set(dicomweb_addresses(uow, references, own_base))
 
 
 def study_modalities(study: dict) -> set[str]:

@@ -5,35 +5,23 @@ config/transfer.example.toml.
 """
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, fields, validate
 
-from fhirimg.config import register_section
+from fhirimg.config import CredentialsSchema, register_section
 
 from .client import ClientSettings, EndpointLimits
 from .retrieve import RetrieveOptions
 
 PRIORITIES = ["routine", "urgent", "asap", "stat"]
-ENV_NAME = validate.Regexp(r"^([A-Z_][A-Z0-9_]*)?$", error="must be an environment variable name")
 
 
-class EndpointLimitsSchema(Schema):
+class EndpointLimitsSchema(CredentialsSchema):
     class Meta:
         unknown = RAISE
 
     address_prefix = fields.String(required=True, validate=validate.Regexp(r"^https?://\S+$"))
     max_concurrency = fields.Integer(load_default=4, validate=validate.Range(1, 64))
     max_requests_per_second = fields.Float(load_default=0.0, validate=validate.Range(0, 10_000))
-    auth = fields.String(load_default="none", validate=validate.OneOf(["none", "basic", "bearer"]))
-    username_env = fields.String(load_default="", validate=ENV_NAME)
-    password_env = fields.String(load_default="", validate=ENV_NAME)
-    token_env = fields.String(load_default="", validate=ENV_NAME)
-
-    @validates_schema
-    def check_auth_references(self, data, **_):
-        if data["auth"] == "basic" and not (data["username_env"] and data["password_env"]):
-            raise ValidationError("basic auth needs username_env and password_env", "auth")
-        if data["auth"] == "bearer" and not data["token_env"]:
-            raise ValidationError("bearer auth needs token_env", "auth")
 
 
 class AutoRetrieveRuleSchema(Schema):

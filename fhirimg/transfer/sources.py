@@ -9,6 +9,7 @@ DICOMweb Endpoint, which a completed retrieve adds to the study. Some senders pu
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fhirimg.store import Repository
@@ -84,7 +85,9 @@ def study_uid_of(study: dict) -> str:
     raise TaskFailure("ImagingStudy.identifier has no valid Study Instance UID (system urn:dicom:uid)")
 
 
-def first_dicomweb_address(uow, references: list[dict], own_base: str) -> str | None:
+def dicomweb_addresses(uow, references: list[dict], own_base: str) -> Iterator[str]:
+    """Normalised addresses of the live DICOMweb Endpoints these references name, in order,
+    leaving out this server's own DICOMweb base."""
     for reference in references:
         kind, _, endpoint_id = (reference.get("reference") or "").partition("/")
         if kind != "Endpoint" or not endpoint_id:
@@ -94,8 +97,11 @@ def first_dicomweb_address(uow, references: list[dict], own_base: str) -> str | 
             continue
         address = normalise_address(stored.resource.get("address", ""))
         if address and address != normalise_address(own_base):
-            return address
-    return None
+            yield address
+
+
+def first_dicomweb_address(uow, references: list[dict], own_base: str) -> str | None:
+    return next(dicomweb_addresses(uow, references, own_base), None)
 
 
 def is_dicomweb_endpoint(endpoint: dict) -> bool:
