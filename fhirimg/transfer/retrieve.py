@@ -77,6 +77,7 @@ class SeriesJob:
     study_uid: str
     series: SourceSeries
     wanted: set[str]
+    expected: frozenset[str] = frozenset()  # the instances known when the job was planned
     ticket: SeriesTicket = field(init=False)
 
     def __post_init__(self):
@@ -96,9 +97,18 @@ class Retriever:
         self.committer: GroupCommitter | None = None
         self.json_cache = ElementJsonCache()
 
-    def retrieve_study(self, study: SourceStudy) -> RetrieveOutcome:
-        """Fetch every instance of the study that is not stored yet."""
-        jobs = [self.plan_series(study.study_uid, series) for series in study.series]
+    def retrieve_study(self, study: SourceStudy, known: dict[str, frozenset[str]] | None = None,
+                       count_skipped: bool = True) -> RetrieveOutcome:
+        """Fetch every instance of the study that is not stored yet.
+
+        ``known`` (series UID -> SOP Instance UIDs) is a snapshot to plan from while step 2
+        may still be adding instances to ``study`` in another thread; without it the
+        study's own lists are read. A second pass over the same study does not count
+        what the first one stored as skipped (``count_skipped``).
+        """
+        known = known or {s.series_uid: frozenset(s.instances) for s in study.series}
+        jobs = [self.plan_series(study.study_uid, series, known.get(series.series_uid, frozenset()), count_skipped)
+                for series in study.series]
         jobs = [job for job in jobs if job.wanted]
         workers = max(1, min(self.options.series_parallelism, len(jobs)))
         self.committer = GroupCommitter(self.blobstore, self.placed)
@@ -113,16 +123,17 @@ class Retriever:
                 raise error
         return self.outcome
 
-    def plan_series(self, study_uid: str, series: SourceSeries) -> SeriesJob:
+    def plan_series(self, study_uid: str, series: SourceSeries, expected: frozenset[str],
+                    count_skipped: bool = True) -> SeriesJob:
         stored = self.blobstore.stored_sop_uids(study_uid, series.series_uid)
-        wanted = set(series.instances) - stored
+        wanted = set(expected) - stored
         with self.outcome.lock:
-            self.outcome.skipped += len(series.instances) - len(wanted)
-        return SeriesJob(study_uid, series, wanted)
+            self.outcome.skipped += (len(expected) - len(wanted)) if count_skipped else 0
+        return SeriesJob(study_uid, series, wanted, expected)
 
     def retrieve_series_job(self, job: SeriesJob) -> None:
         try:
-            if len(job.wanted) > self.options.per_instance_max or len(job.wanted) == len(job.series.instances):
+            if len(job.wanted) > self.options.per_instance_max or len(job.wanted) == len(job.expected):
                 self.retrieve_series(job)
             self.retrieve_missing_instances(job)
         except Cancelled:
@@ -135,7 +146,7 @@ class Retriever:
         with self.outcome.lock:
             self.outcome.series_requests += 1
         try:
-            complete = self.read_multipart(url, job, frozenset(job.series.instances))
+            complete = self.read_multipart(url, job, job.expected)
         except BROKEN_BODY:
             complete = False
         if not complete and job.wanted:

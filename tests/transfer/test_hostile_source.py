@@ -103,3 +103,40 @@ def test_study_uid_that_is_not_a_uid_fails_the_task_without_a_request(tmp_path):
         assert run_retrieve(task_id, site.context()) == "failed"
         assert server.requests == []
     assert "Study Instance UID" in site.task(task_id)["statusReason"]["concept"]["text"]
+
+
+def test_an_instance_only_series_metadata_lists_is_fetched_after_steps_2_and_3(tmp_path):
+    """Step 2 runs beside step 3: what only the metadata revealed is fetched once both are done."""
+    study = make_study(series=1, instances=3, rows=16, columns=16, seed=63)
+    series = study.series[0]
+    datasets = {sop: pydicom.dcmread(io.BytesIO(data)) for sop, data in series.instances.items()}
+    late = sorted(series.instances)[0]
+    listed = [sop for sop in sorted(series.instances) if sop != late]
+    json_headers = {"Content-Type": "application/dicom+json"}
+
+    def route(handler):
+        path = handler.path.split("?")[0]
+        if path.endswith("/series"):
+            return 200, json_headers, orjson.dumps([{"0020000E": {"vr": "UI", "Value": [series.series_uid]}}])
+        if path.endswith("/instances"):
+            return 200, json_headers, orjson.dumps([dicom_json(datasets[sop]) for sop in listed])
+        if path.endswith("/metadata"):
+            return 200, json_headers, orjson.dumps([dicom_json(ds) for ds in datasets.values()])
+        if path.endswith(f"/series/{series.series_uid}"):  # as QIDO saw the series
+            headers, body = multipart([series.instances[sop] for sop in listed])
+            return 200, headers, body
+        if path.endswith(f"/instances/{late}"):
+            headers, body = multipart([series.instances[late]])
+            return 200, headers, body
+        return 404, {}, b""
+
+    site = make_site(tmp_path)
+    with ScriptedServer([route]) as server:
+        study_id = site.add_study(server.url + "/dicom-web", study.study_uid)
+        task_id = site.start_retrieve(study_id)
+        assert run_retrieve(task_id, site.context()) == "completed"
+        fetched_late = [r["path"] for r in server.requests if r["path"].endswith(f"/instances/{late}")]
+    task = site.task(task_id)
+    assert output_value(task, "instances-stored") == 3 and output_value(task, "instances-skipped") == 0
+    assert len(fetched_late) == 1 and not rejection_reasons(task)
+    assert {p.stem for p in site.context().blobstore.root.rglob("*.dcm")} == set(series.instances)
