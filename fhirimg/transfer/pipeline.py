@@ -92,8 +92,10 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
     retriever = Retriever(client, blobstore, options, should_stop, monotonic)
     try:
         report.outcome = retriever.retrieve_study(report.study, known)
-    finally:
-        report.durations["metadata"] = metadata.join()
+    except BaseException:
+        metadata.thread.join()  # step 3's error (or Cancelled) is the one to report
+        raise
+    report.durations["metadata"] = metadata.join()
     if any(frozenset(series.instances) - known[series.series_uid] for series in report.study.series):
         retriever.retrieve_study(report.study, count_skipped=False)  # fetches what only step 2 listed
     report.durations["retrieve"] = monotonic() - started
