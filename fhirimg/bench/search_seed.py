@@ -142,7 +142,7 @@ def bulk_create(repo: Repository, resources: list[dict], verify_every: int = 500
     with repo.transaction() as uow:
         conn = uow.conn
         relax_durability(conn)
-        last_seq, now_ms = uow._take_sequence(len(resources))  # the same counter every write takes
+        last_seq, now_ms = uow._take_sequence(len(resources), uow.clock())  # the same counter every write takes
         first_seq = last_seq - len(resources) + 1
         current, versions = [], []
         for offset, (res_id, resource) in enumerate(zip(ids, resources)):

@@ -107,3 +107,37 @@ def test_polling_while_four_writers_run_sees_every_version_once(engine, client):
     assert len(everything) >= 80
     assert len(seen) == len(set(seen)), "a version was returned twice"
     assert set(seen) == set(everything), "a version was never returned to the poller"
+
+
+def test_one_commit_numbers_its_versions_in_order_and_rows_keep_server_meta_in_columns(engine):
+    """The versions of one transaction take consecutive seq values and one lastUpdated; the
+    stored content leaves versionId/lastUpdated to the row's columns and reads put them back."""
+    from sqlalchemy import select, update
+
+    from fhirimg.store.schema import resource_version
+    import orjson
+
+    repo = Repository(engine)
+    with repo.transaction() as uow:
+        a = uow.create("Patient", make_patient(family="A"))
+        b = uow.create("Patient", {**make_patient(family="B"), "meta": {"tag": [{"code": "x"}], "versionId": "9"}})
+        a2 = uow.update("Patient", a.res_id, make_patient(family="A2"))
+    seqs = [v.seq for v in uow.written]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+    assert len({v.last_updated_ms for v in uow.written}) == 1
+    with engine.connect() as conn:
+        rows = conn.execute(select(resource_version).where(resource_version.c.seq.in_(seqs))
+                            .order_by(resource_version.c.seq)).all()
+    assert [(r.res_id, r.version) for r in rows] == [(a.res_id, 1), (b.res_id, 1), (a.res_id, 2)]
+    stored_b = orjson.loads(rows[1].content)
+    assert stored_b["meta"] == {"tag": [{"code": "x"}]}
+    read_b = repo.read("Patient", b.res_id).resource
+    assert read_b == b.resource and read_b["meta"]["versionId"] == "1" and read_b["meta"]["tag"] == [{"code": "x"}]
+    assert list(read_b)[:3] == ["resourceType", "id", "meta"]
+    assert repo.read("Patient", a.res_id).resource == a2.resource
+    # A row written before the content left server meta out (it carried it inside) reads the same.
+    legacy = dict(a2.resource)
+    with engine.begin() as conn:
+        conn.execute(update(resource_version).where(resource_version.c.seq == seqs[2])
+                     .values(content=orjson.dumps(legacy)))
+    assert repo.read("Patient", a.res_id).resource == a2.resource
