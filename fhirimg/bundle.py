@@ -25,6 +25,8 @@ from .bundle_refs import (check_local_targets, conditional_reference, find_refer
                           iter_identifiers, matches_in_memory, split_fragment, substitute_criteria, substitute_local)
 from .errors import FhirError, Invalid, Issue, NotFound, PreconditionFailed
 from .resources import SUPPORTED_TYPES, validate_resource
+from .search.index import plain_token_criterion
+from .search.query import SearchRequest
 from .store.repository import Repository, UnitOfWork, new_id
 
 JSON_PATCH = "application/json-patch+json"
@@ -205,12 +207,28 @@ def find_independent_matches(uow: UnitOfWork, entries: list[Entry]) -> dict[int,
     again, now seeing whatever a concurrent creator committed. An EHR naming the same
     archive Endpoint in every Bundle therefore does not serialise all its pushes.
     """
-    matches = {entry.index: search_at(uow, entry, entry.criteria) for entry in entries}
+    matches = search_many(uow, entries)
     creating = [e for e in entries if not matches[e.index]]
     if creating and lock_criteria(uow, [(e.res_type, e.criteria) for e in creating]):
-        for entry in creating:
-            matches[entry.index] = search_at(uow, entry, entry.criteria)
+        matches.update(search_many(uow, creating))
     return matches
+
+
+def search_many(uow: UnitOfWork, entries: list[Entry]) -> dict[int, list[str]]:
+    """Each entry's own condition, searched together; an error names the entry it came from."""
+    if len(entries) < 2:
+        return {entry.index: search_at(uow, entry, entry.criteria) for entry in entries}
+    for entry in entries:  # refuse a bad condition with its own entry's path, before any search
+        if entry.criteria and plain_token_criterion(entry.res_type, entry.criteria) is not None:
+            continue  # a plain system|code token cannot be refused
+        try:
+            if not entry.criteria:
+                raise Invalid("search criteria are required for a conditional operation")
+            SearchRequest.parse(entry.res_type, entry.criteria, strict=True)
+        except FhirError as error:
+            raise relocate(error, condition_path(entry)) from None
+    found = uow.search_ids_many([(entry.res_type, entry.criteria) for entry in entries])
+    return {entry.index: ids for entry, ids in zip(entries, found)}
 
 
 def lock_criteria(uow: UnitOfWork, conditions: list[tuple[str, list[tuple[str, str]]]]) -> bool:

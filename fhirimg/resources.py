@@ -9,12 +9,20 @@ lack (json.html and datatypes.html):
   codes in ``enum_values`` but do not enforce them: ImagingStudy.status "bogus" passes);
 * a resource id is at most 64 characters;
 * a Reference whose target types are restricted must point at one of them.
+
+Validation is a pure function of the content, and the same content comes again and
+again (an EHR names its archive's Endpoint in every Bundle it pushes; a retrying client
+re-sends whole Bundles), so contents found valid are remembered (``ValidContents``).
 """
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, Iterator
+
+import orjson
 
 from fhir.resources import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
@@ -36,8 +44,54 @@ def is_valid_id(value: Any) -> bool:
     return isinstance(value, str) and bool(ID_PATTERN.match(value))
 
 
-def validate_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstractModel:
+class ValidContents:
+    """The last ``max_entries`` contents that passed validation, by their canonical JSON.
+
+    Only successes are kept (a failure is validated again, to name its errors); contents
+    larger than ``max_bytes`` are not kept. Shared by the threads of a process.
+    """
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 16 * 1024):
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.entries: OrderedDict[bytes, None] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def key_of(self, resource: Any, expected_type: str | None) -> bytes | None:
+        try:
+            text = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            return None
+        return (expected_type or "").encode() + b"\0" + text if len(text) <= self.max_bytes else None
+
+    def __contains__(self, key: bytes) -> bool:
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return True
+            return False
+
+    def add(self, key: bytes) -> None:
+        with self.lock:
+            self.entries[key] = None
+            if len(self.entries) > self.max_entries:
+                self.entries.popitem(last=False)
+
+
+VALID_CONTENTS = ValidContents()
+
+
+def validate_resource(resource: Any, expected_type: str | None = None) -> None:
     """Validate JSON content as an R5 resource; raise a 400/422 naming every bad element."""
+    key = VALID_CONTENTS.key_of(resource, expected_type)
+    if key is not None and key in VALID_CONTENTS:
+        return
+    check_resource(resource, expected_type)
+    if key is not None:
+        VALID_CONTENTS.add(key)
+
+
+def check_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstractModel:
+    """The checks of validate_resource, every time; returns the parsed model."""
     if not isinstance(resource, dict):
         raise Invalid("the resource must be a JSON object", ["Resource"], code="structure")
     res_type = resource.get("resourceType")

@@ -133,6 +133,13 @@ class UnitOfWork:
         """Ids of current resources matching search criteria (for conditional operations)."""
         return self.indexer.find_ids(self.conn, res_type, criteria)
 
+    def search_ids_many(self, searches: list[tuple[str, list[tuple[str, str]]]]) -> list[list[str]]:
+        """``search_ids`` of several searches, in order (in fewer round trips where possible)."""
+        find_many = getattr(self.indexer, "find_ids_many", None)
+        if find_many is None:
+            return [self.search_ids(res_type, criteria) for res_type, criteria in searches]
+        return find_many(self.conn, searches)
+
     # -- writes ------------------------------------------------------------------------
     def create(self, res_type: str, resource: dict, res_id: str | None = None,
                method: str = "POST") -> StoredVersion:

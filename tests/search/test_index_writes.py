@@ -94,3 +94,23 @@ def test_plain_token_lookup_finds_what_the_general_query_finds(engine, repo):
     [("_id", "x|y")], [("name", "a|b")], [("identifier", f"{MRN}|1"), ("gender", "other")]])
 def test_other_criteria_take_the_general_path(criteria):
     assert plain_token_criterion("Patient", criteria) is None
+
+
+def test_several_searches_at_once_find_what_each_finds_alone(engine, repo):
+    from fhirimg.search.index import find_ids_many
+    with repo.transaction() as uow:
+        p1 = uow.create("Patient", {"resourceType": "Patient", "identifier": [{"system": MRN, "value": "1"}],
+                                    "gender": "other"}).res_id
+        p2 = uow.create("Patient", {"resourceType": "Patient", "identifier": [{"system": MRN, "value": "1"}]}).res_id
+        e1 = uow.create("Endpoint", {"resourceType": "Endpoint", "status": "active", "address": "https://x",
+                                     "identifier": [{"system": MRN, "value": "1"}],
+                                     "connectionType": [{"code": "dicom-wado-rs"}]}).res_id
+    searches = [("Patient", [("identifier", f"{MRN}|1")]), ("Endpoint", [("identifier", f"{MRN}|1")]),
+                ("Patient", [("identifier", f"{MRN}|2")]), ("Patient", [("gender", "other")]),
+                ("ImagingStudy", [("identifier", f"{MRN}|1")])]
+    with engine.connect() as conn:
+        together = find_ids_many(conn, searches)
+        alone = [find_ids(conn, res_type, criteria) for res_type, criteria in searches]
+        capped = find_ids_many(conn, searches[:2], limit=1)
+    assert together == alone == [sorted([p1, p2]), [e1], [], [p1], []]
+    assert capped == [[min(p1, p2)], [e1]]
