@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import requests
 import urllib3.exceptions
@@ -111,17 +112,29 @@ class Retriever:
                 for series in study.series]
         jobs = [job for job in jobs if job.wanted]
         workers = max(1, min(self.options.series_parallelism, len(jobs)))
-        self.committer = GroupCommitter(self.blobstore, self.placed)
-        try:
+        with self.running():
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retrieve") as pool:
                 futures = [pool.submit(self.retrieve_series_job, job) for job in jobs]
                 errors = [f.exception() for f in futures]
-        finally:
-            self.committer.close()
         for error in errors:
             if error is not None:
                 raise error
         return self.outcome
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """The committer's lifetime: series may be retrieved (``retrieve_known_series``) inside."""
+        self.committer = GroupCommitter(self.blobstore, self.placed)
+        try:
+            yield
+        finally:
+            self.committer.close()
+
+    def retrieve_known_series(self, study_uid: str, series: SourceSeries, expected: frozenset[str]) -> None:
+        """Plan and fetch one series in the calling thread (inside ``running``)."""
+        job = self.plan_series(study_uid, series, expected)
+        if job.wanted:
+            self.retrieve_series_job(job)
 
     def plan_series(self, study_uid: str, series: SourceSeries, expected: frozenset[str],
                     count_skipped: bool = True) -> SeriesJob:
