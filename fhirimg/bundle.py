@@ -26,7 +26,6 @@ from .bundle_refs import (check_local_targets, conditional_reference, find_refer
 from .errors import FhirError, Invalid, Issue, NotFound, PreconditionFailed
 from .resources import SUPPORTED_TYPES, validate_resource
 from .search.index import plain_token_criterion
-from .search.query import SearchRequest
 from .store.repository import Repository, UnitOfWork, new_id
 
 JSON_PATCH = "application/json-patch+json"
@@ -215,20 +214,15 @@ def find_independent_matches(uow: UnitOfWork, entries: list[Entry]) -> dict[int,
 
 
 def search_many(uow: UnitOfWork, entries: list[Entry]) -> dict[int, list[str]]:
-    """Each entry's own condition, searched together; an error names the entry it came from."""
-    if len(entries) < 2:
-        return {entry.index: search_at(uow, entry, entry.criteria) for entry in entries}
-    for entry in entries:  # refuse a bad condition with its own entry's path, before any search
-        if entry.criteria and plain_token_criterion(entry.res_type, entry.criteria) is not None:
-            continue  # a plain system|code token cannot be refused
-        try:
-            if not entry.criteria:
-                raise Invalid("search criteria are required for a conditional operation")
-            SearchRequest.parse(entry.res_type, entry.criteria, strict=True)
-        except FhirError as error:
-            raise relocate(error, condition_path(entry)) from None
-    found = uow.search_ids_many([(entry.res_type, entry.criteria) for entry in entries])
-    return {entry.index: ids for entry, ids in zip(entries, found)}
+    """Each entry's own condition. Plain ``system|code`` tokens, which cannot be refused, are
+    searched together; any other condition on its own, so that an error names its entry."""
+    plain = [e for e in entries if e.criteria and plain_token_criterion(e.res_type, e.criteria) is not None]
+    batched = {e.index for e in plain} if len(plain) > 1 else set()
+    matches = {e.index: search_at(uow, e, e.criteria) for e in entries if e.index not in batched}
+    if batched:
+        found = uow.search_ids_many([(e.res_type, e.criteria) for e in plain])
+        matches.update({e.index: ids for e, ids in zip(plain, found)})
+    return matches
 
 
 def lock_criteria(uow: UnitOfWork, conditions: list[tuple[str, list[tuple[str, str]]]]) -> bool:

@@ -112,13 +112,18 @@ def record_from_dataset(ds: Dataset) -> InstanceRecord:
         "sop_class_uid": str(ds.get("SOPClassUID", "")),
         "transfer_syntax_uid": str(meta.get("TransferSyntaxUID", "")),
     }
+    require_valid_uids(values, str(meta.get("MediaStorageSOPInstanceUID", values["sop_uid"])))
+    return InstanceRecord(**values, instance_number=instance_number_of(ds),
+                          attributes=json_attributes(ds))
+
+
+def require_valid_uids(values: dict[str, str], media_storage_sop_uid: str) -> None:
+    """Every UID of the record is a valid UID, and the file meta names the same SOP instance."""
     for name, value in values.items():
         if not is_valid_uid(value):
             raise RejectedPart("invalid-uid", f"{name} {value[:70]!r} is not a valid DICOM UID")
-    if str(meta.get("MediaStorageSOPInstanceUID", values["sop_uid"])) != values["sop_uid"]:
+    if media_storage_sop_uid != values["sop_uid"]:
         raise RejectedPart("invalid-uid", "file meta MediaStorageSOPInstanceUID differs from SOPInstanceUID")
-    return InstanceRecord(**values, instance_number=instance_number_of(ds),
-                          attributes=json_attributes(ds))
 
 
 def instance_number_of(ds: Dataset) -> int | None:
@@ -220,11 +225,7 @@ def inspect_head(head: bytes, size: int, tail: bytes, expected: Expectation,
     values = {"study_uid": json_uid(attributes, "0020000D"), "series_uid": json_uid(attributes, "0020000E"),
               "sop_uid": json_uid(attributes, "00080018"), "sop_class_uid": json_uid(attributes, "00080016"),
               "transfer_syntax_uid": str(syntax)}
-    for name, value in values.items():
-        if not is_valid_uid(value):
-            raise RejectedPart("invalid-uid", f"{name} {value[:70]!r} is not a valid DICOM UID")
-    if meta.get(0x00020003, values["sop_uid"]) != values["sop_uid"]:
-        raise RejectedPart("invalid-uid", "file meta MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+    require_valid_uids(values, meta.get(0x00020003, values["sop_uid"]))
     record = InstanceRecord(**values, instance_number=json_instance_number(attributes), attributes=attributes)
     require_expected_uids(record, expected)
     return record

@@ -98,17 +98,13 @@ class Retriever:
         self.committer: GroupCommitter | None = None
         self.json_cache = ElementJsonCache()
 
-    def retrieve_study(self, study: SourceStudy, known: dict[str, frozenset[str]] | None = None,
-                       count_skipped: bool = True) -> RetrieveOutcome:
+    def retrieve_study(self, study: SourceStudy, count_skipped: bool = True) -> RetrieveOutcome:
         """Fetch every instance of the study that is not stored yet.
 
-        ``known`` (series UID -> SOP Instance UIDs) is a snapshot to plan from while step 2
-        may still be adding instances to ``study`` in another thread; without it the
-        study's own lists are read. A second pass over the same study does not count
-        what the first one stored as skipped (``count_skipped``).
+        A second pass over the same study does not count what the first one stored as
+        skipped (``count_skipped``).
         """
-        known = known or {s.series_uid: frozenset(s.instances) for s in study.series}
-        jobs = [self.plan_series(study.study_uid, series, known.get(series.series_uid, frozenset()), count_skipped)
+        jobs = [self.plan_series(study.study_uid, series, frozenset(series.instances), count_skipped)
                 for series in study.series]
         jobs = [job for job in jobs if job.wanted]
         workers = max(1, min(self.options.series_parallelism, len(jobs)))
