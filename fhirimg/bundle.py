@@ -15,7 +15,6 @@ import binascii
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import interactions
@@ -23,9 +22,10 @@ from .bundle_execute import EntryResult, execute_entry
 from .bundle_parse import Entry, ParsedBundle, parse_bundle, processing_order
 from .bundle_refs import (check_local_targets, conditional_reference, find_reference_sites, is_bundle_local,
                           iter_identifiers, matches_in_memory, split_fragment, substitute_criteria, substitute_local)
-from .errors import FhirError, Invalid, Issue, NotFound, PreconditionFailed
+from .errors import Conflict, FhirError, Invalid, Issue, NotFound, PreconditionFailed
 from .resources import SUPPORTED_TYPES, validate_resource
 from .search.index import plain_token_criterion
+from .store import driver
 from .store.repository import Repository, UnitOfWork, new_id
 
 JSON_PATCH = "application/json-patch+json"
@@ -65,9 +65,22 @@ def process_transaction(repo: Repository, entries: list[Entry], settings: Bundle
         check_overlaps(entries)
         resolve_conditional_references(uow, entries, targets)
         rewrite_local_references(entries, targets)
-        for entry in processing_order(entries):
-            entry.result = execute_entry(uow, entry, settings)
+        try:
+            for entry in processing_order(entries):
+                entry.result = execute_entry(uow, entry, settings)
+            uow.write_held()
+        except Conflict as error:
+            raise located_conflict(error, entries) from None
         record_pushed_origins(uow, entries)
+
+
+def located_conflict(error: Conflict, entries: list[Entry]) -> FhirError:
+    """A create's conflict can surface with a later statement: name the entry that wrote it."""
+    for entry in entries:
+        if error.resource is not None and error.resource == (entry.res_type, entry.target_id):
+            for issue in error.issues:
+                issue.expression = [f"{entry.path}.request"]
+    return error
 
 
 def record_pushed_origins(uow, entries: list[Entry]) -> None:
@@ -232,8 +245,8 @@ def lock_criteria(uow: UnitOfWork, conditions: list[tuple[str, list[tuple[str, s
     if uow.conn.dialect.name != "postgresql" or not conditions:
         return False
     keys = sorted({interactions.criteria_lock_id(res_type, criteria) for res_type, criteria in conditions})
-    uow.conn.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-                     {"keys": keys})
+    driver.run(uow.conn, "SELECT pg_advisory_xact_lock(CAST(k AS bigint)) FROM json_array_elements_text(%s::json) AS k",
+               (driver.json_rows(keys),))
     return True
 
 

@@ -38,6 +38,8 @@ def execute_entry(uow: UnitOfWork, entry, settings) -> EntryResult:
     try:
         return ACTIONS[entry.action](uow, entry, settings)
     except FhirError as error:
+        if getattr(error, "resource", None) not in (None, (entry.res_type, entry.target_id)):
+            raise  # another entry's create, written with this entry's statements: the caller places it
         raise located(error, entry) from None
 
 

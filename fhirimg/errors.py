@@ -97,8 +97,13 @@ class Gone(FhirError):
 
 
 class Conflict(FhirError):
-    def __init__(self, diagnostics: str, expression: list[str] | None = None):
+    """409. ``resource`` names the (type, id) that conflicted when the error may surface
+    after the operation that caused it (a create written with later statements)."""
+
+    def __init__(self, diagnostics: str, expression: list[str] | None = None,
+                 resource: tuple[str, str] | None = None):
         super().__init__(409, "conflict", diagnostics, expression)
+        self.resource = resource
 
 
 class PreconditionFailed(FhirError):

@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy import func, select
 
 from ..search.dates import date_range
-from ..search.extract import extract_index_rows
+from ..search.extract import distinct_rows, extract_index_rows
 from ..search.tables import TABLES
 from ..store.records import format_instant
 from ..store.repository import Repository
@@ -197,6 +197,7 @@ def study_index_rows(study: dict) -> dict[str, list[dict]]:
     }
     out = {kind: [] for kind in ("token", "string", "reference", "date", "uri", "sort")}
     for name, token_rows in rows.items():
+        token_rows = distinct_rows(token_rows)
         out["token"] += [dict(r, param=name) for r in token_rows]
         if name in ("identifier", "modality", "status"):
             codes = [r["code"] for r in token_rows]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple
 
 import orjson
 from sqlalchemy import and_, select, tuple_, update
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import Conflict, PreconditionFailed
+from . import driver
 from .engine import WRITE_OPTION
 from .records import StoredVersion, format_instant
 from .schema import change_counter, resource_current, resource_version
@@ -81,21 +83,44 @@ class Repository:
 
 
 class UnitOfWork:
-    """The operations of one database transaction."""
+    """The operations of one database transaction.
+
+    On PostgreSQL the rows a write adds besides its version - the current row of a new
+    resource, its index rows - are held back and sent together, in one statement, just
+    before the next statement that could read them (anything run on ``conn``) or at
+    commit: a push of a Patient and an ImagingStudy sent 4 statements for them, now 1.
+    """
 
     def __init__(self, conn: Connection, clock, indexer, read_only: bool = False):
-        self.conn = conn
+        self._conn = conn
         self.clock = clock
         self.indexer = indexer
         self.read_only = read_only
+        self.is_postgres = conn.dialect.name == "postgresql"
         self.pending: dict[tuple[str, str], StoredVersion] = {}
         self.written: list[StoredVersion] = []
+        # Current version rows that searches of this transaction returned with their matches.
+        self.seen_current: dict[tuple[str, str], tuple] = {}
+        self.held = HeldWrites()
+
+    @property
+    def conn(self) -> Connection:
+        """The transaction's connection, with every write of this unit of work sent to it."""
+        if self.held:
+            self.write_held()
+        return self._conn
 
     # -- reads -------------------------------------------------------------------------
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version (possibly a delete), or None if the resource never existed."""
-        if (res_type, res_id) in self.pending:
-            return self.pending[(res_type, res_id)]
+        key = (res_type, res_id)
+        if key in self.pending:
+            return self.pending[key]
+        if key in self.seen_current:
+            return row_to_version(VersionRow(*self.seen_current[key]))
+        if self.is_postgres:
+            rows = driver.fetch_all(self.conn, READ_CURRENT_SQL, key)
+            return row_to_version(VersionRow(*rows[0])) if rows else None
         cur, ver = resource_current, resource_version
         row = self.conn.execute(
             select(ver).select_from(cur.join(ver, and_(ver.c.res_type == cur.c.res_type,
@@ -138,18 +163,21 @@ class UnitOfWork:
         find_many = getattr(self.indexer, "find_ids_many", None)
         if find_many is None:
             return [self.search_ids(res_type, criteria) for res_type, criteria in searches]
-        return find_many(self.conn, searches)
+        return find_many(self.conn, searches, current=self.seen_current)
 
     # -- writes ------------------------------------------------------------------------
     def create(self, res_type: str, resource: dict, res_id: str | None = None,
                method: str = "POST") -> StoredVersion:
         """Create version 1 under a new server id, or under `res_id` (update-as-create)."""
         res_id = res_id or new_id()
-        try:
-            self.conn.execute(resource_current.insert().values(
-                res_type=res_type, res_id=res_id, version=1, is_deleted=False, last_updated_ms=0))
-        except IntegrityError:
-            raise Conflict(f"{res_type}/{res_id} was created concurrently by another request") from None
+        if self.is_postgres:
+            self.held.created.append((res_type, res_id))
+        else:
+            try:
+                self.conn.execute(resource_current.insert().values(
+                    res_type=res_type, res_id=res_id, version=1, is_deleted=False, last_updated_ms=0))
+            except IntegrityError:
+                raise created_concurrently(res_type, res_id) from None
         return self._record(res_type, res_id, 1, method, resource, created=True)
 
     def update(self, res_type: str, res_id: str, resource: dict, if_match: int | None = None,
@@ -188,12 +216,16 @@ class UnitOfWork:
     def _bump_version(self, current: StoredVersion, is_deleted: bool = False) -> None:
         # Compare-and-set: of two concurrent writers of one resource only one can move the
         # version from n to n+1; the other matches no row and gets a 409.
-        cur = resource_current
-        result = self.conn.execute(
-            update(cur).where(cur.c.res_type == current.res_type, cur.c.res_id == current.res_id,
-                              cur.c.version == current.version)
-            .values(version=current.version + 1, is_deleted=is_deleted))
-        if result.rowcount != 1:
+        if self.is_postgres:
+            count = driver.run(self.conn, BUMP_VERSION_SQL, (current.version + 1, is_deleted, current.res_type,
+                                                              current.res_id, current.version))
+        else:
+            cur = resource_current
+            count = self.conn.execute(
+                update(cur).where(cur.c.res_type == current.res_type, cur.c.res_id == current.res_id,
+                                  cur.c.version == current.version)
+                .values(version=current.version + 1, is_deleted=is_deleted)).rowcount
+        if count != 1:
             raise Conflict(f"{current.res_type}/{current.res_id} was changed by another request "
                            f"while this one was being processed; read it again and retry")
 
@@ -201,7 +233,11 @@ class UnitOfWork:
         stored = StoredVersion(res_type, res_id, version, method, is_deleted=resource is None,
                                resource=strip_server_meta(resource) if resource else None,
                                created=created)
-        if stored.resource is not None:
+        if self.is_postgres:
+            if stored.resource is not None:
+                stored.resource["id"] = res_id
+            self.held.hold_index((res_type, res_id), version > 1, stored.resource)
+        elif stored.resource is not None:
             stored.resource["id"] = res_id
             insert_index = getattr(self.indexer, "insert_index", None)
             if version == 1 and insert_index is not None:
@@ -215,6 +251,27 @@ class UnitOfWork:
         self.pending[(res_type, res_id)] = stored
         self.written.append(stored)
         return stored
+
+    def write_held(self) -> None:
+        """Send the held current rows and index changes, in one statement (PostgreSQL)."""
+        held, self.held = self.held, HeldWrites()
+        dropped = [key for key, (drop, _) in held.index.items() if drop]
+        rows_by_kind: dict[str, list[dict]] = {}
+        for (res_type, res_id), (_, resource) in held.index.items():
+            if resource is not None:
+                for kind, rows in self.indexer.extract_index_rows(resource).items():
+                    rows_by_kind.setdefault(kind, []).extend(self.indexer.owned_rows(res_type, res_id, rows))
+        ctes, params = self.indexer.postgres_index_ctes(dropped, rows_by_kind)
+        if held.created:
+            ctes.insert(0, CREATE_CURRENT_CTE)
+            params["created"] = driver.json_rows([{"t": t, "i": i} for t, i in held.created])
+        if not ctes:
+            return
+        last = "SELECT res_type, res_id FROM created" if held.created else "SELECT NULL, NULL"
+        inserted = set(driver.fetch_all(self._conn, "WITH " + ", ".join(ctes) + " " + last, params))
+        for key in held.created:
+            if key not in inserted:
+                raise created_concurrently(*key)
 
     def flush_versions(self) -> None:
         """Assign the change sequence and lastUpdated, then insert the version rows.
@@ -242,10 +299,9 @@ class UnitOfWork:
 
     def _flush_postgres(self, versions: list[StoredVersion], now: int) -> tuple[int, int]:
         rows = [version_row(stored) for stored in versions]
-        params = {"count": len(rows), "now": now,
-                  **{f"v_{name}": [row[name] for row in rows]
-                     for name in ("res_type", "res_id", "version", "method", "is_deleted", "content")}}
-        row = self.conn.exec_driver_sql(POSTGRES_FLUSH_SQL, params).one()
+        params = {"count": len(rows), "now": now, "contents": [row.pop("content") for row in rows],
+                  "versions": driver.json_rows(rows)}
+        row = driver.fetch_all(self.conn, POSTGRES_FLUSH_SQL, params)[0]
         return int(row[0]), int(row[1])
 
     def _take_sequence(self, count: int, now: int) -> tuple[int, int]:
@@ -281,20 +337,76 @@ POSTGRES_FLUSH_SQL = """
 WITH counter AS (
     UPDATE change_counter SET value = value + %(count)s, last_ms = GREATEST(last_ms, %(now)s)
     WHERE id = 1 RETURNING value, last_ms),
+v AS (
+    SELECT * FROM ROWS FROM (
+        json_to_recordset(%(versions)s::json) AS (res_type text, res_id text, version integer, method text,
+                                                   is_deleted boolean),
+        unnest(CAST(%(contents)s AS bytea[]))) WITH ORDINALITY AS v(res_type, res_id, version, method,
+                                                                     is_deleted, content, ord)),
 versions AS (
     INSERT INTO resource_version (seq, res_type, res_id, version, last_updated_ms, method, is_deleted, content)
     SELECT counter.value - %(count)s + v.ord, v.res_type, v.res_id, v.version, counter.last_ms, v.method,
            v.is_deleted, v.content
-    FROM counter, unnest(CAST(%(v_res_type)s AS text[]), CAST(%(v_res_id)s AS text[]),
-                         CAST(%(v_version)s AS integer[]), CAST(%(v_method)s AS text[]),
-                         CAST(%(v_is_deleted)s AS boolean[]), CAST(%(v_content)s AS bytea[]))
-         WITH ORDINALITY AS v(res_type, res_id, version, method, is_deleted, content, ord)),
+    FROM counter, v),
 stamped AS (
     UPDATE resource_current SET last_updated_ms = counter.last_ms
-    FROM counter, unnest(CAST(%(v_res_type)s AS text[]), CAST(%(v_res_id)s AS text[])) AS k(res_type, res_id)
-    WHERE resource_current.res_type = k.res_type AND resource_current.res_id = k.res_id)
+    FROM counter, v
+    WHERE resource_current.res_type = v.res_type AND resource_current.res_id = v.res_id)
 SELECT value, last_ms FROM counter
 """
+
+READ_CURRENT_SQL = """
+SELECT v.seq, v.res_type, v.res_id, v.version, v.last_updated_ms, v.method, v.is_deleted, v.content
+FROM resource_current c
+JOIN resource_version v ON v.res_type = c.res_type AND v.res_id = c.res_id AND v.version = c.version
+WHERE c.res_type = %s AND c.res_id = %s
+"""
+
+# Compare-and-set of the current version (see _bump_version).
+BUMP_VERSION_SQL = """
+UPDATE resource_current SET version = %s, is_deleted = %s WHERE res_type = %s AND res_id = %s AND version = %s
+"""
+
+# The current rows of held creates. A row another transaction holds makes this wait for it;
+# if that one commits, ours is left out, and write_held reports the conflict.
+CREATE_CURRENT_CTE = """created AS (
+    INSERT INTO resource_current (res_type, res_id, version, is_deleted, last_updated_ms)
+    SELECT k.t, k.i, 1, false, 0 FROM json_to_recordset(%(created)s::json) AS k(t text, i text)
+    ON CONFLICT DO NOTHING RETURNING res_type, res_id)"""
+
+
+class VersionRow(NamedTuple):
+    """A resource_version row as the driver returns it (the columns of READ_CURRENT_SQL)."""
+
+    seq: int
+    res_type: str
+    res_id: str
+    version: int
+    last_updated_ms: int
+    method: str
+    is_deleted: bool
+    content: bytes | None
+
+
+@dataclass
+class HeldWrites:
+    """What a PostgreSQL unit of work has not sent yet: current rows of new resources and,
+    by resource, (whether to delete its old index rows, the content to index or None)."""
+
+    created: list[tuple[str, str]] = field(default_factory=list)
+    index: dict[tuple[str, str], tuple[bool, dict | None]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.index)
+
+    def hold_index(self, key: tuple[str, str], drop_old: bool, resource: dict | None) -> None:
+        earlier = self.index.get(key)
+        self.index[key] = (drop_old or (earlier is not None and earlier[0]), resource)
+
+
+def created_concurrently(res_type: str, res_id: str) -> Conflict:
+    return Conflict(f"{res_type}/{res_id} was created concurrently by another request",
+                    resource=(res_type, res_id))
 
 
 def _greatest(column, value: int):
