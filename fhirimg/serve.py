@@ -1,6 +1,8 @@
 """Serving the WSGI app: gunicorn in production, Flask's server with --dev."""
 from __future__ import annotations
 
+import gc
+
 from gunicorn.app.base import BaseApplication
 
 
@@ -20,7 +22,12 @@ class GunicornApplication(BaseApplication):
 
     def load(self):
         from .app import create_app
-        return create_app(self.fhirimg_config)
+        app = create_app(self.fhirimg_config)
+        # The ~140 000 objects of a started app (modules, fhir.resources models, SQLAlchemy)
+        # never die: kept out of the collector, full collections no longer walk them
+        # (~0.2 ms of a push's CPU, measured in-process).
+        gc.freeze()
+        return app
 
 
 def gunicorn_options(serve: dict) -> dict:

@@ -73,7 +73,29 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
+_PRESENT_AND_NOT_FALSE = re.compile(r"^(?P<path>[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z0-9]*)+)\.exists\(\) and "
+                                    r"(?P=path) != false$")
+
+
+def _compile_present_and_not_false(expression: str) -> Evaluator | None:
+    """``P.exists() and P != false`` (Patient-deceased): one boolean, true when P has a value
+    other than false (a dateTime counts, as in FHIRPath, where values of different types
+    are unequal). fhirpathpy took ~90 us of a Patient's ~300 us of extraction for it."""
+    match = _PRESENT_AND_NOT_FALSE.match(expression.strip())
+    if not match:
+        return None
+    path = _compile_path(match["path"])
+
+    def evaluate(resource: dict) -> list[Item]:
+        values = [value for value, _ in path(resource)]
+        return [(bool(values) and any(value is not False for value in values), None)]
+    return evaluate
+
+
 def _compile_union(expression: str) -> Evaluator:
+    special = _compile_present_and_not_false(expression)
+    if special is not None:
+        return special
     branches = [_compile_path(p) for p in _split_top(expression, "|")]
     if len(branches) == 1:
         return branches[0]

@@ -25,9 +25,12 @@ def rich_task():
     make_patient(family="Zoë", deceasedDateTime="2020-02-02", telecom=[{"system": "email", "value": "a@b.c"}],
                  address=[{"city": "Genève", "line": ["1 rue"]}]),
     make_patient(deceasedBoolean=False),
+    make_patient(deceasedBoolean=True),
+    make_patient(),
     make_endpoint(identifier=[{"system": "urn:e", "value": "pacs-1"}]),
     rich_task(),
-], ids=["study", "patient-dead", "patient-alive", "endpoint", "task"])
+], ids=["study", "patient-dead", "patient-alive", "patient-deceased-true", "patient-deceased-absent", "endpoint",
+        "task"])
 def test_fast_path_equals_fhirpathpy(resource):
     assert extract_index_rows(resource, use_fast_path=True) == extract_index_rows(resource, use_fast_path=False)
 
