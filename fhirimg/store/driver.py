@@ -22,13 +22,12 @@ from sqlalchemy.exc import DBAPIError
 def execute(conn: Connection, sql: str, params: dict | tuple | None = None):
     """Run one statement on the connection's driver cursor; returns the cursor (fetch from it).
 
-    The statement is prepared on the server at once (parsed once per connection); it is
-    still planned for its values at every execution (plan_cache_mode, engine.py).
-    """
+    psycopg prepares a text on the server once it has run five times on the connection
+    (parsed once); it is still planned for its values at every execution (engine.py)."""
     dbapi_conn = conn.connection.driver_connection
     cursor = dbapi_conn.cursor()
     try:
-        cursor.execute(sql, params, prepare=True)
+        cursor.execute(sql, params)
     except conn.dialect.loaded_dbapi.Error as exc:
         cursor.close()
         raise translated(conn, sql, params, exc) from exc
