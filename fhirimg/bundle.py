@@ -489,7 +489,11 @@ def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) ->
     with repo.transaction() as uow:
         resolve_identities(uow, [entry])
         resolve_conditional_references(uow, [entry], {})
-        entry.result = execute_entry(uow, entry, settings)
+        try:
+            entry.result = execute_entry(uow, entry, settings)
+            uow.write_held()
+        except Conflict as error:
+            raise located_conflict(error, [entry]) from None
         record_pushed_origins(uow, [entry])
 
 

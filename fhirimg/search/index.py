@@ -1,9 +1,11 @@
 """The indexer hook of the repository: index rows are written in the same transaction as
 each resource version, so a search never sees a half-indexed resource.
 
-`write_index`, `delete_index` and `find_ids` are what UnitOfWork calls; conditional
-create/update/delete (and transaction bundles) find their matches through `find_ids`,
-with the full search semantics of the query builder.
+What UnitOfWork calls: on SQLite `insert_index`, `write_index` and `delete_index` as each
+version is recorded; on PostgreSQL `extract_index_rows`, `owned_rows` and
+`postgres_index_ctes`, to send the rows of all the versions it holds in one statement.
+Conditional create/update/delete (and transaction bundles) find their matches through
+`find_ids` / `find_ids_many`, with the full search semantics of the query builder.
 """
 from __future__ import annotations
 
@@ -120,17 +122,12 @@ def find_ids(conn, res_type: str, criteria: list[tuple[str, str]], limit: int = 
     return matching_ids(conn, request, limit)
 
 
-def find_ids_many(conn, searches: list[tuple[str, list[tuple[str, str]]]], limit: int = 1000,
-                  current: dict | None = None) -> list[list[str]]:
+def find_ids_many(conn, searches: list[tuple[str, list[tuple[str, str]]]], limit: int = 1000) -> list[list[str]]:
     """``find_ids`` of several (type, criteria) at once, in order.
 
     On PostgreSQL the plain ``system|code`` ones go in one statement (a push names its
     Patient, Endpoint and ImagingStudy that way: one round trip and one plan instead of
-    three); the others, and everything on SQLite, are run one by one. That statement also
-    returns the current version of each match: given a dict as ``current``, it is filled
-    with them as (seq, res_type, res_id, version, last_updated_ms, method, is_deleted,
-    content) by (res_type, res_id), so that the update which usually follows a match needs
-    no read of its own.
+    three); the others, and everything on SQLite, are run one by one.
     """
     results: list[list[str] | None] = [None] * len(searches)
     plain = {}
@@ -139,15 +136,13 @@ def find_ids_many(conn, searches: list[tuple[str, list[tuple[str, str]]]], limit
             token = plain_token_criterion(res_type, criteria) if criteria else None
             if token is not None:
                 plain[i] = (res_type, *token)
-    if len(plain) > 1 or (plain and current is not None):
+    if len(plain) > 1:
         keys = sorted(plain)
         wanted = driver.json_rows([{"k": i, "t": plain[i][0], "p": plain[i][1], "s": plain[i][2], "c": plain[i][3]}
                                    for i in keys])
         found: dict[int, list[str]] = {i: [] for i in keys}
-        for k, *row in driver.fetch_all(conn, token_match_many_sql(len(keys), limit), {"wanted": wanted}):
-            found[k].append(row[2])
-            if current is not None and row[0] is not None:  # None: written by this transaction
-                current[(row[1], row[2])] = tuple(row)
+        for k, res_id in driver.fetch_all(conn, token_match_many_sql(len(keys), limit), {"wanted": wanted}):
+            found[k].append(res_id)
         results = [found.get(i) for i in range(len(searches))]
     for i, (res_type, criteria) in enumerate(searches):
         if results[i] is None:
@@ -157,27 +152,22 @@ def find_ids_many(conn, searches: list[tuple[str, list[tuple[str, str]]]], limit
 
 @functools.cache
 def token_match_many_sql(count: int, limit: int) -> str:
-    """One ``system|code`` search per row of a JSON set, each with its own LIMIT (LATERAL),
-    and the current version of each match (none yet for a resource this transaction
-    created: its version row is written at commit).
+    """One ``system|code`` search per row of a JSON set, each with its own LIMIT (LATERAL).
 
     Index rows exist only for live resources, so the index alone answers: joined to
-    resource_current first, the planner sometimes fetched every current row of the type and
-    sorted them for a merge join (13% of PostgreSQL's CPU in a push). The values are
-    compared in the "C" collation of the index columns, so the lookup index is used. The
-    number of searches is written into the text: a JSON set is otherwise estimated at 100
-    rows, and for 100 rows the planner joined resource_version by scanning all of it.
+    resource_current, the planner at times fetched every current row of the type and sorted
+    them for a merge join (13% of PostgreSQL's CPU in a push). The values are compared in
+    the "C" collation of the index columns, so the lookup index is used. The number of
+    searches is written into the text: a JSON set is otherwise estimated at 100 rows.
     """
     return f"""
-SELECT q.k, v.seq, q.t, m.res_id, v.version, v.last_updated_ms, v.method, v.is_deleted, v.content
+SELECT q.k, m.res_id
 FROM (SELECT * FROM json_to_recordset(%(wanted)s::json) AS j(k integer, t text, p text, s text, c text)
       LIMIT {int(count)}) AS q
 CROSS JOIN LATERAL (
     SELECT DISTINCT x.res_id FROM search_token x
     WHERE x.res_type = q.t AND x.param = q.p AND x.system = q.s COLLATE "C" AND x.code = q.c COLLATE "C"
     ORDER BY x.res_id LIMIT {int(limit)}) AS m
-LEFT JOIN resource_current cur ON cur.res_type = q.t AND cur.res_id = m.res_id
-LEFT JOIN resource_version v ON v.res_type = q.t AND v.res_id = m.res_id AND v.version = cur.version
 ORDER BY q.k, m.res_id
 """
 

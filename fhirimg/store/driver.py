@@ -25,7 +25,10 @@ def execute(conn: Connection, sql: str, params: dict | tuple | None = None):
     psycopg prepares a text on the server once it has run five times on the connection
     (parsed once); it is still planned for its values at every execution (engine.py)."""
     dbapi_conn = conn.connection.driver_connection
-    cursor = dbapi_conn.cursor()
+    try:
+        cursor = dbapi_conn.cursor()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise translated(conn, sql, params, exc) from exc
     try:
         cursor.execute(sql, params)
     except conn.dialect.loaded_dbapi.Error as exc:
@@ -38,6 +41,8 @@ def fetch_all(conn: Connection, sql: str, params: dict | tuple | None = None) ->
     cursor = execute(conn, sql, params)
     try:
         return cursor.fetchall()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise translated(conn, sql, params, exc) from exc
     finally:
         cursor.close()
 
@@ -53,7 +58,8 @@ def run(conn: Connection, sql: str, params: dict | tuple | None = None) -> int:
 
 def translated(conn: Connection, sql: str, params, exc: Exception) -> DBAPIError:
     """The SQLAlchemy exception SQLAlchemy itself would raise (IntegrityError, OperationalError, ...).
-    A connection that is broken is invalidated, so the pool does not hand it out again."""
+    A connection that is broken is invalidated, so the pool does not hand it out again (its
+    other connections, once idle a while, are checked before reuse: engine.ping_after_idle)."""
     dialect = conn.dialect
     is_disconnect = dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
     if is_disconnect and not conn.invalidated:

@@ -100,9 +100,8 @@ class UnitOfWork:
         self.is_postgres = conn.dialect.name == "postgresql"
         self.pending: dict[tuple[str, str], StoredVersion] = {}
         self.written: list[StoredVersion] = []
-        # Current version rows that searches of this transaction returned with their matches.
-        self.seen_current: dict[tuple[str, str], tuple] = {}
         self.held = HeldWrites()
+        self.failed: Exception | None = None  # a held write that failed: this unit may not commit
 
     @property
     def conn(self) -> Connection:
@@ -117,8 +116,6 @@ class UnitOfWork:
         key = (res_type, res_id)
         if key in self.pending:
             return self.pending[key]
-        if key in self.seen_current:
-            return row_to_version(VersionRow(*self.seen_current[key]))
         if self.is_postgres:
             rows = driver.fetch_all(self.conn, READ_CURRENT_SQL, key)
             return row_to_version(VersionRow(*rows[0])) if rows else None
@@ -164,7 +161,7 @@ class UnitOfWork:
         find_many = getattr(self.indexer, "find_ids_many", None)
         if find_many is None:
             return [self.search_ids(res_type, criteria) for res_type, criteria in searches]
-        return find_many(self.conn, searches, current=self.seen_current)
+        return find_many(self.conn, searches)
 
     # -- writes ------------------------------------------------------------------------
     def create(self, res_type: str, resource: dict, res_id: str | None = None,
@@ -272,7 +269,9 @@ class UnitOfWork:
         inserted = set(driver.fetch_all(self._conn, "WITH " + ", ".join(ctes) + " " + last, params))
         for key in held.created:
             if key not in inserted:
-                raise created_concurrently(*key)
+                # Its index rows went in with the others: this unit of work must not commit.
+                self.failed = created_concurrently(*key)
+                raise self.failed
 
     def flush_versions(self) -> None:
         """Assign the change sequence and lastUpdated, then insert the version rows.
@@ -284,6 +283,8 @@ class UnitOfWork:
         waited while the holder's thread waited for a CPU (bench ingest: a third of the
         in-transaction backends sampled were waiting on this lock).
         """
+        if self.failed is not None:
+            raise self.failed
         versions = [v for v in self.written if v.seq == 0]
         if not versions:
             return

@@ -109,3 +109,83 @@ def test_a_transaction_names_the_entry_whose_create_conflicted(client, engine, r
         assert uow.read("Patient", "taken").resource["identifier"][0]["value"] == "first-taken"
         assert uow.read("Endpoint", endpoint_id).version == 1
         assert uow.search_ids("Patient", by_mrn("mine")) == []
+
+
+def test_a_batch_entry_whose_create_conflicted_is_named(client, engine, repo, backend):
+    if backend == "sqlite":
+        pytest.skip("SQLite serialises writers at BEGIN: the entry sees the first commit and updates")
+    holder, release = hold_created_patient(repo, "taken-too")
+    document = bundle(entry(dict(make_patient(mrn="other"), id="taken-too"), "PUT", "Patient/taken-too"),
+                      kind="batch")
+    answer: list = []
+    thread = threading.Thread(target=lambda: answer.append(post_bundle(client, document)))
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive()
+    release.set()
+    holder.join(10), thread.join(10)
+    result = answer[0].get_json()
+    assert answer[0].status_code == 200 and result["entry"][0]["response"]["status"].startswith("409")
+    issue = result["entry"][0]["response"]["outcome"]["issue"][0]
+    assert issue["expression"] == ["Bundle.entry[0].request"] and "taken-too" in issue["diagnostics"]
+
+
+def test_a_resource_changed_while_the_bundle_waited_for_its_lock_is_updated_not_skipped(client, repo, backend):
+    """A Bundle's conditional matches are searched before it waits for the locks of its
+    creating entries; a version committed meanwhile must be what its update compares with."""
+    if backend == "sqlite":
+        pytest.skip("the criteria locks are PostgreSQL's (SQLite serialises whole transactions)")
+    from fhirimg import interactions
+    patient = create(client, make_patient(mrn="race", family="One")).get_json()
+    study_uid = "urn:oid:1.2.826.0.1.3680043.10.1.77"
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_study_lock():
+        with repo.transaction() as uow:
+            interactions.lock_criteria(uow, "ImagingStudy", [("identifier", f"urn:dicom:uid|{study_uid}")])
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_study_lock)
+    holder.start()
+    assert holding.wait(10)
+    p_url = "urn:uuid:6b0c5e2c-4f5e-4a43-9b1e-7d3f0f6a1c01"
+    document = bundle(
+        entry(make_patient(mrn="race", family="One"), "PUT", f"Patient?identifier={MRN}|race", p_url),
+        entry({"resourceType": "ImagingStudy", "status": "available", "subject": {"reference": p_url},
+               "identifier": [{"system": "urn:dicom:uid", "value": study_uid}]},
+              "PUT", f"ImagingStudy?identifier=urn:dicom:uid|{study_uid}"))
+    answer: list = []
+    pusher = threading.Thread(target=lambda: answer.append(post_bundle(client, document)))
+    pusher.start()
+    pusher.join(0.5)
+    assert pusher.is_alive(), "the Bundle must wait for the study's criteria lock"
+    changed = client.put(f"/fhir/Patient/{patient['id']}", json=dict(patient, name=[{"family": "Two"}]),
+                         headers={"Content-Type": "application/fhir+json"})
+    assert changed.status_code == 200 and changed.get_json()["meta"]["versionId"] == "2"
+    release.set()
+    holder.join(10), pusher.join(10)
+    assert answer[0].status_code == 200, answer[0].get_data(as_text=True)
+    with repo.reading() as uow:
+        stored = uow.read("Patient", patient["id"])
+    assert stored.version == 3 and stored.resource["name"][0]["family"] == "One"
+
+
+def test_a_unit_of_work_whose_held_create_conflicted_cannot_commit(engine, backend):
+    if backend == "sqlite":
+        pytest.skip("nothing is held on SQLite: the insert itself raises, before any index row")
+    repo = Repository(engine)
+    holder, release = hold_created_patient(repo, "orphan")
+    threading.Timer(0.3, release.set).start()
+    with pytest.raises(Conflict):
+        with repo.transaction() as uow:
+            uow.create("Patient", make_patient(mrn="would-be-orphan"), "orphan", method="PUT")
+            try:
+                uow.write_held()  # waits for the holder, then finds its row
+            except Conflict:
+                pass  # a caller that carries on must still not commit the rows sent with it
+    holder.join(10)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(search_token)
+                            .where(search_token.c.res_id == "orphan", search_token.c.code == "would-be-orphan")
+                            ).scalar() == 0
