@@ -148,3 +148,38 @@ def test_load_stops_at_once_when_the_server_is_unreachable(tmp_path):
                             capture_output=True, text=True, timeout=60, env=fhirimg_env())
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
+
+
+def test_bench_ingest_prints_its_figures_and_the_ratio_to_the_storage_layer(served):
+    """`fhirimg bench ingest` against a real server: every figure the README names, for the
+    Bundles it posted without an error, and the raw-store baseline of the same run."""
+    import re
+
+    from click.testing import CliRunner
+
+    from fhirimg.bench.ingest import command
+    result = CliRunner().invoke(command, ["--base", served.base, "--studies", "12", "--series", "2", "--instances",
+                                          "3", "--concurrency", "3", "--database-url",
+                                          served.env["FHIRIMG_DATABASE_URL"]])
+    assert result.exit_code == 0, result.output
+    ingest = next(line for line in result.output.splitlines() if line.startswith("ingest"))
+    raw = next(line for line in result.output.splitlines() if line.startswith("raw store"))
+    for figure in ("studies/s", "resources/s", "MB/s", "p50", "p95", "p99"):
+        assert figure in ingest, (figure, ingest)
+    assert ingest.split()[1] == "12" and ingest.endswith("errors 0") and raw.endswith("errors 0")
+    ratio = re.search(r"ratio ingest/raw-store: ([0-9.]+)", result.output)
+    assert ratio and float(ratio.group(1)) > 0
+    found = requests.get(f"{served.base}/ImagingStudy", params={"_summary": "count"}, timeout=10).json()
+    assert found["total"] >= 12 + 12  # what was posted and what the baseline stored
+
+
+def test_load_examples_as_the_readme_shows(served):
+    """README: `fhirimg load examples/` loads the shipped examples into a running server."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    result = load(served, examples)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 failed" in result.stdout
+    spec_study = requests.get(f"{served.base}/ImagingStudy/example", timeout=10)
+    assert spec_study.status_code == 200 and spec_study.json()["resourceType"] == "ImagingStudy"
+    ct = requests.get(f"{served.base}/ImagingStudy", params={"modality": "CT"}, timeout=10).json()
+    assert ct.get("total", len(ct.get("entry", []))) >= 1

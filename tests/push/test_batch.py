@@ -68,3 +68,8 @@ def test_batch_version_conflict_is_that_entrys_412(client):
 def test_batch_prefer_minimal(client):
     result = ok(post_bundle(client, batch(entry(make_patient(), "POST", "Patient")), Prefer="return=minimal"))
     assert set(result["entry"][0]) == {"response"}
+
+
+def test_the_default_limit_is_ten_thousand_entries_per_bundle():
+    from fhirimg.config import LimitsSchema
+    assert LimitsSchema().load({})["max_bundle_entries"] == 10_000

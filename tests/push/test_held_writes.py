@@ -128,6 +128,9 @@ def test_a_batch_entry_whose_create_conflicted_is_named(client, engine, repo, ba
     assert answer[0].status_code == 200 and result["entry"][0]["response"]["status"].startswith("409")
     issue = result["entry"][0]["response"]["outcome"]["issue"][0]
     assert issue["expression"] == ["Bundle.entry[0].request"] and "taken-too" in issue["diagnostics"]
+    with repo.reading() as uow:  # the entry's own writes were undone with it
+        assert uow.read("Patient", "taken-too").resource["identifier"][0]["value"] == "first-taken-too"
+        assert uow.search_ids("Patient", by_mrn("other")) == []
 
 
 def test_a_resource_changed_while_the_bundle_waited_for_its_lock_is_updated_not_skipped(client, repo, backend):

@@ -246,3 +246,44 @@ def test_many_conditional_creates_in_one_transaction(client):
 def test_capability_statement_advertises_transaction_and_batch(client):
     codes = {i["code"] for i in client.get("/fhir/metadata").get_json()["rest"][0]["interaction"]}
     assert {"transaction", "batch"} <= codes
+
+
+def json_patch_entry(url: str, operations: list) -> dict:
+    data = base64.b64encode(json.dumps(operations).encode()).decode()
+    return entry({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}, "PATCH", url)
+
+
+def test_versions_are_written_in_spec_order_and_head_sees_the_writes(client, engine):
+    """http.html#trules: DELETE, POST, PUT/PATCH (in Bundle order), then GET/HEAD. The change
+    sequence records the order the writes ran in."""
+    patched = create(client, make_patient(mrn="patched")).get_json()["id"]
+    put = create(client, make_patient(mrn="put")).get_json()["id"]
+    deleted = create(client, make_patient(mrn="deleted")).get_json()["id"]
+    with engine.connect() as conn:
+        before = conn.exec_driver_sql("SELECT max(seq) FROM resource_version").scalar()
+    result = ok(post_bundle(client, bundle(
+        entry(None, "HEAD", f"Patient/{patched}"),
+        json_patch_entry(f"Patient/{patched}", [{"op": "replace", "path": "/gender", "value": "male"}]),
+        entry(make_patient(id=put, mrn="put", family="Put"), "PUT", f"Patient/{put}"),
+        entry(make_patient(mrn="posted"), "POST", "Patient"),
+        entry(None, "DELETE", f"Patient/{deleted}"),
+    )))
+    assert statuses(result) == ["200 OK", "200 OK", "200 OK", "201 Created", "204 No Content"]
+    head = result["entry"][0]
+    assert "resource" not in head and head["response"]["etag"] == 'W/"2"'  # after the PATCH
+    posted = location_id(result["entry"][3])
+    with engine.connect() as conn:
+        order = conn.exec_driver_sql(f"SELECT res_id, method FROM resource_version WHERE seq > {before} "
+                                     "ORDER BY seq").all()
+    assert [tuple(row) for row in order] == [(deleted, "DELETE"), (posted, "POST"), (patched, "PATCH"),
+                                             (put, "PUT")]
+
+
+def test_conditional_delete_matching_several_fails_the_transaction_with_412(client, engine):
+    for family in ("Twin", "Twin"):
+        create(client, make_patient(mrn="twin", family=family))
+    with nothing_written(engine):
+        response = post_bundle(client, bundle(
+            entry(make_patient(mrn="bystander"), "POST", "Patient"),
+            entry(None, "DELETE", f"Patient?identifier={MRN}|twin")))
+    assert_outcome(response, 412, expression="Bundle.entry[1].request.url", says="match 2")
