@@ -6,7 +6,7 @@ import base64
 import json
 
 from ..api.outcomes import assert_outcome, create, nothing_written
-from .bundles import (ENDPOINT_IDS, MRN, bundle, ehr_transaction, entry, location_id, make_endpoint,
+from .bundles import (MRN, bundle, ehr_transaction, entry, location_id, make_endpoint,
                       make_imaging_study, make_patient, ok, post_bundle, statuses, urn)
 
 

@@ -89,7 +89,7 @@ def test_plain_token_lookup_finds_what_the_general_query_finds(engine, repo):
 
 
 @pytest.mark.parametrize("criteria", [
-    [("identifier", "123")], [("identifier", "|123")], [(f"identifier", f"{MRN}|")],
+    [("identifier", "123")], [("identifier", "|123")], [("identifier", f"{MRN}|")],
     [("identifier", f"{MRN}|1,{MRN}|2")], [("identifier:not", f"{MRN}|1")], [("identifier", f"{MRN}|a\\,b")],
     [("_id", "x|y")], [("name", "a|b")], [("identifier", f"{MRN}|1"), ("gender", "other")]])
 def test_other_criteria_take_the_general_path(criteria):
