@@ -157,10 +157,11 @@ def test_bench_ingest_prints_its_figures_and_the_ratio_to_the_storage_layer(serv
 
     from click.testing import CliRunner
 
-    from fhirimg.bench.ingest import command
-    result = CliRunner().invoke(command, ["--base", served.base, "--studies", "12", "--series", "2", "--instances",
-                                          "3", "--concurrency", "3", "--database-url",
-                                          served.env["FHIRIMG_DATABASE_URL"]])
+    from fhirimg.cli import main  # through the group, as `fhirimg bench ingest` runs (click caches
+    # a command's help option per command object: invoking the bare command would drop `-h`)
+    result = CliRunner().invoke(main, ["bench", "ingest", "--base", served.base, "--studies", "12", "--series", "2",
+                                       "--instances", "3", "--concurrency", "3", "--database-url",
+                                       served.env["FHIRIMG_DATABASE_URL"]])
     assert result.exit_code == 0, result.output
     ingest = next(line for line in result.output.splitlines() if line.startswith("ingest"))
     raw = next(line for line in result.output.splitlines() if line.startswith("raw store"))
