@@ -153,22 +153,25 @@ class KeepAliveClient:
         self.connection = self.connect()
 
     def post(self, body: bytes) -> tuple[int, str]:
-        for attempt in (1, 2):
-            try:
-                self.connection.request("POST", self.path, body=body, headers=HEADERS)
-                response = self.connection.getresponse()
-                payload = response.read()
-                if response.will_close:
-                    self.connection.close()
-                    self.connection = self.connect()
-                return response.status, payload.decode("utf-8", "replace")
-            except (http.client.HTTPException, ConnectionError):
-                self.connection.close()  # the server closed an idle keep-alive connection: once more (the
-                # Bundles are conditional: sending one twice writes nothing new)
-                self.connection = self.connect()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self.exchange(body)
+        except (http.client.HTTPException, ConnectionError):
+            # The server closed an idle keep-alive connection: once more on a new one (the
+            # Bundles are conditional: sending one twice writes nothing new).
+            self.reconnect()
+            return self.exchange(body)
+
+    def exchange(self, body: bytes) -> tuple[int, str]:
+        self.connection.request("POST", self.path, body=body, headers=HEADERS)
+        response = self.connection.getresponse()
+        payload = response.read()
+        if response.will_close:
+            self.reconnect()
+        return response.status, payload.decode("utf-8", "replace")
+
+    def reconnect(self) -> None:
+        self.connection.close()
+        self.connection = self.connect()
 
 
 def store_directly(database_url: str, studies: list[Study], concurrency: int) -> Run:

@@ -1,8 +1,8 @@
 """The indexer hook of the repository: index rows are written in the same transaction as
 each resource version, so a search never sees a half-indexed resource.
 
-What UnitOfWork calls: on SQLite `insert_index`, `write_index` and `delete_index` as each
-version is recorded; on PostgreSQL `extract_index_rows`, `owned_rows` and
+What UnitOfWork calls: on SQLite `insert_index`, `write_index` and `delete_index` (one
+statement a table) as each version is recorded; on PostgreSQL `extract_index_rows`, `owned_rows` and
 `postgres_index_ctes`, to send the rows of all the versions it holds in one statement.
 Conditional create/update/delete (and transaction bundles) find their matches through
 `find_ids` / `find_ids_many`, with the full search semantics of the query builder.
@@ -30,21 +30,9 @@ def write_index(conn, res_type: str, res_id: str, resource: dict) -> None:
 
 def insert_index(conn, res_type: str, res_id: str, resource: dict) -> None:
     """Index rows of a resource that has none yet (version 1): no deletes needed."""
-    rows_by_kind = {kind: rows for kind, rows in extract_index_rows(resource).items() if rows}
-    if not rows_by_kind:
-        return
-    if conn.dialect.name == "postgresql":
-        insert_index_postgres(conn, res_type, res_id, rows_by_kind)
-        return
-    for kind, rows in rows_by_kind.items():
-        conn.execute(TABLES[kind].insert(), [dict(r, res_type=res_type, res_id=res_id) for r in rows])
-
-
-def insert_index_postgres(conn, res_type: str, res_id: str, rows_by_kind: dict[str, list[dict]]) -> None:
-    """All index rows of one resource in one statement (see ``postgres_index_ctes``)."""
-    ctes, params = postgres_index_ctes([], {kind: owned_rows(res_type, res_id, rows)
-                                            for kind, rows in rows_by_kind.items()})
-    driver.run(conn, "WITH " + ", ".join(ctes) + " SELECT 1", params)
+    for kind, rows in extract_index_rows(resource).items():
+        if rows:
+            conn.execute(TABLES[kind].insert(), [dict(r, res_type=res_type, res_id=res_id) for r in rows])
 
 
 def owned_rows(res_type: str, res_id: str, rows: list[dict]) -> list[dict]:
@@ -98,10 +86,6 @@ def drop_ctes(count: int) -> list[str]:
 
 
 def delete_index(conn, res_type: str, res_id: str) -> None:
-    if conn.dialect.name == "postgresql":
-        ctes, params = postgres_index_ctes([(res_type, res_id)], {})
-        driver.run(conn, "WITH " + ", ".join(ctes) + " SELECT 1", params)
-        return
     for table in TABLES.values():
         conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id == res_id))
 

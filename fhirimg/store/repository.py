@@ -231,21 +231,18 @@ class UnitOfWork:
         stored = StoredVersion(res_type, res_id, version, method, is_deleted=resource is None,
                                resource=strip_server_meta(resource) if resource else None,
                                created=created)
-        if self.is_postgres:
-            if stored.resource is not None:
-                stored.resource["id"] = res_id
-            self.held.hold_index((res_type, res_id), version > 1, stored.resource)
-        elif stored.resource is not None:
+        if stored.resource is not None:
             stored.resource["id"] = res_id
-            insert_index = getattr(self.indexer, "insert_index", None)
-            if version == 1 and insert_index is not None:
-                # A brand-new resource has no index rows to delete first (its current row
-                # was just inserted under the primary key).
-                insert_index(self.conn, res_type, res_id, stored.resource)
-            else:
-                self.indexer.write_index(self.conn, res_type, res_id, stored.resource)
-        else:
+        if self.is_postgres:
+            self.held.hold_index((res_type, res_id), version > 1, stored.resource)
+        elif stored.resource is None:
             self.indexer.delete_index(self.conn, res_type, res_id)
+        elif version == 1:
+            # A brand-new resource has no index rows to delete first (its current row was
+            # just inserted under the primary key).
+            self.indexer.insert_index(self.conn, res_type, res_id, stored.resource)
+        else:
+            self.indexer.write_index(self.conn, res_type, res_id, stored.resource)
         self.pending[(res_type, res_id)] = stored
         self.written.append(stored)
         return stored

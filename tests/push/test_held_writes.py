@@ -64,6 +64,15 @@ def hold_created_patient(repo: Repository, res_id: str):
     return thread, release
 
 
+def start_waiting(target, what: str) -> threading.Thread:
+    """Start `target` in a thread; it must still be waiting half a second later."""
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive(), what
+    return thread
+
+
 def test_a_concurrent_create_of_the_same_id_is_a_conflict_naming_the_resource(engine):
     repo = Repository(engine)
     holder, release = hold_created_patient(repo, "same-id")
@@ -76,10 +85,7 @@ def test_a_concurrent_create_of_the_same_id_is_a_conflict_naming_the_resource(en
         except Conflict as error:
             errors.append(error)
 
-    thread = threading.Thread(target=second)
-    thread.start()
-    thread.join(0.5)
-    assert thread.is_alive(), "the second create must wait for the first transaction"
+    thread = start_waiting(second, "the second create must wait for the first transaction")
     release.set()
     holder.join(10), thread.join(10)
     assert len(errors) == 1 and errors[0].status == 409 and errors[0].resource == ("Patient", "same-id")
@@ -98,10 +104,8 @@ def test_a_transaction_names_the_entry_whose_create_conflicted(client, engine, r
         entry(dict(make_endpoint(address="https://pacs.example.org/other"), id=endpoint_id), "PUT",
               f"Endpoint/{endpoint_id}"))
     answer: list = []
-    thread = threading.Thread(target=lambda: answer.append(post_bundle(client, document)))
-    thread.start()
-    thread.join(0.5)
-    assert thread.is_alive(), "the Bundle must wait for the transaction holding Patient/taken"
+    thread = start_waiting(lambda: answer.append(post_bundle(client, document)),
+                           "the Bundle must wait for the transaction holding Patient/taken")
     release.set()
     holder.join(10), thread.join(10)
     assert_outcome(answer[0], 409, expression="Bundle.entry[0].request", says="Patient/taken")
@@ -118,10 +122,8 @@ def test_a_batch_entry_whose_create_conflicted_is_named(client, engine, repo, ba
     document = bundle(entry(dict(make_patient(mrn="other"), id="taken-too"), "PUT", "Patient/taken-too"),
                       kind="batch")
     answer: list = []
-    thread = threading.Thread(target=lambda: answer.append(post_bundle(client, document)))
-    thread.start()
-    thread.join(0.5)
-    assert thread.is_alive()
+    thread = start_waiting(lambda: answer.append(post_bundle(client, document)),
+                           "the batch entry must wait for the transaction holding Patient/taken-too")
     release.set()
     holder.join(10), thread.join(10)
     result = answer[0].get_json()
@@ -159,10 +161,8 @@ def test_a_resource_changed_while_the_bundle_waited_for_its_lock_is_updated_not_
                "identifier": [{"system": "urn:dicom:uid", "value": study_uid}]},
               "PUT", f"ImagingStudy?identifier=urn:dicom:uid|{study_uid}"))
     answer: list = []
-    pusher = threading.Thread(target=lambda: answer.append(post_bundle(client, document)))
-    pusher.start()
-    pusher.join(0.5)
-    assert pusher.is_alive(), "the Bundle must wait for the study's criteria lock"
+    pusher = start_waiting(lambda: answer.append(post_bundle(client, document)),
+                           "the Bundle must wait for the study's criteria lock")
     changed = client.put(f"/fhir/Patient/{patient['id']}", json=dict(patient, name=[{"family": "Two"}]),
                          headers={"Content-Type": "application/fhir+json"})
     assert changed.status_code == 200 and changed.get_json()["meta"]["versionId"] == "2"
