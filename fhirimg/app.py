@@ -28,12 +28,16 @@ def create_app(config: dict | None = None, engine=None) -> Flask:
     app.json.sort_keys = False
     engine = engine or make_engine(config["database_url"], echo=config["sql_echo"],
                                    pool_size=config["db_pool_size"])
+    from .auth import schema as _auth_tables  # noqa: F401  (clients, keys, assertion jti)
     create_schema(engine)
     app.extensions["fhirimg.engine"] = engine
     app.extensions["fhirimg.repository"] = Repository(engine)
+    register_request_id(app)
+    from .api.access import register_access
+    from .auth.context import build_auth
+    register_access(app, build_auth(config["auth"], engine))
     register_blueprints(app)
     register_error_handlers(app)
-    register_request_id(app)
     return app
 
 
@@ -94,7 +98,8 @@ def register_request_id(app: Flask) -> None:
     @app.before_request
     def _negotiate_format():
         # Answer 406 before doing any work for a client that cannot read our answer.
-        if request.path.startswith(FHIR_PREFIX):
+        # .well-known/smart-configuration is application/json whatever Accept says (SMART).
+        if request.path.startswith(FHIR_PREFIX) and "/.well-known/" not in request.path:
             from .api.negotiation import response_media_type
             response_media_type()
 

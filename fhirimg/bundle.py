@@ -18,6 +18,8 @@ import orjson
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import interactions
+from .auth.decision import WriteGuard, decide, entry_letter
+from .auth.errors import Forbidden
 from .bundle_execute import EntryResult, execute_entry
 from .bundle_parse import Entry, ParsedBundle, parse_bundle, processing_order
 from .bundle_refs import (check_local_targets, conditional_reference, find_reference_sites, is_bundle_local,
@@ -40,6 +42,7 @@ class BundleSettings:
     max_entries: int
     default_page_size: int
     max_page_size: int
+    principal: object = None  # auth.principal.Principal; None: the server's own work, unchecked
 
 
 def process_bundle(repo: Repository, document, settings: BundleSettings) -> ParsedBundle:
@@ -56,11 +59,20 @@ def process_bundle(repo: Repository, document, settings: BundleSettings) -> Pars
 
 def process_transaction(repo: Repository, entries: list[Entry], settings: BundleSettings) -> None:
     """All or nothing (http.html#trules); raises the first failure, re-rooted at its entry."""
+    for entry in entries:
+        require_entry_access(entry, settings)  # one forbidden entry: 403 for the whole Bundle
     local_types = index_full_urls(entries)
     placeholders = {url: f"{res_type}/{PLACEHOLDER_ID}" for url, res_type in local_types.items()}
     for entry in entries:
         prepare_entry(entry, local_types, placeholders)
-    with repo.transaction() as uow:
+    try:
+        run_transaction(repo, entries, settings)
+    except Forbidden as error:
+        raise located_refusal(error, entries) from None
+
+
+def run_transaction(repo: Repository, entries: list[Entry], settings: BundleSettings) -> None:
+    with repo.transaction(guard=write_guard(settings)) as uow:
         targets = resolve_identities(uow, entries)
         check_overlaps(entries)
         resolve_conditional_references(uow, entries, targets)
@@ -72,6 +84,28 @@ def process_transaction(repo: Repository, entries: list[Entry], settings: Bundle
         except Conflict as error:
             raise located_conflict(error, entries) from None
         record_pushed_origins(uow, entries)
+
+
+def write_guard(settings: BundleSettings) -> WriteGuard | None:
+    return WriteGuard(settings.principal) if settings.principal is not None else None
+
+
+def require_entry_access(entry: Entry, settings: BundleSettings) -> None:
+    """403 naming the entry unless the token has a scope for what its request does."""
+    if settings.principal is None:
+        return
+    access = decide(settings.principal, entry_letter(entry.method, entry.res_id), entry.res_type)
+    if not access.allowed:
+        raise Forbidden(access.reason, [f"{entry.path}.request"])
+
+
+def located_refusal(error: Forbidden, entries: list[Entry]) -> FhirError:
+    """A refusal found while the transaction ran names the entry of the resource refused."""
+    for entry in entries:
+        if error.resource is not None and error.resource == (entry.res_type, entry.target_id):
+            for issue in error.issues:
+                issue.expression = [f"{entry.path}.request"]
+    return error
 
 
 def located_conflict(error: Conflict, entries: list[Entry]) -> FhirError:
@@ -478,6 +512,7 @@ def process_batch(repo: Repository, parsed: ParsedBundle, settings: BundleSettin
 
 
 def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) -> None:
+    require_entry_access(entry, settings)
     if entry.resource is not None and entry.method in ("POST", "PUT"):
         refuse_references_between_entries(entry)
     prepare_entry(entry, {}, {})
@@ -486,7 +521,14 @@ def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) ->
             assign_plain_identity(entry)
             entry.result = execute_entry(uow, entry, settings)
         return
-    with repo.transaction() as uow:
+    try:
+        run_batch_write(repo, entry, settings)
+    except Forbidden as error:
+        raise located_refusal(error, [entry]) from None
+
+
+def run_batch_write(repo: Repository, entry: Entry, settings: BundleSettings) -> None:
+    with repo.transaction(guard=write_guard(settings)) as uow:
         resolve_identities(uow, [entry])
         resolve_conditional_references(uow, [entry], {})
         try:

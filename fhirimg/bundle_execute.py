@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, urlencode
 
 from . import interactions
+from .auth.decision import decide, reachable_ids, require_resource
 from .errors import FhirError, Invalid, Issue, operation_outcome
 from .search import registry
 from .store.records import StoredVersion
@@ -62,6 +63,8 @@ def create(uow: UnitOfWork, entry, settings) -> EntryResult:
 
 
 def matched(uow: UnitOfWork, entry, settings) -> EntryResult:
+    if uow.guard is not None:  # the answer shows the matched resource: that is a read
+        uow.guard.before_reveal(uow, entry.res_type, entry.target_id)
     return EntryResult(200, uow.read(entry.res_type, entry.target_id),
                        diagnostics="ifNoneExist matched an existing resource; nothing created")
 
@@ -88,7 +91,13 @@ def nothing(uow: UnitOfWork, entry, settings) -> EntryResult:
     return EntryResult(204, None, diagnostics="no resource matches the criteria; nothing deleted")
 
 
+def require_read(uow: UnitOfWork, entry, settings) -> None:
+    if settings.principal is not None:
+        require_resource(uow.conn, settings.principal, "r", entry.res_type, entry.res_id)
+
+
 def read(uow: UnitOfWork, entry, settings) -> EntryResult:
+    require_read(uow, entry, settings)
     stored = interactions.read(uow, entry.res_type, entry.res_id).stored
     if is_not_modified(entry, stored):
         return EntryResult(304, stored)
@@ -96,6 +105,7 @@ def read(uow: UnitOfWork, entry, settings) -> EntryResult:
 
 
 def vread(uow: UnitOfWork, entry, settings) -> EntryResult:
+    require_read(uow, entry, settings)
     stored = interactions.vread(uow, entry.res_type, entry.res_id, entry.version).stored
     return EntryResult(200, stored, render=None if entry.method == "HEAD" else lambda: stored.resource)
 
@@ -111,6 +121,9 @@ def search(uow: UnitOfWork, entry, settings) -> EntryResult:
                       f"({', '.join(sorted(known))})", [f"{entry.path}.request.url"])
     count = page_size(params, settings)
     ids = sorted(uow.search_ids(entry.res_type, criteria))
+    if settings.principal is not None:  # only what the token may search, counted in total too
+        access = decide(settings.principal, "s", entry.res_type).require()
+        ids = sorted(reachable_ids(uow.conn, access, entry.res_type, ids))
     found = uow.read_many(entry.res_type, ids[:count])
     hits = [found[rid] for rid in ids[:count] if rid in found]
     query = urlencode(criteria + [("_count", str(count))])

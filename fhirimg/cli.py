@@ -94,6 +94,15 @@ def load(paths, base, quiet) -> None:
         sys.exit(1)
 
 
+def _register_auth_commands() -> None:
+    from .auth import cli as auth_cli  # the client registry and `fhirimg token`
+    main.add_command(auth_cli.clients)
+    main.add_command(auth_cli.token)
+
+
+_register_auth_commands()
+
+
 def _register_replicate_commands() -> None:
     from .replicate import cli as replicate_cli  # also registers the [replicate] config section
     main.add_command(replicate_cli.replicate)

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from .auth.settings import AuthSchema, CorsSchema
+
 ENV_PREFIX = "FHIRIMG_"
 DEFAULT_FILE = Path("config/fhirimg.toml")
 SECRET_KEYS = ("password", "secret", "token")
@@ -71,6 +73,8 @@ class ConfigSchema(Schema):
     serve = fields.Nested(ServeSchema, load_default=lambda: ServeSchema().load({}))
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
     worker = fields.Nested(WorkerSchema, load_default=lambda: WorkerSchema().load({}))
+    auth = fields.Nested(AuthSchema, load_default=lambda: AuthSchema().load({}))
+    cors = fields.Nested(CorsSchema, load_default=lambda: CorsSchema().load({}))
     # Registered sections (register_section) are validated by their own schema and put
     # under config["sections"] after loading; they are not fields here.
 

@@ -101,6 +101,7 @@ def run_embedded(config: dict, config_path: str | None) -> int:
         redis_proc, redis_url = start_redis(var_dir)
         children.append(("redis", redis_proc))
         env["FHIRIMG_REDIS_URL"] = redis_url
+    announce_dev_client(config)
     base_cmd = [sys.executable, "-m", "fhirimg.cli"]
     extra = ["--config", config_path] if config_path else []
     if config["worker"]["embedded"]:
@@ -110,6 +111,26 @@ def run_embedded(config: dict, config_path: str | None) -> int:
     serve = config["serve"]
     log.info("fhirimg is starting at http://%s:%s/fhir (Ctrl-C stops it)", serve["host"], serve["port"])
     return supervise(children)
+
+
+def announce_dev_client(config: dict) -> None:
+    """auth.mode = "smart" here too: register the local development client on first start
+    and say, once, how to get a token for it."""
+    if config["auth"]["mode"] != "smart":
+        return
+    from .auth import schema as _tables  # noqa: F401
+    from .auth.cli import default_base, ensure_dev_client
+    from .store import create_schema, make_engine
+    engine = make_engine(config["database_url"])
+    create_schema(engine)
+    made = ensure_dev_client(config, engine)
+    engine.dispose()
+    if made:
+        script = Path(sys.executable).parent / "fhirimg"
+        shown = os.path.relpath(script) if script.exists() else "fhirimg"
+        print(f"\nA development client was registered ({Path(config['var_dir']) / 'dev-client.json'}). "
+              f"Every request needs a token; get one with:\n\n    TOKEN=$({shown} token)\n    "
+              f"curl -H \"Authorization: Bearer $TOKEN\" {default_base(config)}/Patient\n", flush=True)
 
 
 def supervise(children: list[tuple[str, subprocess.Popen]]) -> int:

@@ -92,6 +92,8 @@ def create(uow: UnitOfWork, res_type: str, body, if_none_exist: str | None = Non
             raise PreconditionFailed(f"If-None-Exist criteria match {len(matches)} {res_type} resources",
                                      ["If-None-Exist"])
         if matches:
+            if uow.guard is not None:  # the answer shows the matched resource: that is a read
+                uow.guard.before_reveal(uow, res_type, matches[0])
             return Result(200, uow.read(res_type, matches[0]), "matched an existing resource; nothing created")
     resource = {k: v for k, v in body.items() if k != "id"}
     return Result(201, uow.create(res_type, resource))

@@ -11,6 +11,7 @@ from fhirimg.app import create_app
 from fhirimg.config import load_config
 from fhirimg.store import create_schema, make_engine
 
+from .auth_support import authorized
 from .services import RedisServer, require_or_skip
 
 BACKENDS = ["sqlite", "postgres"]
@@ -72,7 +73,9 @@ def app(config, engine):
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    """The API as a backend client with system/*.cruds sees it: every request carries a
+    bearer token from the app's own token endpoint (auth.mode = "smart", the default)."""
+    return authorized(app)
 
 
 @pytest.fixture

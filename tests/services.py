@@ -74,10 +74,13 @@ def fhirimg_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "fhirimg.cli"]
 
 
-def fhirimg_env(**settings: str) -> dict[str, str]:
+def fhirimg_env(anonymous: bool = False, **settings: str) -> dict[str, str]:
     """The current environment without any FHIRIMG_* setting, plus `settings`
-    (FHIRIMG_ + key in upper case: database_url="..." -> FHIRIMG_DATABASE_URL)."""
+    (FHIRIMG_ + key in upper case: database_url="..." -> FHIRIMG_DATABASE_URL).
+    `anonymous`: auth.mode = "none" (for process tests about something else)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRIMG_")}
+    if anonymous:
+        env.update({"FHIRIMG_AUTH__MODE": "none", "FHIRIMG_AUTH__ALLOW_ANONYMOUS": "true"})
     env.update({f"FHIRIMG_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 

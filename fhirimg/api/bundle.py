@@ -5,6 +5,7 @@ from flask import Blueprint, Response, current_app
 
 from ..bundle import BundleSettings, process_bundle
 from ..bundle_response import response_bundle
+from .access import current_principal
 from .negotiation import base_url, json_response, prefer_return, read_json_body
 from .rest import repository
 
@@ -14,7 +15,8 @@ blueprint = Blueprint("bundle", __name__)
 def bundle_settings() -> BundleSettings:
     limits = current_app.config["FHIRIMG"]["limits"]
     return BundleSettings(base=base_url(), max_entries=limits["max_bundle_entries"],
-                          default_page_size=limits["default_page_size"], max_page_size=limits["max_page_size"])
+                          default_page_size=limits["default_page_size"], max_page_size=limits["max_page_size"],
+                          principal=current_principal())
 
 
 # Both `[base]` and `[base]/`: clients POST to the base exactly as configured.

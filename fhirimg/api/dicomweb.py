@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
+from ..auth.imaging import require_study, study_filter
 from ..dicomweb import index, qido, wado
 from ..errors import NotAcceptable, NotFound
 from ..transfer.blobstore import BlobStore
 from ..transfer.schema import create_transfer_schema
 from ..transfer.settings import blob_root, transfer_section
 from ..transfer.uids import require_uid
+from .access import current_principal
 from .negotiation import dumps
 
 DICOMWEB_PREFIX = "/dicom-web"
@@ -63,7 +65,7 @@ def search_for_studies() -> Response:
     named = next((value for tag, _, value in query.filters if tag == "0020000D"), "")
     uids = [uid.strip() for uid in named.split(",")] if named not in ("", "*") else None
     results = []
-    for study in index.study_summaries(engine(), uids):
+    for study in index.study_summaries(engine(), uids, study_filter(current_principal(), "s")):
         attributes = qido.study_attributes(study, f"{own_base()}/studies/{study.study_uid}")
         if qido.matches(attributes, query.filters):
             results.append(qido.select_fields(attributes, qido.STUDY_TAGS, query))
@@ -75,7 +77,10 @@ def search_for_studies() -> Response:
 def search_for_series(study: str | None = None) -> Response:
     study = require_uid(study, "StudyInstanceUID") if study is not None else None
     query = query_args()
-    summaries = index.series_summaries(engine(), study)
+    allowed = study_filter(current_principal(), "s")
+    if study is not None:
+        require_searchable(study)
+    summaries = index.series_summaries(engine(), study, allowed=allowed)
     if not summaries and study is not None:
         raise NotFound(f"study {study} is not held here")
     results = []
@@ -93,6 +98,7 @@ def search_for_instances(study: str, series: str | None = None) -> Response:
     study = require_uid(study, "StudyInstanceUID")
     series = require_uid(series, "SeriesInstanceUID") if series is not None else None
     query = query_args()
+    require_searchable(study)
     instances = index.stored_instances(engine(), study, series)
     if not instances:
         raise NotFound(f"{'series ' + series if series else 'study ' + study} is not held here")
@@ -105,9 +111,17 @@ def search_for_instances(study: str, series: str | None = None) -> Response:
     return dicom_json(qido.page(results, query))
 
 
+def require_searchable(study: str) -> None:
+    with engine().connect() as conn:
+        require_study(conn, current_principal(), "s", study)
+
+
 # -- WADO-RS -------------------------------------------------------------------------------
 def instances_or_404(study: str, series: str | None, sop: str | None) -> list[index.StoredInstance]:
+    """The instances asked for, after access control: the whole study is reachable or none of it."""
     study = require_uid(study, "StudyInstanceUID")
+    with engine().connect() as conn:
+        require_study(conn, current_principal(), "r", study)
     series = require_uid(series, "SeriesInstanceUID") if series is not None else None
     sop = require_uid(sop, "SOPInstanceUID") if sop is not None else None
     instances = index.stored_instances(engine(), study, series, sop)

@@ -17,9 +17,13 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, current_app, request
 
 from .. import history
+from ..auth.decision import decide, require_resource
+from ..auth.errors import Forbidden
 from ..errors import Invalid
+from ..resources import SUPPORTED_TYPES
 from ..replicate.origin import origin_extension, site_id
 from ..store.records import format_instant
+from .access import current_principal
 from .negotiation import base_url, json_response, prefer_handling
 from .rest import ResourceTypeConverter, checked_type, repository
 
@@ -60,11 +64,31 @@ def history_response(res_type: str | None, res_id: str | None) -> Response:
     if query.ignored and prefer_handling() == "strict":
         raise Invalid(f"unknown history parameters: {', '.join(query.ignored)}", query.ignored)
     with repository().reading() as uow:
+        require_history_access(uow, query)
         page = history.read_history(uow.conn, query)
     links = page_links(params, page)
     bundle = history_bundle(page, links, local_site_id())
     headers = {"X-Next-Poll": links["next-poll"], SITE_HEADER: local_site_id()}
     return json_response(bundle, 200, headers)
+
+
+def require_history_access(uow, query: history.HistoryQuery) -> None:
+    """Instance history is a read of the resource; type and system history (replication
+    feeds) need search on every type they return, unnarrowed: old versions of a resource
+    are not in the index, so a patient compartment or scope criteria cannot be applied to
+    them, and such a token gets 403 rather than a feed with holes."""
+    principal = current_principal()
+    if query.res_id is not None:
+        if uow.read(query.res_type, query.res_id) is not None:  # else read_history's 404
+            require_resource(uow.conn, principal, "r", query.res_type, query.res_id)
+        return
+    for res_type in [query.res_type] if query.res_type else (query.types or SUPPORTED_TYPES):
+        access = decide(principal, "s", res_type).require()
+        if access.is_narrowed:
+            raise Forbidden(f"the token may search only some {res_type} resources (patient context, scope "
+                            f"criteria or registered patients); the {'type' if query.res_type else 'system'} "
+                            f"history of {res_type} needs unrestricted access, e.g. system/{res_type}.rs. "
+                            "Search instead, or read a resource's own _history.")
 
 
 def local_site_id() -> str:

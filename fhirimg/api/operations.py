@@ -14,11 +14,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
+from ..auth.decision import WriteGuard, decide, require_resource
 from ..errors import Invalid, Unprocessable, UnsupportedMediaType
 from ..transfer.jobs import enqueue_retrieve
 from ..transfer.settings import PRIORITIES, own_dicomweb_base, transfer_section
 from ..transfer.sources import TaskFailure, check_retrievable
 from ..transfer.tasks import start_retrieve
+from .access import current_principal
 from .capability import register_operation
 from .negotiation import base_url, json_response, media_type, parse_json, read_bounded_body
 
@@ -33,11 +35,16 @@ register_operation("retrieve", RETRIEVE_DEFINITION, ["ImagingStudy"],
 
 @blueprint.route("/ImagingStudy/<res_id>/$retrieve", methods=["POST"])
 def retrieve(res_id: str) -> Response:
+    # Starting a retrieval creates a Task about the study: write on Task, read on the study.
+    principal = current_principal()
+    decide(principal, "c", "Task").require()
     priority = requested_priority()
     repo = current_app.extensions["fhirimg.repository"]
     for attempt in range(2):
         try:
-            with repo.transaction() as uow:
+            with repo.transaction(guard=WriteGuard(principal)) as uow:
+                if uow.read("ImagingStudy", res_id) is not None:  # else start_retrieve's 404
+                    require_resource(uow.conn, principal, "r", "ImagingStudy", res_id)
                 require_retrievable(uow, res_id)
                 task, created = start_retrieve(uow, res_id, priority, repo.clock())
             break

@@ -7,8 +7,10 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.routing import BaseConverter
 
 from .. import interactions
+from ..auth.decision import decide, require_resource
 from ..errors import MethodNotAllowed, NotFound, informational_outcome
 from ..resources import SUPPORTED_TYPES, validate_resource
+from .access import current_principal, write_guard
 from .negotiation import (JSON_PATCH, JSON_TYPES, json_response, read_json_body, version_headers,
                           write_response)
 
@@ -35,30 +37,38 @@ def repository():
     return current_app.extensions["fhirimg.repository"]
 
 
-def checked_type(res_type: str) -> str:
+def checked_type(res_type: str, letter: str | None = None) -> str:
+    """The type, if supported; with `letter` (c r u d s), 403 unless the token may do that on it."""
     if res_type not in SUPPORTED_TYPES:
         raise NotFound(f"resource type {res_type!r} is not supported here "
                        f"(supported: {', '.join(SUPPORTED_TYPES)})")
+    if letter is not None:
+        decide(current_principal(), letter, res_type).require()
     return res_type
+
+
+def transaction():
+    """A write transaction whose every change the request's principal is checked for."""
+    return repository().transaction(guard=write_guard())
 
 
 @blueprint.route("/<restype:res_type>", methods=["POST"])
 def create(res_type: str) -> Response:
-    checked_type(res_type)
+    checked_type(res_type, "c")
     body = read_json_body()
     validate_resource(body, res_type)  # before the transaction: see interactions.create
-    with repository().transaction() as uow:
+    with transaction() as uow:
         result = interactions.create(uow, res_type, body, request.headers.get("If-None-Exist"), validated=True)
     return write_response(result.stored, result.status, result.diagnostics)
 
 
 @blueprint.route("/<restype:res_type>", methods=["PUT"])
 def conditional_update(res_type: str) -> Response:
-    checked_type(res_type)
+    checked_type(res_type, "u")
     body = read_json_body()
     validate_resource(body, res_type)
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
-    with repository().transaction() as uow:
+    with transaction() as uow:
         result = interactions.conditional_update(uow, res_type, request.query_string.decode(), body, if_match,
                                                  validated=True)
     return write_response(result.stored, result.status, result.diagnostics)
@@ -66,18 +76,18 @@ def conditional_update(res_type: str) -> Response:
 
 @blueprint.route("/<restype:res_type>", methods=["DELETE"])
 def conditional_delete(res_type: str) -> Response:
-    checked_type(res_type)
-    with repository().transaction() as uow:
+    checked_type(res_type, "d")
+    with transaction() as uow:
         result = interactions.conditional_delete(uow, res_type, request.query_string.decode())
     return delete_response(result)
 
 
 @blueprint.route("/<restype:res_type>", methods=["PATCH"])
 def conditional_patch(res_type: str) -> Response:
-    checked_type(res_type)
+    checked_type(res_type, "u")
     operations = read_json_body({JSON_PATCH})
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
-    with repository().transaction() as uow:
+    with transaction() as uow:
         result = interactions.conditional_patch(uow, res_type, request.query_string.decode(), operations, if_match)
     return write_response(result.stored, result.status)
 
@@ -87,6 +97,7 @@ def read(res_type: str, res_id: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
     with repository().reading() as uow:
+        require_resource(uow.conn, current_principal(), "r", res_type, res_id)
         stored = interactions.read(uow, res_type, res_id).stored
     if is_not_modified(stored):
         return Response(status=304, headers=version_headers(stored))
@@ -95,33 +106,33 @@ def read(res_type: str, res_id: str) -> Response:
 
 @blueprint.route("/<restype:res_type>/<res_id>", methods=["PUT"])
 def update(res_type: str, res_id: str) -> Response:
-    checked_type(res_type)
+    checked_type(res_type, "u")
     interactions.check_id(res_id, res_type)
     body = read_json_body()
     validate_resource(body, res_type)
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
-    with repository().transaction() as uow:
+    with transaction() as uow:
         result = interactions.update(uow, res_type, res_id, body, if_match, validated=True)
     return write_response(result.stored, result.status)
 
 
 @blueprint.route("/<restype:res_type>/<res_id>", methods=["PATCH"])
 def patch(res_type: str, res_id: str) -> Response:
-    checked_type(res_type)
+    checked_type(res_type, "u")
     interactions.check_id(res_id, res_type)
     operations = read_json_body({JSON_PATCH})
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
-    with repository().transaction() as uow:
+    with transaction() as uow:
         result = interactions.patch(uow, res_type, res_id, operations, if_match)
     return write_response(result.stored, result.status)
 
 
 @blueprint.route("/<restype:res_type>/<res_id>", methods=["DELETE"])
 def delete(res_type: str, res_id: str) -> Response:
-    checked_type(res_type)
+    checked_type(res_type, "d")
     interactions.check_id(res_id, res_type)
     if_match = interactions.parse_if_match(request.headers.get("If-Match"))
-    with repository().transaction() as uow:
+    with transaction() as uow:
         result = interactions.delete(uow, res_type, res_id, if_match)
     return delete_response(result)
 
@@ -131,6 +142,7 @@ def vread(res_type: str, res_id: str, version: str) -> Response:
     checked_type(res_type)
     interactions.check_id(res_id, res_type)
     with repository().reading() as uow:
+        require_resource(uow.conn, current_principal(), "r", res_type, res_id)
         stored = interactions.vread(uow, res_type, res_id, version).stored
     return json_response(stored.resource, 200, version_headers(stored))
 

@@ -52,8 +52,10 @@ class StoredInstance:
 
 
 def series_summaries(engine: Engine, study_uid: str | None = None,
-                     series_uid: str | None = None, study_uids: list[str] | None = None) -> list[SeriesSummary]:
-    """One summary per stored series (optionally of one study, some studies, or one series)."""
+                     series_uid: str | None = None, study_uids: list[str] | None = None,
+                     allowed=None) -> list[SeriesSummary]:
+    """One summary per stored series (optionally of one study, some studies, or one series);
+    `allowed` is a SELECT of the study UIDs access control lets through (None: all)."""
     t = dicom_instance
     query = (select(t.c.study_uid, t.c.series_uid, func.min(t.c.sop_uid).label("rep"),
                     func.count().label("n"))
@@ -64,16 +66,18 @@ def series_summaries(engine: Engine, study_uid: str | None = None,
         query = query.where(t.c.series_uid == series_uid)
     if study_uids is not None:
         query = query.where(t.c.study_uid.in_(study_uids[:1000]))
+    if allowed is not None:
+        query = query.where(t.c.study_uid.in_(allowed))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         attributes = attributes_of(conn, [row.rep for row in rows])
     return [SeriesSummary(row.study_uid, row.series_uid, row.n, attributes.get(row.rep, {})) for row in rows]
 
 
-def study_summaries(engine: Engine, study_uids: list[str] | None = None) -> list[StudySummary]:
+def study_summaries(engine: Engine, study_uids: list[str] | None = None, allowed=None) -> list[StudySummary]:
     """Studies held, optionally only those named (a QIDO StudyInstanceUID list, done in SQL)."""
     studies: dict[str, StudySummary] = {}
-    for series in series_summaries(engine, study_uids=study_uids):
+    for series in series_summaries(engine, study_uids=study_uids, allowed=allowed):
         studies.setdefault(series.study_uid, StudySummary(series.study_uid)).series.append(series)
     return list(studies.values())
 

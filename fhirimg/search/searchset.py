@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlencode
 
 from sqlalchemy import select, text
@@ -23,6 +24,9 @@ class SearchContext:
     base: str  # the FHIR base URL, for fullUrl and links
     default_count: int
     max_count: int
+    # (conn, type, ids) -> the ids that may be shown as included resources (access control);
+    # None shows all of them.
+    visible: Callable | None = None
 
 
 @dataclass
@@ -48,7 +52,7 @@ def run_search(uow: UnitOfWork, request: SearchRequest, ctx: SearchContext) -> d
     found = uow.read_many(request.res_type, page.ids)
     matches = [found[i] for i in page.ids if i in found]
     entries = [_entry(ctx, s.resource, "match", request) for s in matches]
-    included, notes = collect_included(uow, request, matches)
+    included, notes = collect_included(uow, request, matches, ctx.visible)
     entries += [_entry(ctx, s.resource, "include", request) for s in included]
     bundle["entry"] = entries
     return _with_outcome(bundle, request, notes)
@@ -178,7 +182,8 @@ def _with_outcome(bundle: dict, request: SearchRequest, notes: list[Issue]) -> d
 
 
 # -- _include / _revinclude ------------------------------------------------------------
-def collect_included(uow: UnitOfWork, request: SearchRequest, matches: list) -> tuple[list, list[Issue]]:
+def collect_included(uow: UnitOfWork, request: SearchRequest, matches: list,
+                     visible: Callable | None = None) -> tuple[list, list[Issue]]:
     seen = {(s.res_type, s.res_id) for s in matches}
     frontier = {(s.res_type, s.res_id) for s in matches}
     included: list = []
@@ -194,6 +199,8 @@ def collect_included(uow: UnitOfWork, request: SearchRequest, matches: list) -> 
         for spec in specs_rev:
             wanted |= revinclude_sources(uow.conn, spec, frontier)
         new = wanted - seen
+        if visible is not None:
+            new = only_visible(uow.conn, new, visible)
         if len(included) + len(new) > MAX_INCLUDED:
             notes.append(Issue("too-costly", f"more than {MAX_INCLUDED} included resources; the rest were "
                                "left out", ["_include"], "warning"))
@@ -203,6 +210,13 @@ def collect_included(uow: UnitOfWork, request: SearchRequest, matches: list) -> 
         included += loaded
         frontier = {(s.res_type, s.res_id) for s in loaded}
     return included, notes
+
+
+def only_visible(conn, keys: set, visible: Callable) -> set:
+    by_type: dict[str, list[str]] = {}
+    for res_type, res_id in keys:
+        by_type.setdefault(res_type, []).append(res_id)
+    return {(t, i) for t, ids in by_type.items() for i in visible(conn, t, ids)}
 
 
 def _read_all(uow: UnitOfWork, keys: set) -> list:

@@ -47,12 +47,17 @@ class Repository:
         self.indexer = indexer or default_indexer
 
     @contextmanager
-    def transaction(self) -> Iterator["UnitOfWork"]:
-        """One write transaction; commits when the block ends normally, else rolls back."""
+    def transaction(self, guard=None) -> Iterator["UnitOfWork"]:
+        """One write transaction; commits when the block ends normally, else rolls back.
+
+        `guard` (auth.decision.WriteGuard) sees every change before it is made and all of
+        them before commit; an exception from it rolls everything back."""
         with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
             with conn.begin():
-                uow = UnitOfWork(conn, self.clock, self.indexer)
+                uow = UnitOfWork(conn, self.clock, self.indexer, guard=guard)
                 yield uow
+                if guard is not None:
+                    guard.before_commit(uow)
                 uow.flush_versions()
 
     @contextmanager
@@ -92,8 +97,9 @@ class UnitOfWork:
     commit: a push of a Patient and an ImagingStudy sent 4 statements for them, now 1.
     """
 
-    def __init__(self, conn: Connection, clock, indexer, read_only: bool = False):
+    def __init__(self, conn: Connection, clock, indexer, read_only: bool = False, guard=None):
         self._conn = conn
+        self.guard = guard
         self.clock = clock
         self.indexer = indexer
         self.read_only = read_only
@@ -212,6 +218,8 @@ class UnitOfWork:
         return self._record(res_type, res_id, current.version + 1, "DELETE", None)
 
     def _bump_version(self, current: StoredVersion, is_deleted: bool = False) -> None:
+        if self.guard is not None and not current.is_deleted:
+            self.guard.before_change(self, current.res_type, current.res_id, "d" if is_deleted else "u")
         # Compare-and-set: of two concurrent writers of one resource only one can move the
         # version from n to n+1; the other matches no row and gets a 409.
         if self.is_postgres:

@@ -16,12 +16,15 @@ from .qido import SourceSeries, SourceStudy
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 CONNECTION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 OWN_ENDPOINT_ID = "fhirimg-dicomweb"
+# SMART Imaging Access: the same bearer token that found the study fetches its images here.
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
 
 
 def own_endpoint_resource(base: str) -> dict:
     return {
         "resourceType": "Endpoint",
         "id": OWN_ENDPOINT_ID,
+        "extension": [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}],
         "status": "active",
         "connectionType": [{"coding": [{"system": CONNECTION_TYPE_SYSTEM, "code": "dicom-wado-rs"}]},
                            {"coding": [{"system": CONNECTION_TYPE_SYSTEM, "code": "dicom-qido-rs"}]}],

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from ..auth_support import authorized
+
 from ..factories import make_imaging_study, make_patient
 from .outcomes import FHIR, PATCH, assert_outcome, create, nothing_written
 
@@ -326,7 +328,7 @@ def failing_client(app):
         raise RuntimeError(SECRET_DETAIL)
 
     app.add_url_rule("/fhir/$explode", "explode", explode, methods=["GET", "POST"])
-    return app.test_client()
+    return authorized(app)
 
 
 def test_unexpected_error_is_500_outcome_with_request_id_and_no_trace(failing_client, caplog):

@@ -18,12 +18,12 @@ FHIR = {"Content-Type": "application/fhir+json"}
 
 
 class Served:
-    def __init__(self, workdir: Path, workers: int = 2):
+    def __init__(self, workdir: Path, workers: int = 2, anonymous: bool = True):
         self.workdir = workdir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
-        self.env = fhirimg_env(database_url=f"sqlite:///{workdir / 'fhirimg.db'}", var_dir=workdir / "var",
-                               log_level="WARNING")
+        self.env = fhirimg_env(anonymous, database_url=f"sqlite:///{workdir / 'fhirimg.db'}",
+                               var_dir=workdir / "var", log_level="WARNING")
         self.process = start_fhirimg(["serve", "--port", str(self.port), "--workers", str(workers)],
                                      workdir, self.env)
         wait_for_http(f"{self.base}/metadata", self.process, log=workdir / "fhirimg.log")

@@ -56,6 +56,7 @@ def test_eight_threads_posting_the_same_transaction_create_each_resource_once(ap
 
     def push(i: int) -> None:
         own = app.test_client()
+        own.environ_base.update(client.environ_base)  # the same bearer token
         barrier.wait()
         response = post_bundle(own, copy.deepcopy(document))
         results[i] = (response.status_code, response.get_json())

@@ -20,18 +20,23 @@ from fhirimg.replicate.runner import Site, run_link_once
 from fhirimg.replicate.settings import Link
 from fhirimg.store import make_engine
 
+from ..auth_support import ANONYMOUS
 from ..conftest import postgres_url
 from ..services import require_or_skip
 
 
 class ServedSite:
-    def __init__(self, name: str, db_url: str, schema: str | None, replicate: dict | None = None):
+    def __init__(self, name: str, db_url: str, schema: str | None, replicate: dict | None = None,
+                 auth: dict | None = None):
         self.name = name
         self.db_url = db_url
         self.schema = schema
         self.engine = make_engine(db_url, schema=schema)
         overrides = {"database_url": db_url, "replicate": {"page_size": 50, "backoff_base": 0.05,
-                                                           "backoff_max": 0.2, **(replicate or {})}}
+                                                           "backoff_max": 0.2, **(replicate or {})},
+                     # Replication semantics over anonymous sites; tests/auth replicates between
+                     # two sites in smart mode.
+                     "auth": auth or ANONYMOUS}
         self.config = load_config(env={}, read_files=False, overrides=overrides)
         self.app = create_app(self.config, engine=self.engine)
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
@@ -61,10 +66,10 @@ def make_site(backend, tmp_path):
     schemas: list[str] = []
     admin = None
 
-    def make(name: str, replicate: dict | None = None) -> ServedSite:
+    def make(name: str, replicate: dict | None = None, auth: dict | None = None) -> ServedSite:
         nonlocal admin
         if backend == "sqlite":
-            site = ServedSite(name, f"sqlite:///{tmp_path / (name + '.db')}", None, replicate)
+            site = ServedSite(name, f"sqlite:///{tmp_path / (name + '.db')}", None, replicate, auth)
         else:
             url = postgres_url()
             if not url:
@@ -74,7 +79,7 @@ def make_site(backend, tmp_path):
             with admin.begin() as conn:
                 conn.execute(text(f'CREATE SCHEMA "{schema}"'))
             schemas.append(schema)
-            site = ServedSite(name, url, schema, replicate)
+            site = ServedSite(name, url, schema, replicate, auth)
         made.append(site)
         return site
 

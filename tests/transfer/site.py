@@ -15,6 +15,7 @@ from fhirimg.config import load_config
 from fhirimg.transfer.jobs import worker_context
 from fhirimg.transfer.tasks import TransferContext
 
+from ..auth_support import authorized
 from ..factories import make_endpoint, make_imaging_study
 from .multipart_reference import reference_parts
 
@@ -35,7 +36,10 @@ class Site:
 
     @property
     def client(self):
-        return self.app.test_client()
+        """A backend client with system/*.cruds (a token from the site's own token endpoint)."""
+        if "client" not in self.__dict__:
+            self.__dict__["client"] = authorized(self.app)
+        return self.__dict__["client"]
 
     @property
     def repo(self):

@@ -62,12 +62,14 @@ def test_second_retrieve_while_active_returns_the_active_task(client, study_id, 
     assert table_counts(engine) == before
 
 
-def test_concurrent_retrieves_create_one_task(app, study_id, engine):
+def test_concurrent_retrieves_create_one_task(app, client, study_id, engine):
     ids, errors = [], []
 
     def one():
         try:
-            response = app.test_client().post(f"/fhir/ImagingStudy/{study_id}/$retrieve")
+            own = app.test_client()
+            own.environ_base.update(client.environ_base)  # the same bearer token
+            response = own.post(f"/fhir/ImagingStudy/{study_id}/$retrieve")
             assert response.status_code == 202, response.json
             ids.append(response.json["id"])
         except Exception as exc:  # noqa: BLE001 - reported below

@@ -1,0 +1,212 @@
+"""``fhirimg clients ...`` (the client registry) and ``fhirimg token`` (a token for a client)."""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import click
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .clients import Client, ClientError, add_client, client_changes, get_client, list_clients, remove_client, \
+    set_disabled
+from .outbound import BackendServicesClient, TokenRequestError, load_private_key
+
+DEV_CLIENT_ID = "fhirimg-dev"
+DEV_CLIENT_FILE = "dev-client.json"
+DEV_SCOPES = "system/*.cruds"
+
+
+def _engine(config_path: str | None):
+    from ..cli import _load
+    from ..store import create_schema, make_engine
+    from . import schema as _tables  # noqa: F401
+    config = _load(config_path)
+    engine = make_engine(config["database_url"])
+    create_schema(engine)
+    return config, engine
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def public_jwk(key, kid: str) -> dict:
+    public = key.public_key() if hasattr(key, "public_key") else key
+    algorithm = jwt.algorithms.ECAlgorithm if isinstance(public, ec.EllipticCurvePublicKey) else \
+        jwt.algorithms.RSAAlgorithm
+    return {**json.loads(algorithm.to_jwk(public)), "kid": kid}
+
+
+def load_jwks_option(jwks_file: str | None, key_file: str | None, kid: str | None) -> dict | None:
+    if jwks_file:
+        return json.loads(Path(jwks_file).read_text())
+    if key_file:
+        data = Path(key_file).read_bytes()
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError:
+            key = serialization.load_pem_private_key(data, password=None)
+        return {"keys": [public_jwk(key, kid or uuid.uuid4().hex[:16])]}
+    return None
+
+
+@click.group()
+def clients() -> None:
+    """The clients that may get tokens from this server's /auth/token (SMART Backend Services)."""
+
+
+@clients.command("add")
+@click.argument("client_id")
+@click.option("--scopes", required=True, help='The most a token may get, e.g. "system/*.rs system/Task.cu".')
+@click.option("--name", help="A name for people (default: the client_id).")
+@click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False), help="JWK Set file (public keys).")
+@click.option("--jwks-url", help="URL of the client's JWK Set (preferred: the client can rotate keys).")
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False),
+              help="A PEM public (or private) key; its public part is registered.")
+@click.option("--kid", help="Key id for --key (default: random; the client must send it).")
+@click.option("--patient", "patients", multiple=True, help="Limit the client to this Patient id (repeatable).")
+@click.option("--organization", "organizations", multiple=True,
+              help="Limit the client to patients managed by this Organization id (repeatable).")
+@click.option("--replace", is_flag=True, help="Change an existing client.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def add(client_id, scopes, name, jwks_file, jwks_url, key_file, kid, patients, organizations, replace, config_path):
+    """Register (or with --replace, change) a client."""
+    _, engine = _engine(config_path)
+    client = Client(client_id, name or client_id, scopes, load_jwks_option(jwks_file, key_file, kid), jwks_url,
+                    list(patients), list(organizations))
+    try:
+        add_client(engine, client, actor(), replace=replace)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(client.describe(), indent=2))
+
+
+@clients.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def list_(config_path):
+    """One line per client: id, state, scopes."""
+    _, engine = _engine(config_path)
+    for client in list_clients(engine):
+        click.echo(f"{client.client_id}\t{'disabled' if client.disabled else 'enabled'}\t{client.scopes}")
+
+
+@clients.command("show")
+@click.argument("client_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def show(client_id, config_path):
+    """A client's registration and every change made to it."""
+    _, engine = _engine(config_path)
+    client = get_client(engine, client_id)
+    if client is None:
+        raise click.ClickException(f"no client {client_id!r}")
+    click.echo(json.dumps({**client.describe(), "changes": client_changes(engine, client_id)}, indent=2))
+
+
+@clients.command("disable")
+@click.argument("client_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def disable(client_id, config_path):
+    """Refuse the client new tokens (tokens already issued expire within auth.token_lifetime)."""
+    _change(config_path, lambda engine: set_disabled(engine, client_id, True, actor()))
+
+
+@clients.command("enable")
+@click.argument("client_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def enable(client_id, config_path):
+    _change(config_path, lambda engine: set_disabled(engine, client_id, False, actor()))
+
+
+@clients.command("remove")
+@click.argument("client_id")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def remove(client_id, config_path):
+    _change(config_path, lambda engine: remove_client(engine, client_id, actor()))
+
+
+def _change(config_path, change) -> None:
+    _, engine = _engine(config_path)
+    try:
+        change(engine)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@clients.command("keygen")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--kid", help="Key id (default: random).")
+def keygen(out, kid):
+    """Make an ES384 key pair for a client: the private key to OUT (mode 600), the public JWK Set printed."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    write_private_key(Path(out), key)
+    click.echo(json.dumps({"keys": [{**public_jwk(key, kid or uuid.uuid4().hex[:16]), "alg": "ES384"}]}, indent=2))
+
+
+def write_private_key(path: Path, key) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+
+
+# -- the local development client of `fhirimg run` ----------------------------------------------
+def ensure_dev_client(config: dict, engine) -> bool:
+    """Register the one-machine development client (key under var/) unless it exists;
+    returns whether it was made now."""
+    var = Path(config["var_dir"])
+    record = var / DEV_CLIENT_FILE
+    if record.exists() and get_client(engine, DEV_CLIENT_ID) is not None:
+        return False
+    key = ec.generate_private_key(ec.SECP384R1())
+    kid = uuid.uuid4().hex[:16]
+    write_private_key(var / "dev-client-key.pem", key)
+    add_client(engine, Client(DEV_CLIENT_ID, "fhirimg run: local development client", DEV_SCOPES,
+                              {"keys": [{**public_jwk(key, kid), "alg": "ES384"}]}), "fhirimg run", replace=True)
+    record.write_text(json.dumps({"client_id": DEV_CLIENT_ID, "kid": kid, "key": "dev-client-key.pem"}))
+    return True
+
+
+def default_base(config: dict) -> str:
+    if config["base_url"]:
+        return config["base_url"]
+    host = config["serve"]["host"]
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{config['serve']['port']}/fhir"
+
+
+@click.command()
+@click.option("--base", help="FHIR base URL of the server (default: from the configuration).")
+@click.option("--client-id", help="Registered client id (default: the development client of `fhirimg run`).")
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False), help="The client's private key (PEM).")
+@click.option("--kid", help="The key's kid as registered.")
+@click.option("--scope", default=DEV_SCOPES, show_default=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def token(base, client_id, key_file, kid, scope, config_path):
+    """Print an access token from the server's /auth/token (SMART Backend Services)."""
+    from ..cli import _load
+    config = _load(config_path)
+    if client_id is None:
+        record_path = Path(config["var_dir"]) / DEV_CLIENT_FILE
+        if not record_path.exists():
+            raise click.ClickException(f"no {record_path}: start `fhirimg run` once (it registers a development "
+                                       "client), or give --client-id, --key and --kid")
+        record = json.loads(record_path.read_text())
+        client_id, kid, key_file = record["client_id"], record["kid"], str(record_path.parent / record["key"])
+    if not (key_file and kid):
+        raise click.ClickException("--client-id needs --key and --kid")
+    client = BackendServicesClient(client_id, load_private_key(key_file), kid, scope, (base or default_base(config)))
+    try:
+        click.echo(client.token())
+    except (TokenRequestError, OSError) as exc:
+        click.echo(f"fhirimg token: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,177 @@
+"""The one access decision: may this principal do this interaction on this type, and on
+which of its resources. Every path asks here (REST views, Bundle entries, search and its
+includes, history, $retrieve, DICOMweb) and nowhere else is access decided.
+
+``decide`` answers at the type level from the scopes; its ``Access`` carries the narrowing
+(patient compartment, granular ``?param=value`` criteria, the client's registered patients)
+as one SQL condition, so a search is narrowed in SQL - pages and totals count only what
+the token may see - and a single resource is checked by the same condition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, or_, select, true
+
+from ..errors import FhirError
+from ..search.criteria import criterion_condition
+from ..store.schema import resource_current
+from .compartment import in_compartment, patient_ids
+from .errors import Forbidden
+from .principal import Principal
+
+LETTER_NAMES = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+METHOD_LETTERS = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
+
+
+@dataclass
+class Rule:
+    """One scope's share: the patients it is limited to (None: any) and its criteria."""
+
+    patients: tuple[str, ...] | None
+    criteria: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Access:
+    principal: Principal
+    letter: str
+    res_type: str
+    rules: list[Rule] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.rules)
+
+    @property
+    def is_narrowed(self) -> bool:
+        """Whether only some resources of the type are reachable (else: all, no SQL needed)."""
+        unrestricted = any(r.patients is None and not r.criteria for r in self.rules)
+        return not unrestricted or self.principal.is_limited
+
+    def require(self) -> "Access":
+        if not self.allowed:
+            raise Forbidden(self.reason)
+        return self
+
+    def condition(self, cur=resource_current):
+        """The WHERE condition on `cur` selecting the reachable resources; None = all of them."""
+        if not self.is_narrowed:
+            return None
+        branches = []
+        for rule in self.rules:
+            parts = []
+            if rule.patients is not None:
+                parts.append(in_compartment(self.res_type, rule.patients, cur))
+            for name, value in rule.criteria:
+                try:
+                    parts.append(criterion_condition(self.res_type, name, value, cur))
+                except FhirError:  # a criterion this type cannot evaluate grants nothing
+                    parts = None
+                    break
+            if parts is not None:
+                branches.append(and_(*parts) if parts else true())
+        scope_part = or_(*branches) if branches else ~true()
+        limit = patient_ids(self.principal.patients, self.principal.organizations)
+        if limit is not None:
+            return and_(scope_part, in_compartment(self.res_type, limit, cur))
+        return scope_part
+
+
+def decide(principal: Principal, letter: str, res_type: str) -> Access:
+    """What `principal` may do with `letter` (c r u d s) on `res_type`."""
+    access = Access(principal, letter, res_type)
+    skipped = []
+    for scope in principal.scopes.granting(letter, res_type):
+        if scope.context == "patient":
+            if not principal.patient:  # never read as system-level access (SMART Imaging)
+                skipped.append(scope.text())
+                continue
+            access.rules.append(Rule((principal.patient,), scope.criteria))
+        else:
+            access.rules.append(Rule(None, scope.criteria))
+    if not access.rules:
+        access.reason = missing_scope(principal, letter, res_type, skipped)
+    return access
+
+
+def missing_scope(principal: Principal, letter: str, res_type: str, skipped: list[str]) -> str:
+    text = (f"the token has no scope that allows {LETTER_NAMES[letter]} on {res_type} "
+            f"(e.g. system/{res_type}.{letter} or patient/{res_type}.{letter} with a patient context)")
+    if skipped:
+        text += f"; {', '.join(skipped)} need a patient context, which the token does not have"
+    if principal.notes:
+        text += "; " + "; ".join(principal.notes)
+    return text
+
+
+def reachable(conn, access: Access, res_type: str, res_id: str) -> bool:
+    """Whether the current version of one resource is within `access` (one indexed probe)."""
+    condition = access.condition()
+    if condition is None:
+        return True
+    cur = resource_current
+    query = select(cur.c.res_id).where(cur.c.res_type == res_type, cur.c.res_id == res_id, condition)
+    return conn.execute(query).first() is not None
+
+
+def reachable_ids(conn, access: Access, res_type: str, ids: list[str]) -> set[str]:
+    condition = access.condition()
+    if condition is None:
+        return set(ids)
+    cur = resource_current
+    out = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        query = select(cur.c.res_id).where(cur.c.res_type == res_type, cur.c.res_id.in_(chunk), condition)
+        out |= {row.res_id for row in conn.execute(query)}
+    return out
+
+
+def require_resource(conn, principal: Principal, letter: str, res_type: str, res_id: str) -> Access:
+    """403 unless `principal` may `letter` this very resource."""
+    access = decide(principal, letter, res_type).require()
+    if not reachable(conn, access, res_type, res_id):
+        raise Forbidden(f"{res_type}/{res_id} is outside what the token may {LETTER_NAMES[letter]}"
+                        + (f" (patient context Patient/{principal.patient})" if principal.patient else ""),
+                        resource=(res_type, res_id))
+    return access
+
+
+def entry_letter(method: str, res_id: str | None) -> str:
+    """The permission a Bundle entry's request needs (batch/transaction have none of their own)."""
+    if method in ("GET", "HEAD"):
+        return "r" if res_id else "s"
+    return METHOD_LETTERS[method]
+
+
+def readable(principal: Principal, res_type: str) -> list[Access]:
+    """The accesses that let a resource of `res_type` be shown: read or search (for includes)."""
+    return [a for a in (decide(principal, "r", res_type), decide(principal, "s", res_type)) if a.allowed]
+
+
+class WriteGuard:
+    """Attached to a unit of work: checks each change against the principal, before it is
+    made (the resource as it was must be reachable) and before commit (as it is now)."""
+
+    def __init__(self, principal: Principal):
+        self.principal = principal
+
+    def before_change(self, uow, res_type: str, res_id: str, letter: str) -> None:
+        require_resource(uow.conn, self.principal, letter, res_type, res_id)
+
+    def before_reveal(self, uow, res_type: str, res_id: str) -> None:
+        """A conditional create that matched answers with the existing resource: that is a read."""
+        require_resource(uow.conn, self.principal, "r", res_type, res_id)
+
+    def before_commit(self, uow) -> None:
+        for stored in uow.written:
+            letter = METHOD_LETTERS.get(stored.method, "u")
+            access = decide(self.principal, letter, stored.res_type).require()
+            if stored.is_deleted or not access.is_narrowed:
+                continue
+            if not reachable(uow.conn, access, stored.res_type, stored.res_id):
+                raise Forbidden(f"the {stored.res_type} written would be outside what the token may "
+                                f"{LETTER_NAMES[letter]} (its patient compartment or scope criteria)",
+                                resource=(stored.res_type, stored.res_id))

@@ -1,0 +1,50 @@
+"""DICOMweb under the same decision as FHIR (SMART Imaging Access): a study's DICOM data is
+reachable exactly when the ImagingStudy that names its Study Instance UID is.
+
+QIDO-RS is a search of ImagingStudy (``s``), WADO-RS a read (``r``). A principal with
+unrestricted access sees every stored study; a narrowed one only studies whose
+ImagingStudy (``identifier`` ``urn:dicom:uid|urn:oid:<uid>``) it reaches, decided before
+a single DICOM byte is sent, for the whole study at once.
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from ..search.tables import search_token
+from ..store.schema import resource_current
+from .decision import Access, decide
+from .errors import Forbidden
+from .principal import Principal
+
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+OID_PREFIX = "urn:oid:"
+
+
+def reachable_study_uids(access: Access):
+    """A SELECT of the Study Instance UIDs of the ImagingStudies within `access`, or None (all)."""
+    condition = access.condition()
+    if condition is None:
+        return None
+    cur, tok = resource_current, search_token
+    studies = select(cur.c.res_id).where(cur.c.res_type == "ImagingStudy", cur.c.is_deleted.is_(False), condition)
+    return select(func.substr(tok.c.code, len(OID_PREFIX) + 1)).where(
+        tok.c.res_type == "ImagingStudy", tok.c.param == "identifier", tok.c.system == DICOM_UID_SYSTEM,
+        tok.c.code.like(OID_PREFIX + "%"), tok.c.res_id.in_(studies))
+
+
+def study_filter(principal: Principal, letter: str):
+    """The condition QIDO applies to ``dicom_instance.study_uid`` (None: no limit); 403 if none."""
+    return reachable_study_uids(decide(principal, letter, "ImagingStudy").require())
+
+
+def require_study(conn, principal: Principal, letter: str, study_uid: str) -> None:
+    """403 unless the token reaches an ImagingStudy of this Study Instance UID."""
+    uids = study_filter(principal, letter)
+    if uids is None:
+        return
+    tok = search_token
+    found = conn.execute(uids.where(tok.c.code == OID_PREFIX + study_uid).limit(1)).first()
+    if found is None:
+        raise Forbidden(f"study {study_uid} is not within what the token may "
+                        f"{'search' if letter == 's' else 'read'} (its ImagingStudy is outside the token's "
+                        "patient, scopes or registered patients, or there is none)")

@@ -1,0 +1,38 @@
+"""Who a request acts for: the client, the user, the patient context, and the scopes granted."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .scopes import ScopeSet, parse_scopes
+
+
+@dataclass
+class Principal:
+    client_id: str
+    scopes: ScopeSet
+    issuer: str = ""
+    subject: str | None = None
+    fhir_user: str | None = None
+    patient: str | None = None  # the launch context (`patient` claim)
+    expires_at: float = 0.0
+    token_id: str | None = None
+    # The client's pre-authorised reach (client registry): ids, empty = no limit beyond scopes.
+    patients: tuple[str, ...] = ()
+    organizations: tuple[str, ...] = ()
+    anonymous: bool = False
+    notes: list[str] = field(default_factory=list)  # scopes set aside, with why (reported on 403)
+
+    @property
+    def is_limited(self) -> bool:
+        """Whether the client's registration limits it to some patients' data."""
+        return bool(self.patients or self.organizations)
+
+
+def anonymous_principal() -> Principal:
+    """auth.mode = "none" (only with auth.allow_anonymous): everything, as the operator chose."""
+    return Principal("anonymous", parse_scopes("system/*.cruds"), anonymous=True)
+
+
+def internal_principal(name: str) -> Principal:
+    """The server's own work (workers, replication apply): full access, never from a token."""
+    return Principal(name, parse_scopes("system/*.cruds"))
