@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from ..auth.decision import decide, reachable_ids, readable
+from ..auth.decision import decide, reachable_ids, readable, require_own_patient
 from ..auth.errors import Forbidden
 from ..errors import Invalid
 from ..resources import SUPPORTED_TYPES
@@ -77,7 +77,9 @@ def context() -> SearchContext:
 def narrowed(search_request: SearchRequest) -> SearchRequest:
     """The search limited, in SQL, to what the token may search: its patient compartment,
     its granular scopes' criteria, its client's registered patients (403 if nothing)."""
-    condition = decide(current_principal(), "s", search_request.res_type).require().condition()
+    access = decide(current_principal(), "s", search_request.res_type).require()
+    require_own_patient(access, search_request.criteria)
+    condition = access.condition()
     if condition is not None:
         search_request.conditions.append(condition)
     return search_request

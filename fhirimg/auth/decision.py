@@ -96,6 +96,25 @@ def decide(principal: Principal, letter: str, res_type: str) -> Access:
     return access
 
 
+PATIENT_PARAMETERS = {"Patient": ("_id",), "ImagingStudy": ("patient", "subject"), "Task": ("patient", "subject")}
+
+
+def require_own_patient(access: Access, criteria: list[tuple[str, str]]) -> None:
+    """SMART Imaging: a patient-context token that names another patient in a search gets
+    403, not an empty Bundle (only when patient scopes are all that grant the search)."""
+    patient = access.principal.patient
+    if patient is None or any(rule.patients is None for rule in access.rules):
+        return
+    for name, value in criteria:
+        if name.split(":", 1)[0] not in PATIENT_PARAMETERS.get(access.res_type, ()):
+            continue
+        for item in value.split(","):
+            named = item.rsplit("/", 1)[-1] if item.startswith(("Patient/", "http")) or "/" not in item else None
+            if named is not None and named != patient:
+                raise Forbidden(f"the token's patient context is Patient/{patient}; {name}={item} asks for "
+                                f"Patient/{named}", [name])
+
+
 def missing_scope(principal: Principal, letter: str, res_type: str, skipped: list[str]) -> str:
     text = (f"the token has no scope that allows {LETTER_NAMES[letter]} on {res_type} "
             f"(e.g. system/{res_type}.{letter} or patient/{res_type}.{letter} with a patient context)")
