@@ -78,7 +78,8 @@ def run(config_path) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--base", default="http://127.0.0.1:8080/fhir", show_default=True, help="FHIR base URL.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def load(paths, base, quiet) -> None:
+@click.option("--token", envvar="FHIRIMG_TOKEN", help="Bearer token (or FHIRIMG_TOKEN); see `fhirimg token`.")
+def load(paths, base, quiet, token) -> None:
     """Send resources and Bundles from JSON/NDJSON files or directories to a FHIR server.
 
     Transaction and batch Bundles are POSTed to the base; a resource with an id is PUT
@@ -86,7 +87,7 @@ def load(paths, base, quiet) -> None:
     """
     from .loader import ServerUnreachable, load_paths
     try:
-        summary = load_paths(list(paths), base, progress=not quiet)
+        summary = load_paths(list(paths), base, progress=not quiet, token=token)
     except ServerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary.describe())

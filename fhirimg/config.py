@@ -137,7 +137,7 @@ def _from_env(env: Mapping[str, str]) -> dict:
     """FHIRIMG_A__B=v becomes {"a": {"b": v}}; values stay strings for marshmallow to parse."""
     out: dict = {}
     for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG",) or key.startswith(ENV_PREFIX + "TEST_"):
+        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "TOKEN") or key.startswith(ENV_PREFIX + "TEST_"):
             continue
         parts = key[len(ENV_PREFIX):].lower().split("__")
         node = out

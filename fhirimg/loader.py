@@ -85,9 +85,12 @@ def request_for(document: dict, base: str) -> tuple[str, str]:
     return "POST", f"{base}/{res_type}"
 
 
-def load_paths(paths: list[str], base: str, progress: bool = True, session=None) -> LoadSummary:
+def load_paths(paths: list[str], base: str, progress: bool = True, session=None,
+               token: str | None = None) -> LoadSummary:
     """Send every resource found under `paths`; failures are collected, not raised."""
     session = session or requests.Session()
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
     summary = LoadSummary()
     started = time.monotonic()
     for path in tqdm(find_files(paths), disable=not progress, unit="file", desc="loading"):

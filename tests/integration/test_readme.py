@@ -2,6 +2,7 @@
 cannot drift from what the server does."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from ..services import fhirimg_command
 from .test_serve import Served
 
 README = Path(__file__).resolve().parents[2] / "README.rst"
@@ -57,23 +59,46 @@ def test_the_readme_shows_every_interaction():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    server = Served(tmp_path_factory.mktemp("readme"))
+    server = Served(tmp_path_factory.mktemp("readme"), anonymous=False)  # smart, as `make run`
     yield server
     server.stop()
 
 
-def test_every_curl_example_answers_as_documented(served):
+def fhirimg(served, *args: str) -> str:
+    result = subprocess.run(fhirimg_command() + list(args), cwd=served.workdir, env=served.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def token(served) -> str:
+    """As the README's access-control section: a key, a registered client, a token."""
+    jwks = json.loads(fhirimg(served, "clients", "keygen", "readme.pem"))
+    (served.workdir / "readme.jwks").write_text(json.dumps(jwks))
+    fhirimg(served, "clients", "add", "readme", "--jwks", "readme.jwks", "--scopes", "system/*.cruds")
+    kid = jwks["keys"][0]["kid"]
+    return fhirimg(served, "token", "--client-id", "readme", "--key", "readme.pem", "--kid", kid,
+                   "--base", served.base).strip()
+
+
+def test_every_curl_example_answers_as_documented(served, token):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     commands = curl_blocks(README.read_text())
     # Each curl prints only its status code, one per line.
     script = "curl() { command curl -sS -o /dev/null -w '%{http_code}\\n' \"$@\"; }\nset -e\n" + "\n".join(commands)
-    result = subprocess.run(["bash", "-c", script], env={**served.env, "FHIR": served.base},
+    result = subprocess.run(["bash", "-c", script], env={**served.env, "FHIR": served.base, "TOKEN": token},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert [int(code) for code in result.stdout.split()] == EXPECTED
     assert len(re.findall(r"^\s*curl ", "\n".join(commands), re.M)) == len(EXPECTED)
-    updated = requests.get(f"{served.base}/Patient/anna/_history/2").json()
+    without = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{served.base}/Patient/anna"],
+                             capture_output=True, text=True, timeout=30)
+    assert without.stdout == "401"  # and nothing is served without the token
+    auth = {"Authorization": f"Bearer {token}"}
+    updated = requests.get(f"{served.base}/Patient/anna/_history/2", headers=auth).json()
     assert updated["name"][0]["given"] == ["Anna", "Maria"]
-    found = requests.get(f"{served.base}/Patient", params={"identifier": "http://hospital.example.org/mrn|12345"})
+    found = requests.get(f"{served.base}/Patient", params={"identifier": "http://hospital.example.org/mrn|12345"},
+                         headers=auth)
     assert found.json().get("entry", []) == []  # the conditional delete removed the only match

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from redis import Redis
 from rq import Worker
 
 from ..factories import make_patient
-from ..services import descendants, fhirimg_env, free_port, start_fhirimg, wait_for_http, wait_gone
+from ..services import fhirimg_command, descendants, fhirimg_env, free_port, start_fhirimg, wait_for_http, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +28,18 @@ class Running:
         self.var = workdir / "var"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
-        env = fhirimg_env(var_dir=self.var, database_url=f"sqlite:///{self.var / 'fhirimg.db'}",
+        self.env = env = fhirimg_env(var_dir=self.var, database_url=f"sqlite:///{self.var / 'fhirimg.db'}",
                           serve__port=self.port, serve__workers=1, log_level="INFO")
         self.process = start_fhirimg(["run"], workdir, env, start_new_session=True)
         wait_for_http(f"{self.base}/metadata", self.process, timeout=90, log=workdir / "fhirimg.log")
         self.children = descendants(self.process.pid)
+
+    def token(self) -> str:
+        """`fhirimg token`, as the printed hint says, for the development client."""
+        result = subprocess.run(fhirimg_command() + ["token"], cwd=self.workdir, env=self.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
 
     @property
     def socket(self) -> Path:
@@ -87,10 +95,19 @@ def test_run_serves_the_api_with_embedded_redis_and_a_worker(running):
     assert workers[0].queue_names() == ["fhirimg-urgent", "fhirimg"]
     names = {" ".join(p.cmdline()) for p in running.children}
     assert any("redis-server" in n for n in names) and any(" worker" in n for n in names)
-    created = requests.post(f"{running.base}/Patient", json=make_patient(),
-                            headers={"Content-Type": "application/fhir+json"}, timeout=10)
+    assert requests.get(f"{running.base}/Patient", timeout=10).status_code == 401  # smart mode
+    token = running.token()
+    created = requests.post(f"{running.base}/Patient", json=make_patient(), timeout=10,
+                            headers={"Content-Type": "application/fhir+json", "Authorization": f"Bearer {token}"})
     assert created.status_code == 201
     assert (running.var / "fhirimg.db").exists()
+
+
+def test_run_prints_how_to_get_a_token_once(running):
+    log = (running.workdir / "fhirimg.log").read_text()
+    assert log.count("token)") == 1 and "A development client was registered" in log
+    assert running.token().count(".") == 2  # a JWT
+
 
 
 def test_ctrl_c_stops_every_child_and_leaves_no_redis(running):
