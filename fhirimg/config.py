@@ -216,10 +216,17 @@ class CredentialsSchema(Schema):
     secrets themselves never sit in a configuration file). Base of the replication link and
     transfer source schemas."""
 
-    auth = fields.String(load_default="none", validate=validate.OneOf(["none", "basic", "bearer"]))
+    auth = fields.String(load_default="none", validate=validate.OneOf(["none", "basic", "bearer", "smart-backend"]))
     username_env = fields.String(load_default="", validate=ENV_NAME)
     password_env = fields.String(load_default="", validate=ENV_NAME)
     token_env = fields.String(load_default="", validate=ENV_NAME)
+    # auth = "smart-backend": fhirimg is a SMART Backend Services client of the remote.
+    client_id = fields.String(load_default="")
+    kid = fields.String(load_default="")
+    private_key_file = fields.String(load_default="")
+    private_key_env = fields.String(load_default="", validate=ENV_NAME)
+    token_url = fields.String(load_default="", validate=validate.Regexp(r"^(|https?://\S+)$"))
+    scope = fields.String(load_default="system/*.rs")
 
     @validates_schema
     def check_auth_references(self, data, **_):
@@ -227,3 +234,7 @@ class CredentialsSchema(Schema):
             raise ValidationError("basic auth needs username_env and password_env", "auth")
         if data["auth"] == "bearer" and not data["token_env"]:
             raise ValidationError("bearer auth needs token_env", "auth")
+        if data["auth"] == "smart-backend" and not (data["client_id"] and data["kid"]
+                                                    and (data["private_key_file"] or data["private_key_env"])):
+            raise ValidationError("smart-backend auth needs client_id, kid and private_key_file or "
+                                  "private_key_env", "auth")

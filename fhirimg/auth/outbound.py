@@ -106,3 +106,22 @@ class BackendServicesClient:
             raise TokenRequestError(f"{token_url} refused a token for {self.client_id}: {response.status_code} "
                                     f"{body.get('error', '')} {body.get('error_description', '')}".strip())
         return body["access_token"], time.time() + float(body.get("expires_in") or 60)
+
+
+_clients: dict[tuple, BackendServicesClient] = {}
+_clients_lock = threading.Lock()
+
+
+def backend_client(credentials, fhir_base: str, session: requests.Session | None = None) -> BackendServicesClient:
+    """The process's one client for a link's or source's ``smart-backend`` credentials (an
+    object with client_id, kid, private_key_file/env, token_url, scope), so that its token
+    is shared by every request and renewed once."""
+    key = (credentials.client_id, credentials.kid, credentials.token_url or fhir_base, credentials.scope)
+    with _clients_lock:
+        found = _clients.get(key)
+        if found is None:
+            private = load_private_key(credentials.private_key_file, credentials.private_key_env)
+            found = BackendServicesClient(credentials.client_id, private, credentials.kid, credentials.scope,
+                                          fhir_base, credentials.token_url, session)
+            _clients[key] = found
+        return found

@@ -62,6 +62,10 @@ class PeerClient:
         self.sleep = sleep
         self.session = session or requests.Session()
         self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": USER_AGENT, **auth_headers(link)})
+        self.backend = None
+        if link.auth == "smart-backend":
+            from ..auth.outbound import backend_client
+            self.backend = backend_client(link, self.base)
         self.peer_site: str | None = None
 
     def close(self) -> None:
@@ -86,11 +90,13 @@ class PeerClient:
              accept_4xx: bool = False) -> requests.Response:
         """The response to a request, retried while the failure is transient."""
         last: PeerError | None = None
+        renewed = False
         for attempt in range(self.policy.max_attempts):
             if attempt:
                 self.sleep(last.delay if getattr(last, "delay", None) is not None else self.backoff(attempt))
             try:
-                response = self.session.request(method, url, data=data, headers=headers or {},
+                response = self.session.request(method, url, data=data, headers={**(headers or {}),
+                                                                                **self.token_header()},
                                                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
                                                 allow_redirects=False, stream=True)
             except requests.RequestException as exc:
@@ -98,6 +104,14 @@ class PeerClient:
                 continue
             if SITE_HEADER in response.headers:
                 self.peer_site = response.headers[SITE_HEADER]
+            if response.status_code == 401 and self.backend is not None and not renewed:
+                # backend-services.html: a token may be revoked or rotated early; ask once more.
+                renewed = True
+                self.backend.invalidate()
+                response.close()
+                last = PeerError(f"{method} {url}: 401, token renewed", 401)
+                last.delay = 0.0
+                continue
             if response.status_code < 300 or (accept_4xx and response.status_code < 500
                                               and response.status_code != 429):
                 return response
@@ -107,6 +121,15 @@ class PeerClient:
                 raise last
             last.delay = retry_after(response.headers.get("Retry-After"), self.policy.retry_after_max)
         raise last
+
+    def token_header(self) -> dict[str, str]:
+        if self.backend is None:
+            return {}
+        from ..auth.outbound import TokenRequestError
+        try:
+            return self.backend.headers()
+        except (TokenRequestError, requests.RequestException, OSError) as exc:
+            raise PeerError(f"no token from {self.link.token_url or self.base}: {exc}") from None
 
     def backoff(self, attempt: int) -> float:
         ceiling = min(self.policy.backoff_max, self.policy.backoff_base * (2 ** (attempt - 1)))

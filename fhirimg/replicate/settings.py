@@ -96,6 +96,12 @@ class Link:
     username_env: str = ""
     password_env: str = ""
     token_env: str = ""
+    client_id: str = ""
+    kid: str = ""
+    private_key_file: str = ""
+    private_key_env: str = ""
+    token_url: str = ""
+    scope: str = "system/*.rs"
     enabled: bool = True
 
 

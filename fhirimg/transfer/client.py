@@ -50,10 +50,16 @@ class EndpointLimits:
     address_prefix: str
     max_concurrency: int = 4
     max_requests_per_second: float = 0.0  # 0 = unlimited
-    auth: str = "none"  # none | basic | bearer
+    auth: str = "none"  # none | basic | bearer | smart-backend
     username_env: str = ""
     password_env: str = ""
     token_env: str = ""
+    client_id: str = ""
+    kid: str = ""
+    private_key_file: str = ""
+    private_key_env: str = ""
+    token_url: str = ""
+    scope: str = "system/*.rs"
 
 
 @dataclass
@@ -98,6 +104,7 @@ class TransferClient:
         gate = self.gate_for(url, limits)
         headers = {"Accept": accept, "Accept-Encoding": "identity", "User-Agent": USER_AGENT,
                    **self.auth_headers(limits)}
+        renewed = False
         for attempt in range(self.settings.max_retries + 1):
             with gate.slot(self.sleep, self.monotonic):
                 delay = None
@@ -116,6 +123,10 @@ class TransferClient:
                     failure = status_error(url, response)
                     if response.status_code in RETRY_STATUSES:
                         delay = self.retry_delay(response, attempt)
+                    elif response.status_code == 401 and limits.auth == "smart-backend" and not renewed:
+                        renewed, delay = True, 0.0  # the token may have been revoked: renew it once
+                        self.backend_for(limits).invalidate()
+                        headers.update(self.auth_headers(limits))
                     response.close()
             if delay is None or attempt == self.settings.max_retries:
                 raise failure
@@ -185,7 +196,19 @@ class TransferClient:
             return {"Authorization": f"Basic {token}"}
         if limits.auth == "bearer":
             return {"Authorization": f"Bearer {self.environ.get(limits.token_env, '')}"}
+        if limits.auth == "smart-backend":
+            from ..auth.outbound import TokenRequestError
+            try:
+                return self.backend_for(limits).headers()
+            except (TokenRequestError, requests.RequestException, OSError) as exc:
+                raise SourceError(f"no token for {limits.address_prefix}: {exc}") from None
         return {}
+
+    def backend_for(self, limits: EndpointLimits):
+        """The SMART Backend Services client of a source (its token_url is required: a
+        DICOMweb base has no .well-known/smart-configuration of its own)."""
+        from ..auth.outbound import backend_client
+        return backend_client(limits, limits.address_prefix)
 
 
 class EndpointGate:
