@@ -151,6 +151,15 @@ def keygen(out, kid):
     click.echo(json.dumps({"keys": [{**public_jwk(key, kid or uuid.uuid4().hex[:16]), "alg": "ES384"}]}, indent=2))
 
 
+def keygen_files(private_path: Path) -> tuple[Path, str]:
+    """An ES384 key at `private_path` and its JWK Set beside it (``.jwks``); returns (path, kid)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    kid = uuid.uuid4().hex[:16]
+    write_private_key(private_path, key)
+    private_path.with_suffix(".jwks").write_text(json.dumps({"keys": [{**public_jwk(key, kid), "alg": "ES384"}]}))
+    return private_path, kid
+
+
 def write_private_key(path: Path, key) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
