@@ -80,11 +80,11 @@ def ids(bundle: dict, mode: str = "match") -> set[str]:
 def test_patient_context_reads_its_own_compartment_only(app, world):
     web = as_token(app, "patient/*.rs", patient="A")
     a, b = world["A"], world["B"]
-    for path in (f"Patient/A", f"ImagingStudy/{a['study']}", f"Endpoint/{a['endpoint']}", f"Task/{a['task']}",
-                 f"ImagingStudy/{a['study']}/_history/1", f"Patient/A/_history"):
+    for path in ("Patient/A", f"ImagingStudy/{a['study']}", f"Endpoint/{a['endpoint']}", f"Task/{a['task']}",
+                 f"ImagingStudy/{a['study']}/_history/1", "Patient/A/_history"):
         assert web.get(f"/fhir/{path}").status_code == 200, path
-    for path in (f"Patient/B", f"ImagingStudy/{b['study']}", f"Endpoint/{b['endpoint']}", f"Task/{b['task']}",
-                 f"ImagingStudy/{b['study']}/_history/1", f"Patient/B/_history"):
+    for path in ("Patient/B", f"ImagingStudy/{b['study']}", f"Endpoint/{b['endpoint']}", f"Task/{b['task']}",
+                 f"ImagingStudy/{b['study']}/_history/1", "Patient/B/_history"):
         forbidden(web.get(f"/fhir/{path}"))
 
 
