@@ -28,6 +28,7 @@ CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Accept, Prefer, If-Match, If-None-Match, If-None-Exist, X-Request-Id"
 CORS_EXPOSE = "ETag, Location, Content-Location, Last-Modified, X-Request-Id, X-Next-Poll, WWW-Authenticate"
 ANONYMOUS_WARNING_SECONDS = 3600
+ANONYMOUS = anonymous_principal()
 
 
 def auth_context() -> AuthContext:
@@ -60,7 +61,7 @@ def authenticate() -> Response | None:
         return None
     context = auth_context()
     if not context.enabled:
-        g.principal = anonymous_principal()
+        g.principal = ANONYMOUS
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

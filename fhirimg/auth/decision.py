@@ -80,7 +80,15 @@ class Access:
 
 
 def decide(principal: Principal, letter: str, res_type: str) -> Access:
-    """What `principal` may do with `letter` (c r u d s) on `res_type`."""
+    """What `principal` may do with `letter` (c r u d s) on `res_type` (remembered on the
+    principal, which is cached with its token: a request pays for a dict lookup)."""
+    found = principal.decisions.get((letter, res_type))
+    if found is None:
+        found = principal.decisions[(letter, res_type)] = _decide(principal, letter, res_type)
+    return found
+
+
+def _decide(principal: Principal, letter: str, res_type: str) -> Access:
     access = Access(principal, letter, res_type)
     skipped = []
     for scope in principal.scopes.granting(letter, res_type):

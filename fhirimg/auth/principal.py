@@ -21,6 +21,7 @@ class Principal:
     organizations: tuple[str, ...] = ()
     anonymous: bool = False
     notes: list[str] = field(default_factory=list)  # scopes set aside, with why (reported on 403)
+    decisions: dict = field(default_factory=dict, repr=False, compare=False)  # auth.decision.decide's memo
 
     @property
     def is_limited(self) -> bool:
