@@ -39,7 +39,7 @@ class AuthContext:
 
 
 def build_auth(settings: dict, engine: Engine) -> AuthContext:
-    policy = HostPolicy(settings["allowed_hosts"], settings["allow_loopback"])
+    policy = HostPolicy(settings["allowed_hosts"], settings["allow_loopback"], list_name="auth.allowed_hosts")
     keys = KeyRing(engine, settings["key_rotation_days"] * 86_400, settings["token_lifetime"])
     key_sets = KeySetCache(policy, settings["jwks_max_age"], settings["jwks_refresh_cooldown"])
     tokens = TokenServer(engine, keys, key_sets, settings["token_lifetime"], settings["clock_skew"])

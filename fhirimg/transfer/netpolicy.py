@@ -36,6 +36,7 @@ class HostPolicy:
     allowed_hosts: list[str] = field(default_factory=list)
     allow_loopback: bool = False
     resolve: Resolver = socket.getaddrinfo
+    list_name: str = "transfer allow-list"  # named in refusals: which setting to change
 
     def check_url(self, url: str) -> tuple[str, str, int]:
         """Check a URL before any request; return (scheme, host, port)."""
@@ -43,7 +44,7 @@ class HostPolicy:
         if host in METADATA_HOSTS:
             raise HostRefused(f"host {host} is a cloud metadata service")
         if not self.is_listed(host, port):
-            raise HostRefused(f"host {host}:{port} is not on the transfer allow-list")
+            raise HostRefused(f"host {host}:{port} is not on the {self.list_name}")
         for address in self.resolve_addresses(host, port):
             self.check_address(address)
         return scheme, host, port

@@ -10,10 +10,19 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
+from fhirimg.config import load_config
+
+from ..auth_support import ANONYMOUS
 from ..factories import make_patient
 
 FHIR = {"Content-Type": "application/fhir+json"}
 CLIENTS = 8
+
+
+@pytest.fixture
+def config(database):
+    """Races over plain sockets, anonymous: access control is tests/auth's subject."""
+    return load_config(env={}, read_files=False, overrides={"database_url": database[0], "auth": ANONYMOUS})
 
 
 @pytest.fixture

@@ -104,7 +104,9 @@ def test_retrieve_through_the_worker_serves_the_study_back_over_dicomweb(site_en
     assert site.served_study(small_study.study_uid) == small_study.instances
     server = LiveServer(site.app)
     try:
-        client = DICOMwebClient(server.url + "/dicom-web")
+        # The same bearer token as for the FHIR API (SMART Imaging: requires-access-token).
+        client = DICOMwebClient(server.url + "/dicom-web",
+                                headers={"Authorization": site.client.environ_base["HTTP_AUTHORIZATION"]})
         series = client.search_for_series(small_study.study_uid)
         assert {s["0020000E"]["Value"][0] for s in series} == {s.series_uid for s in small_study.series}
         for s in small_study.series:
