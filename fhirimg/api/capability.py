@@ -90,10 +90,33 @@ def capability_statement() -> dict:
             + ([{"code": "batch"}] if ("/", "POST") in routes else []),
         }],
     }
+    security = security_entry()
+    if security:
+        statement["rest"][0]["security"] = security
     system_ops = [op for op in operation_entries(None)]
     if system_ops:
         statement["rest"][0]["operation"] = system_ops
     return statement
+
+
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def security_entry() -> dict | None:
+    """rest.security: SMART-on-FHIR, with the oauth-uris extension (the discovery document
+    at .well-known/smart-configuration is the authoritative one)."""
+    config = current_app.config["FHIRIMG"]
+    if config["auth"]["mode"] != "smart":
+        return None
+    root = base_url()[: -len("/fhir")] if base_url().endswith("/fhir") else base_url()
+    return {
+        "extension": [{"url": OAUTH_URIS, "extension": [{"url": "token", "valueUri": f"{root}/auth/token"}]}],
+        "cors": bool(config["cors"]["allowed_origins"]),
+        "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}],
+        "description": "SMART Backend Services (client_credentials + private_key_jwt) and SMART v2/v1 scopes; "
+                       f"see {base_url()}/.well-known/smart-configuration",
+    }
 
 
 def resource_capability(res_type: str, routes: set) -> dict:

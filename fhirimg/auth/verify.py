@@ -64,8 +64,9 @@ class TokenVerifier:
         except jwt.PyJWTError:
             return self._introspect(token, audiences)
         if issuer == self.issuer:
+            # Our own tokens: issued on our clock, so no leeway (expired by a second is expired).
             key = self.keys.verification_key(str(header.get("kid", "")))
-            claims = self._decode(token, key, [SIGNING_ALG], audiences, issuer)
+            claims = self._decode(token, key, [SIGNING_ALG], audiences, issuer, leeway=0)
         elif issuer in self.issuers and self.issuers[issuer]["jwks_url"]:
             settings = self.issuers[issuer]
             try:
@@ -79,9 +80,10 @@ class TokenVerifier:
         else:
             raise Unauthorized("the token's issuer is not trusted here")
         principal = principal_from_claims(claims)
-        return principal, float(claims["exp"]) + self.clock_skew
+        return principal, float(claims["exp"]) + (0 if issuer == self.issuer else self.clock_skew)
 
-    def _decode(self, token: str, key, algorithms: list[str], audiences: list[str], issuer: str) -> dict:
+    def _decode(self, token: str, key, algorithms: list[str], audiences: list[str], issuer: str,
+                leeway: int | None = None) -> dict:
         if key is None:
             raise Unauthorized("the token's kid names no key of its issuer")
         alg = jwt.get_unverified_header(token).get("alg")
@@ -89,7 +91,8 @@ class TokenVerifier:
             raise Unauthorized(f"the token's alg {alg!r} is not accepted (accepted: {', '.join(algorithms)})")
         try:
             return jwt.decode(token, key, algorithms=algorithms, audience=audiences, issuer=issuer,
-                              leeway=self.clock_skew, options={"require": ["exp", "iss", "aud"]})
+                              leeway=self.clock_skew if leeway is None else leeway,
+                              options={"require": ["exp", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired") from None
         except jwt.ImmatureSignatureError:
