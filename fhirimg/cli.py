@@ -113,8 +113,13 @@ _register_replicate_commands()
 
 
 @main.group()
-def bench() -> None:
+@click.option("--token", envvar="FHIRIMG_TOKEN", help="Bearer token the benchmarks send to a server of yours "
+              "(or FHIRIMG_TOKEN); servers a benchmark starts itself get tokens on their own.")
+def bench(token: str | None) -> None:
     """Benchmarks that print figures you can compare."""
+    if token:
+        import os
+        os.environ["FHIRIMG_TOKEN"] = token
 
 
 def _register_bench_commands() -> None:

@@ -103,7 +103,7 @@ def read_and_search(base: str, ids: list[str], clients: int, token: str | None, 
 def compare_smart_and_anonymous(count: int, clients: int, rounds: int = 3) -> str:
     """The same gunicorn server twice on one database, smart and anonymous, read and search
     alternated `rounds` times: what access control adds per request, measured in one run."""
-    from .authcompare import TwoServers
+    from .servers import TwoServers
     with TwoServers() as servers:
         rows, wall = bench_crud(servers.anonymous, count, clients)
         ids = []

@@ -19,6 +19,7 @@ import uuid
 import click
 import requests
 
+from .servers import http_session
 from .stats import Latencies
 
 FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -33,7 +34,7 @@ def patient(i: int, tag: str) -> dict:
 def write_versions(base: str, count: int, batch: int = 100, session: requests.Session | None = None,
                    tag: str | None = None) -> float:
     """Write `count` versions as transaction Bundles of PUTs; returns versions/s."""
-    session = session or requests.Session()
+    session = session or http_session()
     tag = tag or uuid.uuid4().hex[:8]
     start = time.perf_counter()
     for first in range(0, count, batch):
@@ -67,7 +68,7 @@ def page_latencies(base: str, path: str, params: dict, pages: int, session: requ
 
 
 def bench_history(base: str, versions: int, count: int, walks: int) -> list[tuple[str, Latencies, Latencies, Latencies]]:
-    session = requests.Session()
+    session = http_session()
     have = change_count(base, session)
     if have < versions:
         rate = write_versions(base, versions - have, session=session)
@@ -114,7 +115,7 @@ def bench_replicate(source: str, changes: int, load_rate: float, load_seconds: f
     from ..replicate.pull import pull_once
     from ..replicate.runner import Site
     from ..replicate.settings import Link
-    session = requests.Session()
+    session = http_session()
     have = change_count(source, session)
     if have < changes:
         rate = write_versions(source, changes - have, session=session)
@@ -153,7 +154,7 @@ def follow_under_load(site, client, link, source: str, rate: float, seconds: flo
     stop, lags = threading.Event(), []
 
     def writer():
-        session, tag, i = requests.Session(), uuid.uuid4().hex[:8], 0
+        session, tag, i = http_session(), uuid.uuid4().hex[:8], 0
         next_at = time.monotonic()
         while not stop.is_set():
             session.put(f"{source}/Patient/bl-{tag}-{i % 500}", json=dict(patient(i, tag), id=f"bl-{tag}-{i % 500}"),

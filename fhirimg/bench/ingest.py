@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import click
 import orjson
 
+from .servers import auth_headers
 from .stats import Latencies
 
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
@@ -150,6 +151,7 @@ class KeepAliveClient:
         connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         self.connect = lambda: connection_class(parts.netloc, timeout=timeout)
         self.path = parts.path or "/"
+        self.headers = {**HEADERS, **auth_headers()}
         self.connection = self.connect()
 
     def post(self, body: bytes) -> tuple[int, str]:
@@ -162,7 +164,7 @@ class KeepAliveClient:
             return self.exchange(body)
 
     def exchange(self, body: bytes) -> tuple[int, str]:
-        self.connection.request("POST", self.path, body=body, headers=HEADERS)
+        self.connection.request("POST", self.path, body=body, headers=self.headers)
         response = self.connection.getresponse()
         payload = response.read()
         if response.will_close:

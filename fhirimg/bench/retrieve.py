@@ -91,6 +91,8 @@ def fhirimg_run(source: str, study_uid: str, parallelism: int, queue) -> None:
     with tempfile.TemporaryDirectory(prefix="fhirimg-bench-") as tmp:
         config = load_config(env={}, read_files=False, overrides={
             "database_url": f"sqlite:///{tmp}/bench.db", "var_dir": tmp,
+            # An in-process site with no port, reached only through its test client.
+            "auth": {"mode": "none", "allow_anonymous": True},
             "transfer": {"allow_loopback": True, "series_parallelism": parallelism,
                          "default_concurrency": max(4, parallelism)}})
         client = create_app(config).test_client()
@@ -121,7 +123,13 @@ def run_fhirimg(source: str, study_uid: str, parallelism: int) -> RunFigures:
     queue = context.Queue()
     process = context.Process(target=fhirimg_run, args=(source, study_uid, parallelism, queue))
     process.start()
-    result = queue.get(timeout=3600)
+    result = None
+    while result is None:  # a child that died says so, instead of leaving us waiting an hour
+        try:
+            result = queue.get(timeout=1)
+        except Exception:  # noqa: BLE001 - queue.Empty from a multiprocessing queue
+            if not process.is_alive():
+                raise RuntimeError(f"the fhirimg retrieve process exited with {process.exitcode}") from None
     process.join()
     if result["status"] != "completed":
         raise click.ClickException(f"the retrieve Task ended {result['status']}: {result['reason']}")

@@ -15,15 +15,12 @@ from __future__ import annotations
 import os
 import random
 import re
-import socket
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import click
-import requests
 from sqlalchemy import func, select, text
 
 from ..search.cursor import decode_cursor
@@ -32,6 +29,7 @@ from ..search.tables import TABLES, search_token
 from ..store import Repository, create_schema, make_engine
 from ..store.schema import resource_current
 from .search_seed import MRN_SYSTEM, seed_population
+from .servers import TOKEN_ENV, http_session, use_token_source
 from .stats import Latencies, format_table
 
 GOALS_MS = {"by-patient": 50, "by-identifier": 50}
@@ -105,22 +103,19 @@ def explain(engine, res_type: str, params: list[tuple[str, str]]) -> tuple[str, 
 
 
 def start_server(database_url: str, workers: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, FHIRIMG_DATABASE_URL=database_url)
-    proc = subprocess.Popen([sys.executable, "-m", "fhirimg.cli", "serve", "--port", str(port),
-                             "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2).ok:
-                return proc, f"http://127.0.0.1:{port}/fhir"
-        except requests.RequestException:
-            time.sleep(0.2)
-    proc.kill()
-    raise click.ClickException("the benchmark server did not start within 60 s")
+    """`fhirimg serve` over the seeded database, in smart mode, with a token for the benchmark's
+    own client (what http_session sends)."""
+    import tempfile
+    from pathlib import Path
+    from .servers import BenchClient, start_serve
+    workdir = Path(tempfile.mkdtemp(prefix="fhirimg-bench-search-"))
+    env = {**{k: v for k, v in os.environ.items() if k != TOKEN_ENV}, "FHIRIMG_DATABASE_URL": database_url}
+    try:
+        proc, base = start_serve(env, workdir, workers)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    use_token_source(BenchClient(database_url, workdir, base).token)
+    return proc, base
 
 
 def timed_requests(name: str, urls: list[str], clients: int) -> tuple[Latencies, float]:
@@ -129,7 +124,7 @@ def timed_requests(name: str, urls: list[str], clients: int) -> tuple[Latencies,
 
     def one(url: str):
         import threading
-        session = sessions.setdefault(threading.get_ident(), requests.Session())
+        session = sessions.setdefault(threading.get_ident(), http_session())
         start = time.perf_counter()
         response = session.get(url, headers={"Accept": "application/fhir+json"}, timeout=120)
         elapsed = time.perf_counter() - start
@@ -147,7 +142,7 @@ def timed_requests(name: str, urls: list[str], clients: int) -> tuple[Latencies,
 def page_50_urls(base: str, values: dict, rng: random.Random, samples: int) -> list[str]:
     """URLs of page 50 (count 20) of modality searches, reached by following `next` links."""
     urls = []
-    session = requests.Session()
+    session = http_session()
     for _ in range(samples):
         url = f"{base}/ImagingStudy?" + urlencode([("modality", rng.choice(["CT", "MR", "CR"])), ("_count", "20")])
         for _page in range(49):

@@ -1,0 +1,128 @@
+"""Servers the benchmarks start for themselves, and the bearer token every benchmark sends.
+
+A started server runs in smart mode like any other: the benchmark registers its own client
+in the server's database and takes tokens from the server's token endpoint, so the figures
+include access control as users run it. Against a server of yours, pass ``--token`` (or
+``FHIRIMG_TOKEN``) to the bench group.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+TOKEN_ENV = "FHIRIMG_TOKEN"
+_token_source = None  # a started server's BenchClient.token, else FHIRIMG_TOKEN
+
+
+def use_token_source(source) -> None:
+    global _token_source
+    _token_source = source
+
+
+def current_token() -> str | None:
+    return _token_source() if _token_source is not None else os.environ.get(TOKEN_ENV) or None
+
+
+def http_session() -> requests.Session:
+    """A session that sends the benchmark's bearer token, if there is one (a fresh one from a
+    started server's client, else FHIRIMG_TOKEN)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.headers.update(auth_headers())
+    return session
+
+
+def auth_headers() -> dict[str, str]:
+    token = current_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_serve(env: dict, workdir: Path, workers: int = 2) -> tuple[subprocess.Popen, str]:
+    """`fhirimg serve` on a free loopback port; (process, FHIR base) once /metadata answers."""
+    port = free_port()
+    log = open(workdir / f"serve-{port}.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "fhirimg.cli", "serve", "--port", str(port),
+                                "--workers", str(workers)], env=env, cwd=workdir, stdout=log,
+                               stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/fhir"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/metadata", timeout=1).status_code == 200:
+                return process, base
+        except requests.RequestException:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"fhirimg serve did not start within 60 s; see {workdir}")
+
+
+class BenchClient:
+    """A client registered in the server's database, with tokens renewed before they expire."""
+
+    def __init__(self, database_url: str, workdir: Path, base: str, client_id: str = "fhirimg-bench"):
+        from ..auth import schema as _tables  # noqa: F401
+        from ..auth.cli import keygen_files
+        from ..auth.clients import Client, add_client
+        from ..store import create_schema, make_engine
+        import json
+        key_file, self.kid = keygen_files(workdir / f"{client_id}.pem")
+        engine = make_engine(database_url)
+        create_schema(engine)
+        add_client(engine, Client(client_id, "benchmark", "system/*.cruds",
+                                  json.loads(key_file.with_suffix(".jwks").read_text())), "fhirimg bench",
+                   replace=True)
+        engine.dispose()
+        from ..auth.outbound import BackendServicesClient, load_private_key
+        self.client = BackendServicesClient(client_id, load_private_key(str(key_file)), self.kid,
+                                            "system/*.cruds", base)
+
+    def token(self) -> str:
+        return self.client.token()
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+class TwoServers:
+    """The same server twice on one SQLite database, smart and anonymous (bench crud
+    --compare-auth): the only difference between them is access control."""
+
+    def __enter__(self) -> "TwoServers":
+        self.dir = Path(tempfile.mkdtemp(prefix="fhirimg-bench-auth-"))
+        database_url = f"sqlite:///{self.dir / 'bench.db'}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRIMG_")}
+        env.update({"FHIRIMG_DATABASE_URL": database_url, "FHIRIMG_VAR_DIR": str(self.dir),
+                    "FHIRIMG_LOG_LEVEL": "WARNING"})
+        self.smart_process, self.smart = start_serve(env, self.dir)
+        self.anonymous_process, self.anonymous = start_serve(
+            {**env, "FHIRIMG_AUTH__MODE": "none", "FHIRIMG_AUTH__ALLOW_ANONYMOUS": "true"}, self.dir)
+        self.client = BenchClient(database_url, self.dir, self.smart)
+        return self
+
+    def token(self) -> str:
+        return self.client.token()
+
+    def __exit__(self, *exc) -> None:
+        stop(self.smart_process)
+        stop(self.anonymous_process)
+        shutil.rmtree(self.dir, ignore_errors=True)
