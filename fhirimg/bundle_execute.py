@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, urlencode
 
 from . import interactions
-from .auth.decision import decide, reachable_ids, require_resource
+from .auth.decision import decide, reachable_ids, require_resource, require_version
 from .errors import FhirError, Invalid, Issue, operation_outcome
 from .search import registry
 from .store.records import StoredVersion
@@ -107,6 +107,8 @@ def read(uow: UnitOfWork, entry, settings) -> EntryResult:
 def vread(uow: UnitOfWork, entry, settings) -> EntryResult:
     require_read(uow, entry, settings)
     stored = interactions.vread(uow, entry.res_type, entry.res_id, entry.version).stored
+    if settings.principal is not None:
+        require_version(uow.conn, settings.principal, stored)
     return EntryResult(200, stored, render=None if entry.method == "HEAD" else lambda: stored.resource)
 
 

@@ -139,6 +139,7 @@ def conditional_update(uow: UnitOfWork, res_type: str, query: str, body, if_matc
 def patch(uow: UnitOfWork, res_type: str, res_id: str, operations, if_match: int | None = None) -> Result:
     """PATCH with a JSON Patch document (RFC 6902); the result must be a valid resource."""
     current = read(uow, res_type, res_id).stored
+    uow.check_change(current, "u")  # before the patch is applied: a `test` op would tell values
     if if_match is not None and current.version != if_match:
         raise PreconditionFailed(f"If-Match expects version {if_match} but {res_type}/{res_id} "
                                  f"is at version {current.version}")

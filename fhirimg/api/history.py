@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, current_app, request
 
 from .. import history
-from ..auth.decision import decide, require_resource
+from ..auth.decision import decide, require_resource, require_version
 from ..auth.errors import Forbidden
 from ..errors import Invalid
 from ..resources import SUPPORTED_TYPES
@@ -66,6 +66,9 @@ def history_response(res_type: str | None, res_id: str | None) -> Response:
     with repository().reading() as uow:
         require_history_access(uow, query)
         page = history.read_history(uow.conn, query)
+        if query.res_id is not None:  # instance history: each version, not only the current one
+            for entry in page.entries:
+                require_version(uow.conn, current_principal(), entry.version)
     links = page_links(params, page)
     bundle = history_bundle(page, links, local_site_id())
     headers = {"X-Next-Poll": links["next-poll"], SITE_HEADER: local_site_id()}

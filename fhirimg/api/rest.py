@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.routing import BaseConverter
 
 from .. import interactions
-from ..auth.decision import decide, require_resource
+from ..auth.decision import decide, require_resource, require_version
 from ..errors import MethodNotAllowed, NotFound, informational_outcome
 from ..resources import SUPPORTED_TYPES, validate_resource
 from .access import current_principal, write_guard
@@ -144,6 +144,7 @@ def vread(res_type: str, res_id: str, version: str) -> Response:
     with repository().reading() as uow:
         require_resource(uow.conn, current_principal(), "r", res_type, res_id)
         stored = interactions.vread(uow, res_type, res_id, version).stored
+        require_version(uow.conn, current_principal(), stored)
     return json_response(stored.resource, 200, version_headers(stored))
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from ..search.tables import search_token
 from ..store.schema import resource_current
-from .decision import Access, decide
+from .decision import Access, decide, reachable_ids
 from .errors import Forbidden
 from .principal import Principal
 
@@ -20,16 +20,23 @@ DICOM_UID_SYSTEM = "urn:dicom:uid"
 OID_PREFIX = "urn:oid:"
 
 
-def reachable_study_uids(access: Access):
-    """A SELECT of the Study Instance UIDs of the ImagingStudies within `access`, or None (all)."""
-    condition = access.condition()
-    if condition is None:
-        return None
+def _uids_of(studies_condition):
     cur, tok = resource_current, search_token
-    studies = select(cur.c.res_id).where(cur.c.res_type == "ImagingStudy", cur.c.is_deleted.is_(False), condition)
+    studies = select(cur.c.res_id).where(cur.c.res_type == "ImagingStudy", cur.c.is_deleted.is_(False),
+                                         studies_condition)
     return select(func.substr(tok.c.code, len(OID_PREFIX) + 1)).where(
         tok.c.res_type == "ImagingStudy", tok.c.param == "identifier", tok.c.system == DICOM_UID_SYSTEM,
         tok.c.code.like(OID_PREFIX + "%"), tok.c.res_id.in_(studies))
+
+
+def reachable_study_uids(access: Access):
+    """A SELECT of the Study Instance UIDs all of whose ImagingStudies are within `access`, or
+    None (all). "All": an identifier anyone with create can write must not open another
+    patient's images - a UID that some ImagingStudy out of reach also names stays closed."""
+    condition = access.condition()
+    if condition is None:
+        return None
+    return _uids_of(condition).except_(_uids_of(~condition))
 
 
 def study_filter(principal: Principal, letter: str):
@@ -38,13 +45,15 @@ def study_filter(principal: Principal, letter: str):
 
 
 def require_study(conn, principal: Principal, letter: str, study_uid: str) -> None:
-    """403 unless the token reaches an ImagingStudy of this Study Instance UID."""
-    uids = study_filter(principal, letter)
-    if uids is None:
+    """403 unless every ImagingStudy naming this Study Instance UID is within the token's reach."""
+    access = decide(principal, letter, "ImagingStudy").require()
+    if not access.is_narrowed:
         return
     tok = search_token
-    found = conn.execute(uids.where(tok.c.code == OID_PREFIX + study_uid).limit(1)).first()
-    if found is None:
+    named = [row.res_id for row in conn.execute(select(tok.c.res_id).where(
+        tok.c.res_type == "ImagingStudy", tok.c.param == "identifier", tok.c.system == DICOM_UID_SYSTEM,
+        tok.c.code == OID_PREFIX + study_uid))]
+    if not named or reachable_ids(conn, access, "ImagingStudy", named) != set(named):
         raise Forbidden(f"study {study_uid} is not within what the token may "
                         f"{'search' if letter == 's' else 'read'} (its ImagingStudy is outside the token's "
                         "patient, scopes or registered patients, or there is none)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 LETTERS = "cruds"
 CONTEXTS = ("patient", "user", "system")
@@ -23,6 +23,7 @@ OTHER_SCOPES = {"openid", "fhirUser", "profile", "launch", "launch/patient", "la
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{0,63})\.([A-Za-z*]+)(?:\?(.*))?$")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,63}$")
 MAX_SCOPES = 100
+CRITERION_SAFE = "|:/.-_~*,$"  # what stays readable in a written-back criterion
 MAX_SCOPE_LENGTH = 512
 
 
@@ -43,7 +44,7 @@ class Scope:
         return letter in self.permissions and self.res_type in ("*", res_type)
 
     def text(self) -> str:
-        query = "&".join(f"{k}={v}" for k, v in self.criteria)
+        query = "&".join(f"{k}={quote(v, safe=CRITERION_SAFE)}" for k, v in self.criteria)
         return f"{self.context}/{self.res_type}.{self.permissions}" + (f"?{query}" if query else "")
 
 
@@ -97,6 +98,9 @@ def parse_criteria(query: str | None) -> tuple[tuple[str, str], ...]:
     for name, value in pairs:
         if not _PARAM_NAME.match(name) or not value:
             raise ScopeError(f"criterion {name!r}={value!r} needs a parameter name and a value")
+        if any(c.isspace() or c in "&=?" or ord(c) < 32 for c in value):
+            # A decoded space would split the scope in two when the token's scope is written.
+            raise ScopeError(f"criterion {name!r} has a space, '&', '=' or '?' in its value")
     return tuple(sorted(pairs))
 
 

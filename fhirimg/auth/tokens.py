@@ -82,6 +82,8 @@ class TokenServer:
                                 options={"require": ["iss", "sub", "aud", "exp", "jti"]})
         except jwt.PyJWTError as exc:
             raise OAuthError("invalid_client", f"client_assertion rejected: {exc}") from None
+        if not isinstance(claims["exp"], (int, float)) or isinstance(claims["exp"], bool):
+            raise OAuthError("invalid_client", "client_assertion exp must be a NumericDate")
         if claims["sub"] != client.client_id:
             raise OAuthError("invalid_client", "client_assertion sub must equal iss (the client_id)")
         if claims["exp"] - self.clock() > MAX_ASSERTION_LIFETIME + self.clock_skew:

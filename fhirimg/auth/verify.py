@@ -63,10 +63,12 @@ class TokenVerifier:
             issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
         except jwt.PyJWTError:
             return self._introspect(token, audiences)
+        if not isinstance(issuer, str):
+            raise Unauthorized("the token's iss is missing or not a string")
         if issuer == self.issuer:
             # Our own tokens: issued on our clock, so no leeway (expired by a second is expired).
             key = self.keys.verification_key(str(header.get("kid", "")))
-            claims = self._decode(token, key, [SIGNING_ALG], audiences, issuer, leeway=0)
+            claims = self._decode(token, key, [SIGNING_ALG], audiences, issuer, leeway=0, own=True)
         elif issuer in self.issuers and self.issuers[issuer]["jwks_url"]:
             settings = self.issuers[issuer]
             try:
@@ -83,7 +85,7 @@ class TokenVerifier:
         return principal, float(claims["exp"]) + (0 if issuer == self.issuer else self.clock_skew)
 
     def _decode(self, token: str, key, algorithms: list[str], audiences: list[str], issuer: str,
-                leeway: int | None = None) -> dict:
+                leeway: int | None = None, own: bool = False) -> dict:
         if key is None:
             raise Unauthorized("the token's kid names no key of its issuer")
         alg = jwt.get_unverified_header(token).get("alg")
@@ -92,7 +94,8 @@ class TokenVerifier:
         try:
             return jwt.decode(token, key, algorithms=algorithms, audience=audiences, issuer=issuer,
                               leeway=self.clock_skew if leeway is None else leeway,
-                              options={"require": ["exp", "iss", "aud"]})
+                              # iat of our own tokens says nothing new, and nodes' clocks differ a little
+                              options={"require": ["exp", "iss", "aud"], "verify_iat": not own})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired") from None
         except jwt.ImmatureSignatureError:
@@ -125,7 +128,9 @@ class TokenVerifier:
         aud = aud if isinstance(aud, list) else [aud] if aud else []
         if aud and not set(aud) & set(wanted):
             raise Unauthorized("the token is not for this server (aud)")
-        exp = float(answer.get("exp") or 0)
+        exp = answer.get("exp") or 0
+        if not isinstance(exp, (int, float)):
+            raise Unauthorized("the introspection answer's exp is not a number")
         if exp and exp < self.clock():
             raise Unauthorized("the token has expired")
         answer.setdefault("iss", settings["issuer"])
@@ -146,5 +151,14 @@ def principal_from_claims(claims: dict) -> Principal:
         scopes=scopes, issuer=str(claims.get("iss", "")), subject=claims.get("sub"),
         fhir_user=claims.get("fhirUser"), patient=str(patient) if isinstance(patient, str) and patient else None,
         expires_at=float(claims.get("exp") or 0), token_id=claims.get("jti"),
-        patients=tuple(claims.get("fhirimg_patients") or ()),
-        organizations=tuple(claims.get("fhirimg_organizations") or ()), notes=notes)
+        patients=string_list(claims.get("fhirimg_patients")),
+        organizations=string_list(claims.get("fhirimg_organizations")), notes=notes)
+
+
+def string_list(value) -> tuple[str, ...]:
+    """A list-of-strings claim; anything else refuses the token rather than narrowing wrongly."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Unauthorized("a fhirimg_patients/fhirimg_organizations claim is not a list of ids")
+    return tuple(value)

@@ -192,6 +192,7 @@ class UnitOfWork:
         meta.lastUpdated) nothing is written: re-sending the same data is idempotent.
         """
         current = self.read(res_type, res_id)
+        self.check_change(current, "u")
         if if_match is not None and (current is None or current.version != if_match):
             have = "does not exist" if current is None else f"is at version {current.version}"
             raise PreconditionFailed(f"If-Match expects version {if_match} but {res_type}/{res_id} {have}")
@@ -207,6 +208,7 @@ class UnitOfWork:
     def delete(self, res_type: str, res_id: str, if_match: int | None = None) -> StoredVersion | None:
         """Write a delete version; a resource already deleted or never created is left alone."""
         current = self.read(res_type, res_id)
+        self.check_change(current, "d")
         if if_match is not None and (current is None or current.version != if_match):
             raise PreconditionFailed(f"If-Match expects version {if_match} of {res_type}/{res_id}")
         if current is None:
@@ -217,9 +219,13 @@ class UnitOfWork:
         self._bump_version(current, is_deleted=True)
         return self._record(res_type, res_id, current.version + 1, "DELETE", None)
 
+    def check_change(self, current: StoredVersion | None, letter: str) -> None:
+        """The guard sees every update or delete of a live resource, even one that writes
+        nothing (unchanged content), before anything about it is answered."""
+        if self.guard is not None and current is not None and not current.is_deleted:
+            self.guard.before_change(self, current.res_type, current.res_id, letter)
+
     def _bump_version(self, current: StoredVersion, is_deleted: bool = False) -> None:
-        if self.guard is not None and not current.is_deleted:
-            self.guard.before_change(self, current.res_type, current.res_id, "d" if is_deleted else "u")
         # Compare-and-set: of two concurrent writers of one resource only one can move the
         # version from n to n+1; the other matches no row and gets a 409.
         if self.is_postgres:

@@ -171,6 +171,43 @@ def test_dicomweb_follows_the_imaging_study_decision(app, world):
     assert b"DICM" not in denied.data
 
 
+def test_claiming_another_patients_study_uid_does_not_open_its_images(app, world):
+    web = as_token(app, "patient/*.cruds", patient="A")
+    claim = make_imaging_study("Patient/A", study_uid=world["B"]["uid"])
+    assert web.post("/fhir/ImagingStudy", json=claim).status_code == 201
+    forbidden(web.get(f"/dicom-web/studies/{world['B']['uid']}/metadata"))
+    assert world["B"]["uid"] not in str(web.get("/dicom-web/studies").json)
+
+
+def test_an_earlier_version_of_another_patient_is_not_shown(app, client, world):
+    moved = client.get(f"/fhir/ImagingStudy/{world['B']['study']}").json
+    moved["subject"] = {"reference": "Patient/A"}  # re-assigned from B to A
+    assert client.put(f"/fhir/ImagingStudy/{world['B']['study']}", json=moved).status_code == 200
+    web = as_token(app, "patient/*.rs", patient="A")
+    assert web.get(f"/fhir/ImagingStudy/{world['B']['study']}").status_code == 200
+    assert web.get(f"/fhir/ImagingStudy/{world['B']['study']}/_history/2").status_code == 200
+    forbidden(web.get(f"/fhir/ImagingStudy/{world['B']['study']}/_history/1"))
+    forbidden(web.get(f"/fhir/ImagingStudy/{world['B']['study']}/_history"))
+
+
+def test_patch_and_unchanged_put_of_an_unreachable_resource_reveal_nothing(app, world):
+    web = as_token(app, "patient/*.rus", patient="A")
+    empty_patch = web.patch("/fhir/Patient/B", data=b"[]", headers={"Content-Type": "application/json-patch+json"})
+    forbidden(empty_patch)
+    assert "Doe" not in empty_patch.get_data(as_text=True)
+    probe = web.patch("/fhir/Patient/B", data=b'[{"op":"test","path":"/gender","value":"male"}]',
+                      headers={"Content-Type": "application/json-patch+json"})
+    forbidden(probe)  # not 422: a test op tells nothing about B
+
+
+def test_scope_criteria_cannot_smuggle_a_second_scope(app, engine):
+    from ..auth_support import register, token_form
+    key = register(engine, "sly", "system/Patient.rs")
+    web = app.test_client()
+    answer = web.post("/auth/token", data=token_form(key, "sly", "system/Patient.rs?_id=x%20system/*.cruds"))
+    assert answer.status_code == 400 or "system/*.cruds" not in answer.json.get("scope", "").split()
+
+
 # -- system scopes ---------------------------------------------------------------------------------
 def test_search_without_read_searches_but_does_not_read(app, world):
     web = as_token(app, "system/ImagingStudy.s")
