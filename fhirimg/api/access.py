@@ -18,6 +18,7 @@ from ..auth.decision import WriteGuard
 from ..auth.errors import OAuthError, Unauthorized
 from ..auth.principal import Principal, anonymous_principal
 from ..resources import SUPPORTED_TYPES
+from ..transfer.netpolicy import is_loopback_name
 from .negotiation import base_url, dumps
 
 log = logging.getLogger("fhirimg.auth")
@@ -43,14 +44,27 @@ def write_guard() -> WriteGuard:
     return WriteGuard(g.principal)
 
 
+def public_base() -> str:
+    """This server's FHIR base for tokens: the configured base_url; without one, the address
+    the request used only when it is on loopback, else the serve address. Never a Host header
+    from elsewhere: a token or assertion made for another server must not match here."""
+    configured = current_app.config["FHIRIMG"]["base_url"]
+    if configured:
+        return configured
+    if is_loopback_name((request.host or "").rsplit(":", 1)[0].strip("[]")):
+        return base_url()
+    from ..auth.cli import default_base
+    return default_base(current_app.config["FHIRIMG"])
+
+
 def accepted_audiences() -> list[str]:
-    """This server as a token's ``aud``: its FHIR base (configured, else as reached)."""
-    base = base_url()
+    """This server as a token's ``aud``: its FHIR base."""
+    base = public_base()
     return [base, base + "/"]
 
 
 def own_issuer() -> str:
-    return server_root(base_url()) + "/auth"
+    return server_root(public_base()) + "/auth"
 
 
 # -- authentication of every request -----------------------------------------------------------
@@ -67,7 +81,7 @@ def authenticate() -> Response | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("this server needs a bearer token (Authorization: Bearer ...); get one at "
-                           f"{server_root(base_url())}/auth/token", error="" if not header else "invalid_request")
+                           f"{server_root(public_base())}/auth/token", error="" if not header else "invalid_request")
     g.principal = context.verifier(own_issuer()).principal(token.strip(), accepted_audiences())
     return None
 
@@ -81,8 +95,8 @@ def token() -> Response:
     if request.mimetype != "application/x-www-form-urlencoded":
         raise OAuthError("invalid_request", "the token request must be application/x-www-form-urlencoded")
     form = {k: v for k, v in request.form.items()}
-    token_url = server_root(base_url()) + "/auth/token"
-    answer = context.tokens.issue(form, [token_url], own_issuer(), base_url())
+    token_url = server_root(public_base()) + "/auth/token"
+    answer = context.tokens.issue(form, [token_url], own_issuer(), public_base())
     return Response(dumps(answer), 200, content_type="application/json",
                     headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
@@ -98,7 +112,7 @@ def smart_config() -> Response:
     # conformance.html: application/json whatever the Accept header says.
     scopes = ["system/*.cruds", "system/*.rs", "user/*.cruds", "patient/*.rs", "launch/patient", "fhirUser"] + \
              [f"system/{t}.rs" for t in SUPPORTED_TYPES]
-    return Response(dumps(smart_configuration(base_url(), scopes)), 200, content_type="application/json")
+    return Response(dumps(smart_configuration(public_base(), scopes)), 200, content_type="application/json")
 
 
 @blueprint.app_errorhandler(OAuthError)

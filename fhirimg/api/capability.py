@@ -109,7 +109,8 @@ def security_entry() -> dict | None:
     config = current_app.config["FHIRIMG"]
     if config["auth"]["mode"] != "smart":
         return None
-    root = base_url()[: -len("/fhir")] if base_url().endswith("/fhir") else base_url()
+    from .access import public_base
+    root = public_base()[: -len("/fhir")] if public_base().endswith("/fhir") else public_base()
     return {
         "extension": [{"url": OAUTH_URIS, "extension": [{"url": "token", "valueUri": f"{root}/auth/token"}]}],
         "cors": bool(config["cors"]["allowed_origins"]),

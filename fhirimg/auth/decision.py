@@ -233,6 +233,17 @@ class WriteGuard:
     def before_change(self, uow, res_type: str, res_id: str, letter: str) -> None:
         require_resource(uow.conn, self.principal, letter, res_type, res_id)
 
+    def visible_ids(self, uow, res_type: str, ids: list[str]) -> set[str]:
+        """Of the matches of a conditional operation, those within any of the principal's
+        accesses to the type (the others do not exist for it)."""
+        accesses = [a for a in (decide(self.principal, letter, res_type) for letter in "cruds") if a.allowed]
+        if any(not a.is_narrowed for a in accesses):
+            return set(ids)
+        out: set[str] = set()
+        for access in accesses:
+            out |= reachable_ids(uow.conn, access, res_type, [i for i in ids if i not in out])
+        return out
+
     def before_reveal(self, uow, res_type: str, res_id: str) -> None:
         """A conditional create that matched answers with the existing resource: that is a read."""
         require_resource(uow.conn, self.principal, "r", res_type, res_id)

@@ -58,7 +58,17 @@ def discover_token_url(fhir_base: str, session: requests.Session) -> str:
     token_url = response.json().get("token_endpoint")
     if not isinstance(token_url, str) or not token_url.startswith(("http://", "https://")):
         raise TokenRequestError(f"{url} names no token_endpoint")
+    if origin(token_url) != origin(fhir_base):
+        # A peer naming another server's token endpoint would receive the token we get there.
+        raise TokenRequestError(f"{url} names a token endpoint on another origin ({token_url}); "
+                                "configure token_url to use it")
     return token_url
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
 
 
 @dataclass

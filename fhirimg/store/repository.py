@@ -159,15 +159,23 @@ class UnitOfWork:
         return row_to_version(row) if row else None
 
     def search_ids(self, res_type: str, criteria: list[tuple[str, str]]) -> list[str]:
-        """Ids of current resources matching search criteria (for conditional operations)."""
-        return self.indexer.find_ids(self.conn, res_type, criteria)
+        """Ids of current resources matching search criteria (for conditional operations);
+        with a guard, only those its principal reaches (a match outside is not even told)."""
+        return self._visible(res_type, self.indexer.find_ids(self.conn, res_type, criteria))
 
     def search_ids_many(self, searches: list[tuple[str, list[tuple[str, str]]]]) -> list[list[str]]:
         """``search_ids`` of several searches, in order (in fewer round trips where possible)."""
         find_many = getattr(self.indexer, "find_ids_many", None)
         if find_many is None:
             return [self.search_ids(res_type, criteria) for res_type, criteria in searches]
-        return find_many(self.conn, searches)
+        found = find_many(self.conn, searches)
+        return [self._visible(res_type, ids) for (res_type, _), ids in zip(searches, found)]
+
+    def _visible(self, res_type: str, ids: list[str]) -> list[str]:
+        if self.guard is None or not ids:
+            return ids
+        reached = self.guard.visible_ids(self, res_type, ids)
+        return [i for i in ids if i in reached]
 
     # -- writes ------------------------------------------------------------------------
     def create(self, res_type: str, resource: dict, res_id: str | None = None,

@@ -208,6 +208,17 @@ def test_scope_criteria_cannot_smuggle_a_second_scope(app, engine):
     assert answer.status_code == 400 or "system/*.cruds" not in answer.json.get("scope", "").split()
 
 
+def test_conditional_operations_do_not_see_matches_outside_the_compartment(app, engine, world):
+    web = as_token(app, "patient/*.cruds", patient="A")
+    b_mrn = as_token(app, "system/*.rs").get("/fhir/Patient/B").json["identifier"][0]
+    query = f"identifier={b_mrn['system']}|{b_mrn['value']}"
+    before = table_counts(engine)
+    deleted = web.delete(f"/fhir/Patient?{query}")  # B matches, but not for this token
+    assert deleted.status_code == 200 and "nothing deleted" in deleted.get_data(as_text=True)
+    assert table_counts(engine) == before
+    assert as_token(app, "system/*.rs").get("/fhir/Patient/B").status_code == 200
+
+
 # -- system scopes ---------------------------------------------------------------------------------
 def test_search_without_read_searches_but_does_not_read(app, world):
     web = as_token(app, "system/ImagingStudy.s")

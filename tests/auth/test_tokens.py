@@ -206,3 +206,11 @@ def test_token_endpoint_writes_only_the_jti(engine, web):
     after = table_counts(engine)
     changed = {t for t in after if after[t] != before[t]}
     assert changed <= {"auth_assertion_jti", "auth_signing_key"}
+
+
+def test_a_spoofed_host_header_does_not_make_a_token_for_another_server_acceptable(app, web):
+    other = own_token(app, {"aud": "http://b.example/fhir", "iss": "http://b.example/auth"})
+    response = web.get("/fhir/Patient", headers={**bearer(other), "Host": "b.example"})
+    assert_401(response)
+    discovery = web.get("/fhir/.well-known/smart-configuration", headers={"Host": "b.example"}).json
+    assert not discovery["token_endpoint"].startswith("http://b.example")
