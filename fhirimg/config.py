@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -206,6 +207,23 @@ def _mask_url_password(url: str) -> str:
     if ":" in creds:
         creds = creds.split(":", 1)[0] + ":***"
     return f"{scheme}://{creds}{at}{host}"
+
+
+@dataclass(kw_only=True)
+class Credentials:
+    """The validated CredentialsSchema fields, the base of a replication Link and of a
+    transfer source's EndpointLimits."""
+
+    auth: str = "none"  # none | basic | bearer | smart-backend
+    username_env: str = ""
+    password_env: str = ""
+    token_env: str = ""
+    client_id: str = ""
+    kid: str = ""
+    private_key_file: str = ""
+    private_key_env: str = ""
+    token_url: str = ""
+    scope: str = "system/*.rs"
 
 
 ENV_NAME = validate.Regexp(r"^([A-Z_][A-Z0-9_]*)?$", error="must be an environment variable name")

@@ -123,6 +123,7 @@ def disable(client_id, config_path):
 @click.argument("client_id")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 def enable(client_id, config_path):
+    """Let a disabled client get tokens again."""
     _change(config_path, lambda engine: set_disabled(engine, client_id, False, actor()))
 
 
@@ -130,6 +131,7 @@ def enable(client_id, config_path):
 @click.argument("client_id")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 def remove(client_id, config_path):
+    """Delete a client (its change log stays)."""
     _change(config_path, lambda engine: remove_client(engine, client_id, actor()))
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..config import CredentialsSchema, register_section
+from ..config import Credentials, CredentialsSchema, register_section
 from ..resources import SUPPORTED_TYPES
 
 CONFLICT_RULES = ["source-wins", "local-wins", "newest-wins"]
@@ -83,7 +83,7 @@ register_section("replicate", ReplicateSchema)
 
 
 @dataclass
-class Link:
+class Link(Credentials):
     """One replication link: pull from a source or push to a destination."""
 
     name: str
@@ -92,16 +92,6 @@ class Link:
     types: list[str] = field(default_factory=list)
     interval: float = 30.0
     conflict_rule: str = "source-wins"
-    auth: str = "none"
-    username_env: str = ""
-    password_env: str = ""
-    token_env: str = ""
-    client_id: str = ""
-    kid: str = ""
-    private_key_file: str = ""
-    private_key_env: str = ""
-    token_url: str = ""
-    scope: str = "system/*.rs"
     enabled: bool = True
 
 

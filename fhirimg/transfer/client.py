@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ..config import Credentials
 from .netpolicy import HostPolicy, HostRefused, split_origin
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -44,22 +45,12 @@ class SourceError(Exception):
 
 
 @dataclass
-class EndpointLimits:
+class EndpointLimits(Credentials):
     """Per-source settings matched by the longest ``address_prefix`` of a URL."""
 
     address_prefix: str
     max_concurrency: int = 4
     max_requests_per_second: float = 0.0  # 0 = unlimited
-    auth: str = "none"  # none | basic | bearer | smart-backend
-    username_env: str = ""
-    password_env: str = ""
-    token_env: str = ""
-    client_id: str = ""
-    kid: str = ""
-    private_key_file: str = ""
-    private_key_env: str = ""
-    token_url: str = ""
-    scope: str = "system/*.rs"
 
 
 @dataclass
