@@ -126,7 +126,9 @@ class TokenVerifier:
         wanted = settings["audience"] or audiences
         aud = answer.get("aud")
         aud = aud if isinstance(aud, list) else [aud] if aud else []
-        if aud and not set(aud) & set(wanted):
+        if (aud or settings["audience"]) and not set(aud) & set(wanted):
+            # With an audience configured the answer must name it; without, a missing aud is
+            # taken as "this authorization server serves only us" (SMART introspection has no aud).
             raise Unauthorized("the token is not for this server (aud)")
         exp = answer.get("exp") or 0
         if not isinstance(exp, (int, float)):
