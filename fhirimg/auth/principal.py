@@ -32,8 +32,3 @@ class Principal:
 def anonymous_principal() -> Principal:
     """auth.mode = "none" (only with auth.allow_anonymous): everything, as the operator chose."""
     return Principal("anonymous", parse_scopes("system/*.cruds"), anonymous=True)
-
-
-def internal_principal(name: str) -> Principal:
-    """The server's own work (workers, replication apply): full access, never from a token."""
-    return Principal(name, parse_scopes("system/*.cruds"))

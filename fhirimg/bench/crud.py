@@ -86,47 +86,81 @@ def bench_crud(base: str, count: int, clients: int, token: str | None = None) ->
     return rows, wall
 
 
-def read_and_search(base: str, ids: list[str], clients: int, token: str | None, label: str):
-    """The read and search-by-id phases over existing ids, labelled for a comparison table."""
-    def read(session, rid):
-        return session.get(f"{base}/ImagingStudy/{rid}", headers=HEADERS, timeout=60).status_code == 200
+def write_population(count: int):
+    """`count` studies written straight into a new database (before any server starts)."""
+    def populate(database_url: str) -> list[str]:
+        from ..store import Repository, create_schema, make_engine
+        engine = make_engine(database_url)
+        create_schema(engine)
+        repo = Repository(engine)
+        tag = uuid.uuid4().hex[:8]
+        with repo.transaction() as uow:
+            ids = [uow.create("ImagingStudy", make_study(tag, i)).res_id for i in range(count)]
+        engine.dispose()
+        return ids
+    return populate
 
-    def search(session, rid):
-        r = session.get(f"{base}/ImagingStudy", params={"_id": rid}, headers=HEADERS, timeout=60)
-        return r.status_code == 200 and len(r.json().get("entry", [])) == 1
-    out = []
-    for name, action in (("read", read), ("search-by-id", search)):
-        out.append(run_phase(f"{name} {label}", ids, clients, action, token))
-    return out
+
+def paired_latencies(servers, ids: list[str], clients: int, path, name: str) -> tuple[Latencies, Latencies, list]:
+    """Each resource asked of both servers back to back (which one first alternates), so
+    that the machine's own drift - on a shared 2-core VM the same request's p50 moved by
+    2x between rounds - falls on both sides alike; returns both latencies and the paired
+    differences (smart - none)."""
+    import threading
+    none, smart, differences = Latencies(f"{name} none"), Latencies(f"{name} smart"), []
+    sessions: dict = {}
+    lock = threading.Lock()
+
+    def one(index_and_id):
+        index, rid = index_and_id
+        pair = sessions.get(threading.get_ident())
+        if pair is None:
+            pair = sessions[threading.get_ident()] = (requests.Session(), requests.Session())
+        plain, authorized = pair
+        authorized.headers["Authorization"] = f"Bearer {servers.token()}"
+        timed = {}
+        for label in (("none", "smart") if index % 2 else ("smart", "none")):
+            session, base = (plain, servers.anonymous) if label == "none" else (authorized, servers.smart)
+            start = time.perf_counter()
+            ok = session.get(path(base, rid), headers=HEADERS, timeout=60).status_code == 200
+            timed[label] = time.perf_counter() - start if ok else None
+        with lock:
+            for label, stats in (("none", none), ("smart", smart)):
+                if timed[label] is None:
+                    stats.errors += 1
+                else:
+                    stats.seconds.append(timed[label])
+            if None not in timed.values():
+                differences.append(timed["smart"] - timed["none"])
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, enumerate(ids)))
+    return none, smart, differences
+
 
 
 def compare_smart_and_anonymous(count: int, clients: int, rounds: int = 3) -> str:
-    """The same gunicorn server twice on one database, smart and anonymous, read and search
-    alternated `rounds` times: what access control adds per request, measured in one run."""
+    """The same gunicorn server twice on one database written before either started, smart
+    and anonymous; every resource read and searched on both, back to back: what access
+    control adds per request, measured in one run."""
     from .servers import TwoServers
-    with TwoServers() as servers:
-        rows, wall = bench_crud(servers.anonymous, count, clients)
-        ids = []
-        import requests as _requests
-        page = _requests.get(f"{servers.anonymous}/ImagingStudy", params={"_count": count, "_elements": "id"},
-                             timeout=60).json()
-        ids = [e["resource"]["id"] for e in page.get("entry", [])]
-        merged: dict[str, Latencies] = {}
-        walls: dict[str, float] = {}
-        for _ in range(rounds):
-            for base, token, label in ((servers.anonymous, None, "none"), (servers.smart, servers.token(), "smart")):
-                for stats, seconds in read_and_search(base, ids, clients, token, label):
-                    kept = merged.setdefault(stats.name, Latencies(stats.name))
-                    kept.seconds += stats.seconds
-                    kept.errors += stats.errors
-                    walls[stats.name] = walls.get(stats.name, 0.0) + seconds
-    lines = [format_table(list(merged.values()), walls), ""]
-    for name in ("read", "search-by-id"):
-        none, smart = merged[f"{name} none"], merged[f"{name} smart"]
-        p50 = (smart.percentile(50) - none.percentile(50)) * 1000
-        lines.append(f"{name}: smart/none p50 {smart.percentile(50) / none.percentile(50):.3f} "
-                     f"(+{p50:.3f} ms), p99 {smart.percentile(99) / none.percentile(99):.3f}")
-    return "\n".join(lines)
+    paths = {"read": lambda base, rid: f"{base}/ImagingStudy/{rid}",
+             "search-by-id": lambda base, rid: f"{base}/ImagingStudy?_id={rid}"}
+    with TwoServers(write_population(count)) as servers:
+        for name, path in paths.items():  # warm-up: every page read once by both
+            paired_latencies(servers, servers.population, clients, path, name)
+        rows, lines = [], []
+        for name, path in paths.items():
+            none, smart, differences = paired_latencies(servers, servers.population * rounds, clients, path, name)
+            rows += [none, smart]
+            differences.sort()
+            added = differences[len(differences) // 2] * 1000 if differences else float("nan")
+            lines.append(f"{name}: smart/none p50 {smart.percentile(50) / none.percentile(50):.3f}, "
+                         f"p99 {smart.percentile(99) / none.percentile(99):.3f}; median paired difference "
+                         f"{added:+.3f} ms")
+    # req/s as each side alone would serve them: its own time only (the pairs interleave)
+    busy = {row.name: sum(row.seconds) / clients for row in rows}
+    return format_table(rows, busy) + "\n\n" + "\n".join(lines)
 
 
 @click.command("crud")
@@ -139,13 +173,15 @@ def compare_smart_and_anonymous(count: int, clients: int, rounds: int = 3) -> st
 @click.option("--kid", help="The client's key id.")
 @click.option("--compare-auth", is_flag=True,
               help="Start two private servers (smart and anonymous) on one database and compare read and "
-                   "search latency; --base is not used.")
+                   "search latency, one client, each request paired on both; --base and --clients are not used.")
 def command(base: str, count: int, clients: int, token, client_id, key_file, kid, compare_auth) -> None:
     """Throughput and p50/p95/p99 latency of create, read, update and search-by-id."""
     if compare_auth:
-        click.echo(f"fhirimg bench crud --compare-auth: {count} ImagingStudy, {clients} clients, gunicorn "
-                   "2x4 on SQLite, smart vs anonymous, read and search alternated 3 times")
-        click.echo(compare_smart_and_anonymous(count, clients))
+        # One client: the cost per request. With more clients than cores the second request of
+        # a pair queues behind the others' and the difference measures the queue, not auth.
+        click.echo(f"fhirimg bench crud --compare-auth: {count} ImagingStudy x 3, 1 client, gunicorn "
+                   "2x4 on SQLite, smart vs anonymous, each request paired on both")
+        click.echo(compare_smart_and_anonymous(count, 1))
         return
     if client_id:
         from ..auth.outbound import BackendServicesClient, load_private_key

@@ -105,11 +105,19 @@ def stop(process: subprocess.Popen) -> None:
 
 class TwoServers:
     """The same server twice on one SQLite database, smart and anonymous (bench crud
-    --compare-auth): the only difference between them is access control."""
+    --compare-auth): the only difference between them is access control. `populate`
+    (database URL -> anything, kept as .population) writes the data before either starts:
+    a server that wrote the data itself read it 0.3-0.7 ms faster per search than the other."""
+
+    def __init__(self, populate=None):
+        self.populate = populate
+        self.population = None
 
     def __enter__(self) -> "TwoServers":
         self.dir = Path(tempfile.mkdtemp(prefix="fhirimg-bench-auth-"))
         database_url = f"sqlite:///{self.dir / 'bench.db'}"
+        if self.populate is not None:
+            self.population = self.populate(database_url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRIMG_")}
         env.update({"FHIRIMG_DATABASE_URL": database_url, "FHIRIMG_VAR_DIR": str(self.dir),
                     "FHIRIMG_LOG_LEVEL": "WARNING"})
