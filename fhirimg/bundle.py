@@ -18,7 +18,8 @@ import orjson
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from . import interactions
-from .auth.decision import WriteGuard, decide, entry_letter
+from .auth.decision import decide, entry_letter
+from .auth.writes import WriteGuard
 from .auth.errors import Forbidden
 from .bundle_execute import EntryResult, execute_entry
 from .bundle_parse import Entry, ParsedBundle, parse_bundle, processing_order

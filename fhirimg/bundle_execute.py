@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from . import interactions
 from .auth.decision import decide, reachable_ids, require_resource, require_version
+from .auth.writes import refuse_chains
 from .errors import FhirError, Invalid, Issue, operation_outcome
 from .search import registry
 from .store.records import StoredVersion
@@ -124,6 +125,7 @@ def search(uow: UnitOfWork, entry, settings) -> EntryResult:
     count = page_size(params, settings)
     ids = sorted(uow.search_ids(entry.res_type, criteria))
     if settings.principal is not None:  # only what the token may search, counted in total too
+        refuse_chains(settings.principal, entry.res_type, criteria)
         access = decide(settings.principal, "s", entry.res_type).require()
         ids = sorted(reachable_ids(uow.conn, access, entry.res_type, ids))
     found = uow.read_many(entry.res_type, ids[:count])

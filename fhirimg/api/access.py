@@ -14,7 +14,7 @@ import time
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from ..auth.context import AuthContext, server_root, smart_configuration
-from ..auth.decision import WriteGuard
+from ..auth.writes import WriteGuard
 from ..auth.errors import OAuthError, Unauthorized
 from ..auth.principal import Principal, anonymous_principal
 from ..resources import SUPPORTED_TYPES
@@ -51,7 +51,8 @@ def public_base() -> str:
     configured = current_app.config["FHIRIMG"]["base_url"]
     if configured:
         return configured
-    if is_loopback_name((request.host or "").rsplit(":", 1)[0].strip("[]")):
+    host = (request.host or "").rsplit(":", 1)[0].strip("[]")
+    if is_loopback_name(host) and is_loopback_name(request.remote_addr or ""):  # both ends on this machine
         return base_url()
     from ..auth.cli import default_base
     return default_base(current_app.config["FHIRIMG"])

@@ -14,7 +14,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
-from ..auth.decision import WriteGuard, decide, require_resource
+from ..auth.decision import decide, require_resource
+from ..auth.writes import WriteGuard
 from ..errors import Invalid, Unprocessable, UnsupportedMediaType
 from ..transfer.jobs import enqueue_retrieve
 from ..transfer.settings import PRIORITIES, own_dicomweb_base, transfer_section
@@ -43,8 +44,7 @@ def retrieve(res_id: str) -> Response:
     for attempt in range(2):
         try:
             with repo.transaction(guard=WriteGuard(principal)) as uow:
-                if uow.read("ImagingStudy", res_id) is not None:  # else start_retrieve's 404
-                    require_resource(uow.conn, principal, "r", "ImagingStudy", res_id)
+                require_resource(uow.conn, principal, "r", "ImagingStudy", res_id)  # 403 for unknown ids too
                 require_retrievable(uow, res_id)
                 task, created = start_retrieve(uow, res_id, priority, repo.clock())
             break

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, request
 
 from ..auth.decision import decide, reachable_ids, readable, require_own_patient
 from ..auth.errors import Forbidden
+from ..auth.writes import refuse_chains
 from ..errors import Invalid
 from ..resources import SUPPORTED_TYPES
 from ..search.query import SearchRequest
@@ -79,6 +80,7 @@ def narrowed(search_request: SearchRequest) -> SearchRequest:
     its granular scopes' criteria, its client's registered patients (403 if nothing)."""
     access = decide(current_principal(), "s", search_request.res_type).require()
     require_own_patient(access, search_request.criteria)
+    refuse_chains(current_principal(), search_request.res_type, search_request.criteria)
     condition = access.condition()
     if condition is not None:
         search_request.conditions.append(condition)

@@ -24,9 +24,11 @@ def _uids_of(studies_condition):
     cur, tok = resource_current, search_token
     studies = select(cur.c.res_id).where(cur.c.res_type == "ImagingStudy", cur.c.is_deleted.is_(False),
                                          studies_condition)
-    return select(func.substr(tok.c.code, len(OID_PREFIX) + 1)).where(
-        tok.c.res_type == "ImagingStudy", tok.c.param == "identifier", tok.c.system == DICOM_UID_SYSTEM,
-        tok.c.code.like(OID_PREFIX + "%"), tok.c.res_id.in_(studies))
+    named = (tok.c.res_type == "ImagingStudy", tok.c.param == "identifier", tok.c.system == DICOM_UID_SYSTEM,
+             tok.c.res_id.in_(studies))
+    # Both forms a study may use (transfer/uids.py accepts either): urn:oid:1.2.3 and 1.2.3.
+    return select(func.substr(tok.c.code, len(OID_PREFIX) + 1)).where(tok.c.code.like(OID_PREFIX + "%"), *named) \
+        .union(select(tok.c.code).where(~tok.c.code.like(OID_PREFIX + "%"), *named))
 
 
 def reachable_study_uids(access: Access):
@@ -36,7 +38,9 @@ def reachable_study_uids(access: Access):
     condition = access.condition()
     if condition is None:
         return None
-    return _uids_of(condition).except_(_uids_of(~condition))
+    reached = _uids_of(condition).subquery()
+    uid = reached.c[0]
+    return select(uid).where(uid.not_in(_uids_of(~condition)))
 
 
 def study_filter(principal: Principal, letter: str):
@@ -52,7 +56,7 @@ def require_study(conn, principal: Principal, letter: str, study_uid: str) -> No
     tok = search_token
     named = [row.res_id for row in conn.execute(select(tok.c.res_id).where(
         tok.c.res_type == "ImagingStudy", tok.c.param == "identifier", tok.c.system == DICOM_UID_SYSTEM,
-        tok.c.code == OID_PREFIX + study_uid))]
+        tok.c.code.in_([OID_PREFIX + study_uid, study_uid])))]
     if not named or reachable_ids(conn, access, "ImagingStudy", named) != set(named):
         raise Forbidden(f"study {study_uid} is not within what the token may "
                         f"{'search' if letter == 's' else 'read'} (its ImagingStudy is outside the token's "

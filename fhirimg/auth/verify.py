@@ -125,7 +125,7 @@ class TokenVerifier:
             raise Unauthorized("the token is not active")
         wanted = settings["audience"] or audiences
         aud = answer.get("aud")
-        aud = aud if isinstance(aud, list) else [aud] if aud else []
+        aud = [a for a in (aud if isinstance(aud, list) else [aud]) if isinstance(a, str)]
         if (aud or settings["audience"]) and not set(aud) & set(wanted):
             # With an audience configured the answer must name it; without, a missing aud is
             # taken as "this authorization server serves only us" (SMART introspection has no aud).

@@ -161,6 +161,8 @@ class UnitOfWork:
     def search_ids(self, res_type: str, criteria: list[tuple[str, str]]) -> list[str]:
         """Ids of current resources matching search criteria (for conditional operations);
         with a guard, only those its principal reaches (a match outside is not even told)."""
+        if self.guard is not None:
+            self.guard.check_criteria(res_type, criteria)
         return self._visible(res_type, self.indexer.find_ids(self.conn, res_type, criteria))
 
     def search_ids_many(self, searches: list[tuple[str, list[tuple[str, str]]]]) -> list[list[str]]:
@@ -168,6 +170,9 @@ class UnitOfWork:
         find_many = getattr(self.indexer, "find_ids_many", None)
         if find_many is None:
             return [self.search_ids(res_type, criteria) for res_type, criteria in searches]
+        if self.guard is not None:
+            for res_type, criteria in searches:
+                self.guard.check_criteria(res_type, criteria)
         found = find_many(self.conn, searches)
         return [self._visible(res_type, ids) for (res_type, _), ids in zip(searches, found)]
 

@@ -171,12 +171,76 @@ def test_dicomweb_follows_the_imaging_study_decision(app, world):
     assert b"DICM" not in denied.data
 
 
-def test_claiming_another_patients_study_uid_does_not_open_its_images(app, world):
+def test_claiming_another_patients_study_uid_is_refused_and_opens_nothing(app, client, world):
     web = as_token(app, "patient/*.cruds", patient="A")
     claim = make_imaging_study("Patient/A", study_uid=world["B"]["uid"])
-    assert web.post("/fhir/ImagingStudy", json=claim).status_code == 201
+    forbidden(web.post("/fhir/ImagingStudy", json=claim), "Study Instance UID")
+    bare = {**claim, "identifier": [{"system": "urn:dicom:uid", "value": world["B"]["uid"]}]}
+    forbidden(web.post("/fhir/ImagingStudy", json=bare))  # the same UID without urn:oid:
+    # Written by a system client anyway (both forms exist), B's images stay closed to A.
+    assert client.post("/fhir/ImagingStudy", json=bare).status_code == 201
     forbidden(web.get(f"/dicom-web/studies/{world['B']['uid']}/metadata"))
     assert world["B"]["uid"] not in str(web.get("/dicom-web/studies").json)
+
+
+def test_images_of_a_deleted_study_cannot_be_claimed(app, client, world):
+    assert client.delete(f"/fhir/ImagingStudy/{world['B']['study']}").status_code == 200
+    web = as_token(app, "patient/*.cruds", patient="A")
+    forbidden(web.post("/fhir/ImagingStudy", json=make_imaging_study("Patient/A", study_uid=world["B"]["uid"])),
+              "images")
+
+
+def test_a_narrowed_token_cannot_change_a_shared_endpoint(app, world):
+    web = as_token(app, "patient/*.cruds", patient="A")
+    endpoint = web.get(f"/fhir/Endpoint/{world['A']['endpoint']}").json
+    forbidden(web.put(f"/fhir/Endpoint/{endpoint['id']}", json={**endpoint, "address": "https://attacker.example"}),
+              "shared")
+    forbidden(web.delete(f"/fhir/Endpoint/{endpoint['id']}"))
+
+
+def test_a_narrowed_write_may_not_point_at_another_patients_data(app, engine, world):
+    web = as_token(app, "patient/*.cruds", patient="A")
+    before = table_counts(engine)
+    task = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": "Patient/B"}, "focus": {"reference": f"ImagingStudy/{world['A']['study']}"}}
+    forbidden(web.post("/fhir/Task", json=task), "Patient/B")
+    forbidden(web.post("/fhir/Task", json={**task, "for": {"reference": "Patient/A"},
+                                           "focus": {"reference": f"ImagingStudy/{world['B']['study']}"}}))
+    assert table_counts(engine) == before
+
+
+def test_chained_search_is_refused_to_a_narrowed_token(app, world):
+    web = as_token(app, "patient/*.rs", patient="A")
+    forbidden(web.get("/fhir/Task?focus:ImagingStudy.modality=MR"), "chained")
+    forbidden(web.get("/fhir/Patient?_has:ImagingStudy:subject:modality=MR"))
+    assert as_token(app, "system/*.rs").get("/fhir/Task?focus:ImagingStudy.modality=MR").status_code == 200
+
+
+def test_a_create_scope_without_narrowing_does_not_reveal_matches_out_of_read_reach(app, client, engine, world):
+    web = as_token(app, "system/Patient.c patient/Patient.rud", patient="A")
+    mrn = client.get("/fhir/Patient/B").json["identifier"][0]
+    response = web.post("/fhir/Patient", json=make_patient(), headers={
+        "If-None-Exist": f"identifier={mrn['system']}|{mrn['value']}"})
+    assert response.status_code == 201  # B does not exist for this token: a new Patient is made
+    assert "Patient/B" not in response.get_data(as_text=True)
+
+
+def test_history_and_retrieve_of_unknown_ids_look_like_those_out_of_reach(app, world):
+    web = as_token(app, "patient/*.cruds", patient="A")
+    forbidden(web.get("/fhir/Patient/no-such-id/_history"))
+    forbidden(web.get("/fhir/Patient/B/_history"))
+    forbidden(web.post("/fhir/ImagingStudy/no-such-id/$retrieve"))
+
+
+def test_a_batch_vread_of_an_earlier_owners_version_is_refused(app, client, world):
+    moved = client.get(f"/fhir/ImagingStudy/{world['B']['study']}").json
+    moved["subject"] = {"reference": "Patient/A"}
+    assert client.put(f"/fhir/ImagingStudy/{world['B']['study']}", json=moved).status_code == 200
+    web = as_token(app, "patient/*.rs", patient="A")
+    answer = web.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"ImagingStudy/{world['B']['study']}/_history/1"}},
+        {"request": {"method": "GET", "url": f"ImagingStudy/{world['B']['study']}/_history/2"}}]}).json
+    assert [e["response"]["status"].split()[0] for e in answer["entry"]] == ["403", "200"]
 
 
 def test_an_earlier_version_of_another_patient_is_not_shown(app, client, world):
