@@ -147,6 +147,8 @@ def principal_from_claims(claims: dict) -> Principal:
         scope = " ".join(str(s) for s in scope)
     scopes = parse_scopes(str(scope))
     patient = claims.get("patient")
+    if patient is not None and not (isinstance(patient, str) and patient):
+        raise Unauthorized("the token's patient claim is not a Patient id")
     notes = [f"scope {s!r} ignored: {why}" for s, why in scopes.rejected]
     return Principal(
         client_id=str(claims.get("client_id") or claims.get("azp") or claims.get("sub") or ""),
