@@ -123,9 +123,10 @@ def search(uow: UnitOfWork, entry, settings) -> EntryResult:
         raise Invalid(f"a search inside a Bundle needs at least one supported criterion "
                       f"({', '.join(sorted(known))})", [f"{entry.path}.request.url"])
     count = page_size(params, settings)
+    if settings.principal is not None:
+        refuse_chains(settings.principal, entry.res_type, criteria)
     ids = sorted(uow.search_ids(entry.res_type, criteria))
     if settings.principal is not None:  # only what the token may search, counted in total too
-        refuse_chains(settings.principal, entry.res_type, criteria)
         access = decide(settings.principal, "s", entry.res_type).require()
         ids = sorted(reachable_ids(uow.conn, access, entry.res_type, ids))
     found = uow.read_many(entry.res_type, ids[:count])
