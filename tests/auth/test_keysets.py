@@ -2,47 +2,39 @@
 and a new kid picked up after the cooldown - against a real HTTP server on loopback."""
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from fhirimg.auth.jwks import KeySetCache, KeySetError, max_age
 from fhirimg.transfer.netpolicy import HostPolicy
 
 from ..auth_support import ClientKey, token_form
+from .stubs import JsonServer
 
 
-class JwksServer:
-    """Serves whatever key set `keys` holds now, with `cache_control`; counts fetches."""
+class JwksServer(JsonServer):
+    """A JWK Set at /jwks whose keys and Cache-Control the test changes."""
 
     def __init__(self):
-        self.keys: list[dict] = []
+        super().__init__()
+        self.url += "/jwks"
+        self.keys = []
         self.cache_control = "max-age=600"
-        self.fetches = 0
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.fetches += 1
-                body = json.dumps({"keys": outer.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Cache-Control", outer.cache_control)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    @property
+    def keys(self) -> list[dict]:
+        return self.body.get("keys", [])
 
-            def log_message(self, *args):
-                pass
+    @keys.setter
+    def keys(self, value: list[dict]) -> None:
+        self.body = {"keys": value}
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/jwks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def cache_control(self) -> str:
+        return self.headers["Cache-Control"]
 
-    def stop(self):
-        self.server.shutdown()
+    @cache_control.setter
+    def cache_control(self, value: str) -> None:
+        self.headers["Cache-Control"] = value
 
 
 @pytest.fixture

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -12,34 +10,7 @@ import requests
 
 from fhirimg.auth.outbound import TokenRequestError, discover_token_url
 
-
-class JsonServer:
-    """Answers every request with `self.body` (JSON)."""
-
-    def __init__(self):
-        self.body: dict = {}
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self):
-                data = json.dumps(outer.body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
+from .stubs import JsonServer
 
 
 @pytest.fixture
