@@ -99,6 +99,8 @@ def _register_auth_commands() -> None:
     from .auth import cli as auth_cli  # the client registry and `fhirimg token`
     main.add_command(auth_cli.clients)
     main.add_command(auth_cli.token)
+    from .audit import cli as audit_cli  # the audit trail's chain check
+    main.add_command(audit_cli.audit)
 
 
 _register_auth_commands()
