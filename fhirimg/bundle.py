@@ -69,7 +69,7 @@ def process_transaction(repo: Repository, entries: list[Entry], settings: Bundle
     try:
         run_transaction(repo, entries, settings)
     except Forbidden as error:
-        raise located_refusal(error, entries) from None
+        raise located_at_entry(error, entries) from None
 
 
 def run_transaction(repo: Repository, entries: list[Entry], settings: BundleSettings) -> None:
@@ -83,7 +83,7 @@ def run_transaction(repo: Repository, entries: list[Entry], settings: BundleSett
                 entry.result = execute_entry(uow, entry, settings)
             uow.write_held()
         except Conflict as error:
-            raise located_conflict(error, entries) from None
+            raise located_at_entry(error, entries) from None
         record_pushed_origins(uow, entries)
 
 
@@ -100,17 +100,9 @@ def require_entry_access(entry: Entry, settings: BundleSettings) -> None:
         raise Forbidden(access.reason, [f"{entry.path}.request"])
 
 
-def located_refusal(error: Forbidden, entries: list[Entry]) -> FhirError:
-    """A refusal found while the transaction ran names the entry of the resource refused."""
-    for entry in entries:
-        if error.resource is not None and error.resource == (entry.res_type, entry.target_id):
-            for issue in error.issues:
-                issue.expression = [f"{entry.path}.request"]
-    return error
-
-
-def located_conflict(error: Conflict, entries: list[Entry]) -> FhirError:
-    """A create's conflict can surface with a later statement: name the entry that wrote it."""
+def located_at_entry(error: Conflict | Forbidden, entries: list[Entry]) -> FhirError:
+    """An error about a resource found after its entry ran (a create's conflict surfacing with
+    a later statement, a refusal before commit) names the entry of that resource."""
     for entry in entries:
         if error.resource is not None and error.resource == (entry.res_type, entry.target_id):
             for issue in error.issues:
@@ -525,7 +517,7 @@ def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) ->
     try:
         run_batch_write(repo, entry, settings)
     except Forbidden as error:
-        raise located_refusal(error, [entry]) from None
+        raise located_at_entry(error, [entry]) from None
 
 
 def run_batch_write(repo: Repository, entry: Entry, settings: BundleSettings) -> None:
@@ -536,7 +528,7 @@ def run_batch_write(repo: Repository, entry: Entry, settings: BundleSettings) ->
             entry.result = execute_entry(uow, entry, settings)
             uow.write_held()
         except Conflict as error:
-            raise located_conflict(error, [entry]) from None
+            raise located_at_entry(error, [entry]) from None
         record_pushed_origins(uow, [entry])
 
 

@@ -62,29 +62,30 @@ def bypass_triggers(conn) -> None:
         conn.execute(text("DROP TRIGGER audit_event_no_delete"))
 
 
+def tamper(engine, statement: str) -> None:
+    """What a database superuser could do: triggers off, then change the table."""
+    with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        bypass_triggers(conn)
+        conn.execute(text(statement))
+
+
 def test_a_changed_row_is_reported_at_exactly_that_row(audited):
     append(audited, 1, 6)
-    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-        bypass_triggers(conn)
-        conn.execute(text("UPDATE audit_event SET event = replace(event, 'event 3', 'event 9') WHERE seq = 3"))
+    tamper(audited, "UPDATE audit_event SET event = replace(event, 'event 3', 'event 9') WHERE seq = 3")
     result = verdict(audited)
     assert not result.ok and result.broken_at == 3 and result.count == 2 and "content" in result.reason
 
 
 def test_a_deleted_row_is_reported_at_exactly_that_row(audited):
     append(audited, 1, 6)
-    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-        bypass_triggers(conn)
-        conn.execute(text("DELETE FROM audit_event WHERE seq = 4"))
+    tamper(audited, "DELETE FROM audit_event WHERE seq = 4")
     result = verdict(audited)
     assert not result.ok and result.broken_at == 4 and "missing" in result.reason
 
 
 def test_a_deleted_tail_is_reported_by_the_head(audited):
     append(audited, 1, 4)
-    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-        bypass_triggers(conn)
-        conn.execute(text("DELETE FROM audit_event WHERE seq = 4"))
+    tamper(audited, "DELETE FROM audit_event WHERE seq = 4")
     result = verdict(audited)
     assert not result.ok and result.broken_at == 4
 
@@ -118,8 +119,6 @@ def test_fhirimg_audit_verify_says_ok_or_names_the_row(tmp_path):
     append(engine, 1, 2)
     result = CliRunner().invoke(main, ["audit", "verify"], env={"FHIRIMG_DATABASE_URL": url})
     assert result.exit_code == 0 and result.output.startswith("OK: 2 audit events")
-    with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-        bypass_triggers(conn)
-        conn.execute(text("UPDATE audit_event SET event = '{}' WHERE seq = 1"))
+    tamper(engine, "UPDATE audit_event SET event = '{}' WHERE seq = 1")
     broken = CliRunner().invoke(main, ["audit", "verify"], env={"FHIRIMG_DATABASE_URL": url})
     assert broken.exit_code == 1 and "BROKEN at seq 1" in broken.output
