@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed as WerkzeugMetho
 
 from .config import load_config
 from .errors import FhirError, MethodNotAllowed
+from .replicate.origin import site_id
 from .store import Repository, create_schema, make_engine
 
 FHIR_PREFIX = "/fhir"
@@ -31,13 +32,17 @@ def create_app(config: dict | None = None, engine=None) -> Flask:
     from .auth import schema as _auth_tables  # noqa: F401  (clients, keys, assertion jti)
     create_schema(engine)
     app.extensions["fhirimg.engine"] = engine
-    app.extensions["fhirimg.repository"] = Repository(engine)
+    site = site_id(engine, (config.get("sections", {}).get("replicate") or {}).get("site_id"))
+    app.extensions["fhirimg.site"] = site
+    app.extensions["fhirimg.repository"] = Repository(engine, audit=config["audit"]["enabled"], site=site)
     register_request_id(app)
     from .api.access import register_access
     from .auth.context import build_auth
     register_access(app, build_auth(config["auth"], engine))
     register_blueprints(app)
     register_error_handlers(app)
+    from .api.auditing import register_auditing
+    register_auditing(app, engine)  # last: its after_request runs first, before CORS and X-Request-Id
     return app
 
 

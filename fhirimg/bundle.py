@@ -44,6 +44,7 @@ class BundleSettings:
     default_page_size: int
     max_page_size: int
     principal: object = None  # auth.principal.Principal; None: the server's own work, unchecked
+    actor: object = None  # audit.events.Actor the write events name; None: this server
 
 
 def process_bundle(repo: Repository, document, settings: BundleSettings) -> ParsedBundle:
@@ -73,7 +74,7 @@ def process_transaction(repo: Repository, entries: list[Entry], settings: Bundle
 
 
 def run_transaction(repo: Repository, entries: list[Entry], settings: BundleSettings) -> None:
-    with repo.transaction(guard=write_guard(settings)) as uow:
+    with repo.transaction(guard=write_guard(settings), actor=settings.actor) as uow:
         targets = resolve_identities(uow, entries)
         check_overlaps(entries)
         resolve_conditional_references(uow, entries, targets)
@@ -521,7 +522,7 @@ def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) ->
 
 
 def run_batch_write(repo: Repository, entry: Entry, settings: BundleSettings) -> None:
-    with repo.transaction(guard=write_guard(settings)) as uow:
+    with repo.transaction(guard=write_guard(settings), actor=settings.actor) as uow:
         resolve_identities(uow, [entry])
         resolve_conditional_references(uow, [entry], {})
         try:

@@ -76,8 +76,15 @@ class ConfigSchema(Schema):
     worker = fields.Nested(WorkerSchema, load_default=lambda: WorkerSchema().load({}))
     auth = fields.Nested(AuthSchema, load_default=lambda: AuthSchema().load({}))
     cors = fields.Nested(CorsSchema, load_default=lambda: CorsSchema().load({}))
+    # audit.settings builds on CredentialsSchema below: named lazily.
+    audit = fields.Nested(lambda: _audit_schema()(), load_default=lambda: _audit_schema()().load({}))
     # Registered sections (register_section) are validated by their own schema and put
     # under config["sections"] after loading; they are not fields here.
+
+
+def _audit_schema() -> type[Schema]:
+    from .audit.settings import AuditSchema
+    return AuditSchema
 
 
 def register_section(name: str, schema: type[Schema]) -> None:

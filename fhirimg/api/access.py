@@ -17,6 +17,7 @@ from ..auth.context import AuthContext, server_root, smart_configuration
 from ..auth.writes import WriteGuard
 from ..auth.errors import OAuthError, Unauthorized
 from ..auth.principal import Principal, anonymous_principal
+from ..auth.scopes import parse_scopes
 from ..resources import SUPPORTED_TYPES
 from ..transfer.netpolicy import is_loopback_name
 from .negotiation import base_url, dumps
@@ -98,8 +99,19 @@ def token() -> Response:
     form = {k: v for k, v in request.form.items()}
     token_url = server_root(public_base()) + "/auth/token"
     answer = context.tokens.issue(form, [token_url], own_issuer(), public_base())
+    note_login(answer)
     return Response(dumps(answer), 200, content_type="application/json",
                     headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+def note_login(answer: dict) -> None:
+    """A token issued: the client (verified now) and the scopes granted, never the token."""
+    import jwt
+    from .auditing import note
+    claims = jwt.decode(answer["access_token"], options={"verify_signature": False})
+    g.principal = Principal(str(claims.get("client_id") or claims.get("sub")), parse_scopes(""),
+                            token_id=claims.get("jti"))
+    note("login", details={"scope": answer.get("scope", "")[:500]})
 
 
 @blueprint.route("/auth/jwks", methods=["GET"])
@@ -122,6 +134,7 @@ def oauth_error(error: OAuthError) -> Response:
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="fhirimg-token"'
     log.info("token request refused: %s: %s", error.error, error.description)
+    g.audit_reason = f"{error.error}: {error.description}"[:500]
     return Response(dumps(error.to_json()), error.status, content_type="application/json", headers=headers)
 
 

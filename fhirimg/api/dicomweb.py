@@ -10,12 +10,14 @@ from flask import Blueprint, Response, current_app, request
 
 from ..auth.imaging import require_study, study_filter
 from ..dicomweb import index, qido, wado
+from ..dicomweb.owners import study_owners
 from ..errors import NotAcceptable, NotFound
 from ..transfer.blobstore import BlobStore
 from ..transfer.schema import create_transfer_schema
 from ..transfer.settings import blob_root, transfer_section
 from ..transfer.uids import require_uid
 from .access import current_principal
+from .auditing import note, raw_query
 from .negotiation import dumps
 
 DICOMWEB_PREFIX = "/dicom-web"
@@ -64,11 +66,13 @@ def search_for_studies() -> Response:
     # A StudyInstanceUID list narrows the scan in SQL; matching below still applies every filter.
     named = next((value for tag, _, value in query.filters if tag == "0020000D"), "")
     uids = [uid.strip() for uid in named.split(",")] if named not in ("", "*") else None
-    results = []
+    results, found = [], []
     for study in index.study_summaries(engine(), uids, study_filter(current_principal(), "s")):
         attributes = qido.study_attributes(study, f"{own_base()}/studies/{study.study_uid}")
         if qido.matches(attributes, query.filters):
             results.append(qido.select_fields(attributes, qido.STUDY_TAGS, query))
+            found.append(study.study_uid)
+    note_dicom("search-type", found, {"service": "QIDO-RS"})
     return dicom_json(qido.page(results, query))
 
 
@@ -83,12 +87,14 @@ def search_for_series(study: str | None = None) -> Response:
     summaries = index.series_summaries(engine(), study, allowed=allowed)
     if not summaries and study is not None:
         raise NotFound(f"study {study} is not held here")
-    results = []
+    results, found = [], set()
     for series in summaries:
         url = f"{own_base()}/studies/{series.study_uid}/series/{series.series_uid}"
         attributes = qido.series_attributes(series, url)
         if qido.matches(attributes, query.filters):
             results.append(qido.select_fields(attributes, qido.SERIES_TAGS, query))
+            found.add(series.study_uid)
+    note_dicom("search-type", sorted(found), {"service": "QIDO-RS"})
     return dicom_json(qido.page(results, query))
 
 
@@ -108,6 +114,7 @@ def search_for_instances(study: str, series: str | None = None) -> Response:
         attributes = qido.instance_attributes(instance, url)
         if qido.matches(attributes, query.filters):
             results.append(qido.select_fields(attributes, qido.INSTANCE_TAGS, query))
+    note_dicom("search-type", [study], {"service": "QIDO-RS"})
     return dicom_json(qido.page(results, query))
 
 
@@ -128,7 +135,21 @@ def instances_or_404(study: str, series: str | None, sop: str | None) -> list[in
     if not instances:
         what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
         raise NotFound(f"{what} is not held here")
+    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": sop,
+            "frames": request.view_args.get("frames")}
+    note_dicom("read", [study], {"service": "WADO-RS", **{k: v for k, v in uids.items() if v}})
     return instances
+
+
+def note_dicom(interaction: str, study_uids: list[str], details: dict) -> None:
+    """A DICOMweb access as the audit trail records it: the ImagingStudy resources naming the
+    studies, one event per patient; a query keeps its raw query string."""
+    with engine().connect() as conn:
+        owners = study_owners(conn, study_uids) if study_uids else {}
+    pairs = [pair for uid in study_uids for pair in owners.get(uid, [])]
+    resources = sorted({f"ImagingStudy/{study_id}" for study_id, _ in pairs}) if interaction == "read" else []
+    note(interaction, resources=resources, patients=[patient for _, patient in pairs] or [None],
+         query=raw_query() if interaction == "search-type" else None, details=details)
 
 
 @blueprint.route("/studies/<study>", methods=["GET"])

@@ -24,6 +24,7 @@ from ..resources import SUPPORTED_TYPES
 from ..replicate.origin import origin_extension, site_id
 from ..store.records import format_instant
 from .access import current_principal
+from .auditing import bundle_resources, note, note_query, patients_of
 from .negotiation import base_url, json_response, prefer_handling
 from .rest import ResourceTypeConverter, checked_type, repository
 
@@ -71,6 +72,10 @@ def history_response(res_type: str | None, res_id: str | None) -> Response:
                 require_version(uow.conn, current_principal(), entry.version)
     links = page_links(params, page)
     bundle = history_bundle(page, links, local_site_id())
+    if res_id is not None:  # the versions of one resource: a read of it
+        note("history-instance", resources=[f"{res_type}/{res_id}"], patients=patients_of(bundle_resources(bundle)))
+    else:  # a replication feed read by a remote site, or a client's history query
+        note_query("history-type" if res_type else "history-system", bundle)
     headers = {"X-Next-Poll": links["next-poll"], SITE_HEADER: local_site_id()}
     return json_response(bundle, 200, headers)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
 from ..errors import FhirError, Invalid, NotAcceptable, TooLarge, UnsupportedMediaType, informational_outcome
 from ..store.records import StoredVersion
@@ -133,6 +133,7 @@ def write_response(stored: StoredVersion | None, status: int, diagnostics: str |
 
 
 def error_response(error: FhirError) -> Response:
+    g.audit_reason = error.diagnostics[:500]  # the failure's AuditEvent says why (api/auditing.py)
     mimetype = FHIR_JSON
     try:
         mimetype = response_media_type()

@@ -22,6 +22,8 @@ from ..transfer.settings import PRIORITIES, own_dicomweb_base, transfer_section
 from ..transfer.sources import TaskFailure, check_retrievable
 from ..transfer.tasks import start_retrieve
 from .access import current_principal
+from .auditing import audited_transaction, note, raw_query
+from ..audit.writes import patient_of
 from .capability import register_operation
 from .negotiation import base_url, json_response, media_type, parse_json, read_bounded_body
 
@@ -43,14 +45,18 @@ def retrieve(res_id: str) -> Response:
     repo = current_app.extensions["fhirimg.repository"]
     for attempt in range(2):
         try:
-            with repo.transaction(guard=WriteGuard(principal)) as uow:
+            with audited_transaction(repo, WriteGuard(principal)) as uow:
                 require_resource(uow.conn, principal, "r", "ImagingStudy", res_id)  # 403 for unknown ids too
                 require_retrievable(uow, res_id)
                 task, created = start_retrieve(uow, res_id, priority, repo.clock())
+                study = uow.read("ImagingStudy", res_id)
             break
         except IntegrityError:
             if attempt:  # a concurrent $retrieve won the active_retrieve row twice: give up
                 raise
+    note("operation", resources=[f"ImagingStudy/{res_id}", f"Task/{task.res_id}"],
+         patients=[patient_of("ImagingStudy", res_id, study.resource)], query=raw_query(),
+         details={"operation": "$retrieve", "priority": priority})
     if created:
         enqueue_or_defer(repo, task.res_id, priority)
     headers = {"Content-Location": f"{base_url()}/Task/{task.res_id}", "ETag": task.etag}

@@ -11,6 +11,7 @@ from ..auth.decision import decide, require_resource, require_version
 from ..errors import MethodNotAllowed, NotFound, informational_outcome
 from ..resources import SUPPORTED_TYPES, validate_resource
 from .access import current_principal, write_guard
+from .auditing import audited_transaction, note_read
 from .negotiation import (JSON_PATCH, JSON_TYPES, json_response, read_json_body, version_headers,
                           write_response)
 
@@ -48,8 +49,9 @@ def checked_type(res_type: str, letter: str | None = None) -> str:
 
 
 def transaction():
-    """A write transaction whose every change the request's principal is checked for."""
-    return repository().transaction(guard=write_guard())
+    """A write transaction whose every change the request's principal is checked for (and
+    whose write AuditEvents name the request's client)."""
+    return audited_transaction(repository(), write_guard())
 
 
 @blueprint.route("/<restype:res_type>", methods=["POST"])
@@ -99,6 +101,7 @@ def read(res_type: str, res_id: str) -> Response:
     with repository().reading() as uow:
         require_resource(uow.conn, current_principal(), "r", res_type, res_id)
         stored = interactions.read(uow, res_type, res_id).stored
+    note_read("read", stored)
     if is_not_modified(stored):
         return Response(status=304, headers=version_headers(stored))
     return json_response(stored.resource, 200, version_headers(stored))
@@ -145,6 +148,7 @@ def vread(res_type: str, res_id: str, version: str) -> Response:
         require_resource(uow.conn, current_principal(), "r", res_type, res_id)
         stored = interactions.vread(uow, res_type, res_id, version).stored
         require_version(uow.conn, current_principal(), stored)
+    note_read("vread", stored)
     return json_response(stored.resource, 200, version_headers(stored))
 
 

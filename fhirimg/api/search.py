@@ -16,6 +16,7 @@ from ..resources import SUPPORTED_TYPES
 from ..search.query import SearchRequest
 from ..search.searchset import SearchContext, run_search, run_system_search
 from .access import current_principal
+from .auditing import note_query
 from .negotiation import base_url, json_response, prefer_handling
 from .rest import checked_type, repository
 
@@ -27,7 +28,7 @@ IGNORED_HERE = {"_format", "_pretty"}  # handled by content negotiation
 @blueprint.route("/<res_type>", methods=["GET"])
 def search_type(res_type: str) -> Response:
     checked_type(res_type)
-    return json_response(search(res_type, list(request.args.items(multi=True))))
+    return searchset_response("search-type", search(res_type, list(request.args.items(multi=True))))
 
 
 @blueprint.route("/<res_type>/_search", methods=["POST"])
@@ -36,7 +37,7 @@ def search_type_post(res_type: str) -> Response:
     if request.mimetype != "application/x-www-form-urlencoded":
         raise Invalid("POST _search takes application/x-www-form-urlencoded parameters (http.html#search)")
     params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
-    return json_response(search(res_type, params))
+    return searchset_response("search-type", search(res_type, params))
 
 
 @blueprint.route("", methods=["GET"], strict_slashes=False)  # GET [base]?_type=... without a redirect
@@ -60,6 +61,11 @@ def search_system() -> Response:
     link_params = [(k, v) for k, v in params if k != "_cursor"]
     with repository().reading() as uow:
         bundle = run_system_search(uow, requests, context(), cursor, link_params)
+    return searchset_response("search-system", bundle)
+
+
+def searchset_response(interaction: str, bundle: dict) -> Response:
+    note_query(interaction, bundle)  # one event per patient whose data the page holds
     return json_response(bundle)
 
 

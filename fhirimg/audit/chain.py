@@ -13,9 +13,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
-from .schema import audit_event, audit_head
+from ..store import driver
+from .index import index_values
+from .schema import audit_anchor, audit_event, audit_head, audit_index
 
 GENESIS = "0" * 64
 
@@ -39,27 +41,51 @@ class Appended:
 
 def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended | None:
     """Append (event, patient id, recorded ms) rows in the caller's transaction, chained after
-    the current head; the head row's lock orders concurrent appenders (commit order = chain order)."""
+    the current head, with their search values; the head row's lock orders concurrent
+    appenders (commit order = chain order)."""
     if not events:
         return None
-    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-                        .with_for_update()).first()
-    seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        seq, prev = driver.fetch_all(conn, LOCK_HEAD_SQL)[0]
+    else:
+        head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+                            .with_for_update()).one()
+        seq, prev = head.seq, head.hash
     first = seq + 1
-    rows = []
+    rows, index_rows = [], []
     for event, patient, recorded_ms in events:
         seq += 1
         content = canonical_json(event)
         digest = row_hash(prev, seq, content)
         rows.append({"seq": seq, "recorded_ms": recorded_ms, "patient": patient, "event": content.decode("utf-8"),
                      "prev_hash": prev, "row_hash": digest})
+        index_rows += [{"seq": seq, "param": param, "value": value} for param, value in index_values(event)]
         prev = digest
-    conn.execute(insert(audit_event), rows)
-    if head is None:
-        conn.execute(insert(audit_head).values(id=1, seq=seq, hash=prev))
+    if postgres:
+        driver.run(conn, APPEND_SQL, {"rows": driver.json_rows(rows), "index": driver.json_rows(index_rows),
+                                      "seq": seq, "hash": prev})
     else:
+        conn.execute(insert(audit_event), rows)
+        if index_rows:
+            conn.execute(insert(audit_index), index_rows)
         conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
     return Appended(first, seq, prev)
+
+
+LOCK_HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
+# Events, their search values and the new head in one round trip (the head stays locked
+# until commit: on the write path this runs under the change counter's lock too).
+APPEND_SQL = """
+WITH e AS (
+    INSERT INTO audit_event (seq, recorded_ms, patient, event, prev_hash, row_hash)
+    SELECT seq, recorded_ms, patient, event, prev_hash, row_hash FROM json_to_recordset(%(rows)s::json)
+        AS r(seq bigint, recorded_ms bigint, patient text, event text, prev_hash text, row_hash text)),
+i AS (
+    INSERT INTO audit_index (seq, param, value)
+    SELECT seq, param, value FROM json_to_recordset(%(index)s::json) AS r(seq bigint, param text, value text))
+UPDATE audit_head SET seq = %(seq)s, hash = %(hash)s WHERE id = 1
+"""
 
 
 @dataclass
@@ -69,18 +95,29 @@ class Verdict:
     head_hash: str
     broken_at: int | None = None
     reason: str = ""
+    anchor_seq: int = 0
 
     def describe(self) -> str:
+        since = f" after the retention anchor at seq {self.anchor_seq}" if self.anchor_seq else ""
         if self.ok:
-            return f"OK: {self.count} audit events, head {self.head_hash}"
+            return f"OK: {self.count} audit events{since}, head {self.head_hash}"
         return f"BROKEN at seq {self.broken_at}: {self.reason} (the {self.count} rows before it verify)"
+
+
+def chain_start(conn) -> tuple[int, str]:
+    """Where the chain begins: after the highest retention anchor (seq, the hash it links to)."""
+    row = conn.execute(select(audit_anchor.c.through_seq, audit_anchor.c.hash)
+                       .order_by(audit_anchor.c.through_seq.desc()).limit(1)).first()
+    return (row.through_seq, row.hash) if row is not None else (0, GENESIS)
 
 
 def verify_chain(conn, batch: int = 5000) -> Verdict:
     """Walk the chain in seq order; the first row whose hash, link or number is wrong is named."""
-    expected_seq, prev, count = 1, GENESIS, 0
+    anchor, prev = chain_start(conn)
+    expected_seq, count, after = anchor + 1, 0, anchor
     t = audit_event
-    after = 0
+    if conn.execute(select(func.count()).select_from(t).where(t.c.seq <= anchor)).scalar():
+        return Verdict(False, 0, prev, anchor, "rows at or below the retention anchor were not pruned", anchor)
     while True:
         rows = conn.execute(select(t.c.seq, t.c.event, t.c.prev_hash, t.c.row_hash).where(t.c.seq > after)
                             .order_by(t.c.seq).limit(batch)).all()
@@ -88,15 +125,18 @@ def verify_chain(conn, batch: int = 5000) -> Verdict:
             break
         for row in rows:
             if row.seq != expected_seq:
-                return Verdict(False, count, prev, expected_seq, f"row {expected_seq} is missing (next is {row.seq})")
+                return Verdict(False, count, prev, expected_seq, f"row {expected_seq} is missing (next is {row.seq})",
+                               anchor)
             if row.prev_hash != prev:
-                return Verdict(False, count, prev, row.seq, "its prev_hash does not link to the row before")
+                return Verdict(False, count, prev, row.seq, "its prev_hash does not link to the row before", anchor)
             if row_hash(prev, row.seq, row.event.encode("utf-8")) != row.row_hash:
-                return Verdict(False, count, prev, row.seq, "its content does not match its row_hash")
+                return Verdict(False, count, prev, row.seq, "its content does not match its row_hash", anchor)
             prev, expected_seq, count = row.row_hash, row.seq + 1, count + 1
         after = rows[-1].seq
     head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).first()
-    if head is not None and (head.seq != count or head.hash != prev):
-        return Verdict(False, count, prev, count + 1 if head.seq > count else head.seq,
-                       f"the head says {head.seq} rows ending in {head.hash[:12]}..., the table has {count}")
-    return Verdict(True, count, prev)
+    last = anchor + count
+    if head is not None and (head.seq != last or head.hash != prev):
+        return Verdict(False, count, prev, last + 1 if head.seq > last else head.seq,
+                       f"the head says {head.seq} rows ending in {head.hash[:12]}..., the table ends at {last}",
+                       anchor)
+    return Verdict(True, count, prev, anchor_seq=anchor)

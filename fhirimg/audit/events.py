@@ -26,10 +26,27 @@ SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 JTI_PREFIX = "urn:ietf:params:oauth:jti:"
 
 # restful-interaction code -> AuditEvent.action (C R U D E)
-ACTIONS = {"create": "C", "read": "R", "vread": "R", "history-instance": "R", "update": "U", "patch": "U",
+ACTIONS = {"login": "E", "create": "C", "read": "R", "vread": "R", "history-instance": "R", "update": "U", "patch": "U",
            "delete": "D", "search-type": "E", "search-system": "E", "history-type": "E", "history-system": "E",
            "operation": "E", "transaction": "E", "batch": "E"}
 QUERIES = {"search-type", "search-system", "history-type", "history-system"}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: the client (and its user) over the network, at this server (the observer).
+    Requests make one from their principal; workers and replication act as the server."""
+
+    client_id: str
+    site: str
+    network: str | None = None
+    request_id: str | None = None
+    token_id: str | None = None
+    user: str | None = None
+
+    def act(self, interaction: str, recorded_ms: int, **details) -> "Act":
+        return Act(interaction, recorded_ms, self.client_id, self.site, network=self.network,
+                   request_id=self.request_id, token_id=self.token_id, user=self.user, **details)
 
 
 @dataclass
@@ -49,6 +66,7 @@ class Act:
     query: str | None = None  # the raw query string of a search (kept as base64, as BALP says)
     details: dict[str, str] = field(default_factory=dict)  # e.g. DICOM UIDs of a WADO read
     reason: str | None = None  # why it failed
+    other_patients: tuple[str, ...] = ()  # patients concerned besides the event's own (as entities)
 
 
 def outcome_code(status: int) -> str:
@@ -59,26 +77,42 @@ def outcome_code(status: int) -> str:
 def audit_events(act: Act, patients: list[str | None]) -> list[dict]:
     """The act's AuditEvents: one per patient it concerns (BALP PatientQuery/PatientRead), or
     one without a patient. Each names its patient in ``patient`` and as an entity."""
-    return [audit_event(act, patient) for patient in (sorted({p for p in patients if p}) or [None])]
+    return [event for event, _, _ in event_rows(act, patients)]
+
+
+def event_rows(act: Act, patients: list[str | None]) -> list[tuple[dict, str | None, int]]:
+    """The act's events as rows for the chain: (event, its patient, recorded ms)."""
+    return [(event, patient, act.recorded_ms) for event, patient in
+            ((audit_event(act, p), p) for p in (sorted({p for p in patients if p}) or [None]))]
 
 
 def audit_event(act: Act, patient: str | None) -> dict:
+    category, code = classification(act.interaction)
     event = {
         "resourceType": "AuditEvent",
-        "category": [{"coding": [{"system": EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}]}],
-        "code": {"coding": [{"system": RESTFUL, "code": act.interaction}]},
+        "category": [{"coding": [category]}],
+        "code": {"coding": [code]},
         "action": ACTIONS.get(act.interaction, "E"),
         "occurredDateTime": format_instant(act.recorded_ms),
         "recorded": format_instant(act.recorded_ms),
         "outcome": outcome(act),
         "agent": agents(act),
-        "source": {"observer": {"display": act.site},
+        "source": {"observer": {"identifier": {"value": act.site}},
                    "type": [{"coding": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]}]},
         "entity": entities(act, patient),
     }
     if patient:
         event["patient"] = {"reference": f"Patient/{patient}"}
     return event
+
+
+def classification(interaction: str) -> tuple[dict, dict]:
+    """(category, code): a RESTful interaction, or (token issuance) a DICOM User Authentication login."""
+    if interaction == "login":
+        return ({"system": DCM, "code": "110114", "display": "User Authentication"},
+                {"system": DCM, "code": "110122", "display": "Login"})
+    return ({"system": EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+            {"system": RESTFUL, "code": interaction})
 
 
 def outcome(act: Act) -> dict:
@@ -96,7 +130,7 @@ def agents(act: Act) -> list[dict]:
     if act.token_id:
         client["policy"] = [JTI_PREFIX + str(act.token_id)]
     server = {"type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
-              "who": {"display": act.site}, "requestor": False}
+              "who": {"identifier": {"value": act.site}}, "requestor": False}
     out = [client, server]
     if act.user:
         out.append({"type": {"coding": [{"system": PARTICIPATION, "code": "IRCP", "display": "information recipient"}]},
@@ -111,6 +145,9 @@ def entities(act: Act, patient: str | None) -> list[dict]:
     for reference in act.resources:
         if reference != f"Patient/{patient}":
             out.append({"what": {"reference": reference}, "role": role("4", "Domain Resource")})
+    for other in act.other_patients:  # e.g. the patient an updated study was moved away from
+        if other != patient:
+            out.append({"what": {"reference": f"Patient/{other}"}, "role": role("1", "Patient")})
     if act.query is not None and act.interaction in QUERIES | {"operation"}:
         out.append({"role": role("24", "Query"), "query": base64.b64encode(act.query.encode()).decode("ascii")})
     detail = [{"type": {"text": name}, "valueString": value} for name, value in act.details.items()]

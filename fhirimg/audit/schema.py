@@ -1,4 +1,10 @@
-"""Tables of the audit trail, and the triggers that make ``audit_event`` append-only."""
+"""Tables of the audit trail, and the triggers that make them append-only.
+
+``audit_event`` holds the chained events, ``audit_index`` the search values of each (R5
+AuditEvent search parameters), ``audit_head`` the chain's last seq and hash. Rows may be
+deleted only at or below the retention anchor (``audit_anchor``), which ``fhirimg audit
+prune`` raises in the same transaction, after an export, recording the prune as an event.
+"""
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text, event
@@ -6,16 +12,29 @@ from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Tab
 from ..store.schema import register_metadata
 
 metadata = MetaData()
+SEQ = BigInteger().with_variant(Integer, "sqlite")
 
 audit_event = Table(
     "audit_event", metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("seq", SEQ, primary_key=True, autoincrement=False),
     Column("recorded_ms", BigInteger, nullable=False),
     Column("patient", String(64), nullable=True),  # the patient the event concerns (BALP: one event each)
     Column("event", Text, nullable=False),  # the AuditEvent, canonical JSON (what row_hash covers)
     Column("prev_hash", String(64), nullable=False),
     Column("row_hash", String(64), nullable=False),
     Index("ix_audit_event_patient", "patient", "seq"),
+    Index("ix_audit_event_recorded", "recorded_ms", "seq"),
+)
+
+# One row per (event, search parameter, value): tokens as "system|code" and "|code"-less
+# codes, references as "Type/id". Derived from the event, written with it.
+audit_index = Table(
+    "audit_index", metadata,
+    Column("seq", SEQ, nullable=False),
+    Column("param", String(24), nullable=False),
+    Column("value", String(256), nullable=False),
+    Index("ix_audit_index_lookup", "param", "value", "seq"),
+    Index("ix_audit_index_seq", "seq"),
 )
 
 # One row: the chain's last seq and hash, locked by every appending transaction.
@@ -26,26 +45,54 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
-SQLITE_TRIGGERS = [
-    "CREATE TRIGGER IF NOT EXISTS audit_event_no_update BEFORE UPDATE ON audit_event "
-    "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_event_no_delete BEFORE DELETE ON audit_event "
-    "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END",
-]
-POSTGRES_TRIGGERS = [
-    "CREATE OR REPLACE FUNCTION fhirimg_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-    "$$ BEGIN RAISE EXCEPTION 'audit_event is append-only'; END $$",
-    "DROP TRIGGER IF EXISTS audit_event_append_only ON audit_event",
-    "CREATE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE ON audit_event "
-    "FOR EACH ROW EXECUTE FUNCTION fhirimg_audit_append_only()",
-]
+# Append-only too: each prune adds a row; the chain now starts after the highest through_seq,
+# linked to its hash (the row_hash of the last event pruned).
+audit_anchor = Table(
+    "audit_anchor", metadata,
+    Column("through_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("pruned_ms", BigInteger, nullable=False),
+)
+
+APPEND_ONLY = ("audit_event", "audit_index", "audit_anchor")
+# Deleting below the anchor is how a prune removes what it exported; nothing else is deleted.
+PRUNABLE = {"audit_event": "seq", "audit_index": "seq"}
 
 
-@event.listens_for(audit_event, "after_create")
+def sqlite_triggers(table: str) -> list[str]:
+    column = PRUNABLE.get(table)
+    above_anchor = f"WHEN OLD.{column} > (SELECT COALESCE(MAX(through_seq), 0) FROM audit_anchor) " if column else ""
+    return [
+        f"DROP TRIGGER IF EXISTS {table}_no_update",
+        f"DROP TRIGGER IF EXISTS {table}_no_delete",
+        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END",
+        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} {above_anchor}"
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END",
+    ]
+
+
+def postgres_triggers(table: str) -> list[str]:
+    column = PRUNABLE.get(table)
+    allow = (f"IF TG_OP = 'DELETE' AND OLD.{column} <= (SELECT COALESCE(MAX(through_seq), 0) FROM audit_anchor) "
+             "THEN RETURN OLD; END IF; ") if column else ""
+    return [
+        f"CREATE OR REPLACE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN {allow}RAISE EXCEPTION '{table} is append-only'; END $$",
+        f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
+        f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()",
+    ]
+
+
 def _append_only(target, connection, **_):
-    statements = POSTGRES_TRIGGERS if connection.dialect.name == "postgresql" else SQLITE_TRIGGERS
-    for statement in statements:
+    build = postgres_triggers if connection.dialect.name == "postgresql" else sqlite_triggers
+    for statement in build(target.name):
         connection.exec_driver_sql(statement)
+
+
+for _table in (audit_event, audit_index, audit_anchor):
+    event.listen(_table, "after_create", _append_only)
 
 
 @event.listens_for(audit_head, "after_create")

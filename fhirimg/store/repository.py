@@ -38,23 +38,49 @@ def new_id() -> str:
 
 
 class Repository:
-    """Entry point to storage; pass it explicitly to whatever needs it."""
+    """Entry point to storage; pass it explicitly to whatever needs it.
 
-    def __init__(self, engine: Engine, clock: Callable[[], int] = wall_clock_ms, indexer=None):
+    With `audit` (the default) every version written gets its write AuditEvent in the same
+    transaction (audit/writes.py), naming the transaction's actor: the request's client, or
+    - for workers, replication and the CLI - this server acting as `role`."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], int] = wall_clock_ms, indexer=None,
+                 audit: bool = True, role: str = "fhirimg", site: str | None = None):
         from ..search import index as default_indexer
         self.engine = engine
         self.clock = clock
         self.indexer = indexer or default_indexer
+        self.auditor = None
+        if audit:
+            from ..audit.writes import audit_writes
+            self.auditor = audit_writes
+        self.role = role
+        self._site = site
+
+    @property
+    def site(self) -> str:
+        """This server as the audit trail names it (the site id of replication)."""
+        if self._site is None:
+            from ..replicate.origin import site_id
+            self._site = site_id(self.engine)
+        return self._site
+
+    def server_actor(self):
+        from ..audit.events import Actor
+        return Actor(self.role, self.site)
 
     @contextmanager
-    def transaction(self, guard=None) -> Iterator["UnitOfWork"]:
+    def transaction(self, guard=None, actor=None) -> Iterator["UnitOfWork"]:
         """One write transaction; commits when the block ends normally, else rolls back.
 
         `guard` (auth.decision.WriteGuard) sees every change before it is made and all of
-        them before commit; an exception from it rolls everything back."""
+        them before commit; an exception from it rolls everything back. `actor`
+        (audit.events.Actor) is who the write events name; None: this server."""
+        if self.auditor is not None and actor is None:
+            actor = self.server_actor()
         with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
             with conn.begin():
-                uow = UnitOfWork(conn, self.clock, self.indexer, guard=guard)
+                uow = UnitOfWork(conn, self.clock, self.indexer, guard=guard, auditor=self.auditor, actor=actor)
                 yield uow
                 if guard is not None:
                     guard.before_commit(uow)
@@ -97,9 +123,13 @@ class UnitOfWork:
     commit: a push of a Patient and an ImagingStudy sent 4 statements for them, now 1.
     """
 
-    def __init__(self, conn: Connection, clock, indexer, read_only: bool = False, guard=None):
+    def __init__(self, conn: Connection, clock, indexer, read_only: bool = False, guard=None,
+                 auditor=None, actor=None):
         self._conn = conn
         self.guard = guard
+        self.auditor = auditor
+        self.actor = actor
+        self.previous: dict[tuple[str, str], dict | None] = {}  # content before this unit changed it
         self.clock = clock
         self.indexer = indexer
         self.read_only = read_only
@@ -239,6 +269,7 @@ class UnitOfWork:
             self.guard.before_change(self, current.res_type, current.res_id, letter)
 
     def _bump_version(self, current: StoredVersion, is_deleted: bool = False) -> None:
+        self.previous.setdefault((current.res_type, current.res_id), current.resource)
         # Compare-and-set: of two concurrent writers of one resource only one can move the
         # version from n to n+1; the other matches no row and gets a 409.
         if self.is_postgres:
@@ -319,6 +350,8 @@ class UnitOfWork:
             number_versions(versions, *self._take_sequence(len(versions), now))
             self.conn.execute(resource_version.insert(), [version_row(stored) for stored in versions])
             self._stamp_current(versions, versions[0].last_updated_ms)
+        if self.auditor is not None:  # after the counter's lock: one lock order for all writers
+            self.auditor(self._conn, self.actor, versions, self.previous)
         for stored in versions:
             if stored.resource is not None:
                 stored.resource = with_server_meta(stored.resource, stored.version, stored.last_updated_ms)

@@ -61,6 +61,7 @@ def create_schema(engine) -> None:
     """Create all tables (idempotent) and the single change-counter row."""
     from .. import search  # noqa: F401  (registers the index tables)
     from ..replicate import schema as _replication  # noqa: F401  (change origins, link cursors)
+    from ..audit import schema as _audit  # noqa: F401  (the audit trail: every write has its event)
     from .engine import WRITE_OPTION
     # Several processes start on a fresh database at once (gunicorn workers, `fhirimg run`'s
     # server and worker): each would see a table missing and all but one would fail with

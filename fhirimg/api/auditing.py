@@ -1,0 +1,183 @@
+"""HTTP side of the audit trail: what each request did, recorded before it is answered.
+
+Writes are recorded by the unit of work, in the transaction that writes them (the actor
+made here names the client). Everything else a request does - reads, searches, history,
+DICOMweb, $retrieve, token requests, and every refusal or failure - is noted by its view
+(``note``) and recorded by ``finish`` after the view returns and before the first byte of
+the response is sent, through the process's group committer. If the events cannot be
+made durable the client gets a 503 instead of the data.
+"""
+from __future__ import annotations
+
+import base64
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from flask import Flask, Response, current_app, g, request
+
+from ..audit.committer import AuditUnavailable, GroupCommitter
+from ..audit.events import Actor, event_rows
+from ..audit.writes import patient_of
+from ..errors import FhirError
+
+# Flask endpoint -> the interaction a request to it is (when its view noted nothing itself).
+ENDPOINTS = {
+    "rest.create": "create", "rest.conditional_update": "update", "rest.conditional_delete": "delete",
+    "rest.conditional_patch": "patch", "rest.read": "read", "rest.update": "update", "rest.patch": "patch",
+    "rest.delete": "delete", "rest.vread": "vread", "rest.vread_other_methods": "vread",
+    "search.search_type": "search-type", "search.search_type_post": "search-type",
+    "search.search_system": "search-system", "history.history_system": "history-system",
+    "history.history_type": "history-type", "history.history_instance": "history-instance",
+    "operations.retrieve": "operation", "bundle.transaction_or_batch": "transaction", "access.token": "login",
+    "auditevent.read": "read", "auditevent.search": "search-type", "auditevent.search_post": "search-type",
+    "auditevent.verify": "operation", "auditevent.refuse": "create",
+}
+WRITES = {"create", "update", "patch", "delete"}
+# Public documents with no patient data: not audited.
+UNAUDITED = {"capability.metadata", "access.smart_config", "access.jwks", "static"}
+
+
+@dataclass
+class Note:
+    interaction: str
+    patients: list[str | None] = field(default_factory=lambda: [None])
+    resources: list[str] = field(default_factory=list)
+    query: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
+    status: int | None = None  # its own (a Bundle entry's); else the response's
+    reason: str | None = None
+
+
+def note(interaction: str, *, resources=(), patients=(None,), query: str | None = None,
+         details: dict | None = None, status: int | None = None, reason: str | None = None) -> None:
+    """What the current request did, for its audit events (one per patient)."""
+    notes = g.setdefault("audit_notes", [])
+    notes.append(Note(interaction, list(patients) or [None], list(resources), query, dict(details or {}),
+                      status, reason))
+
+
+def note_read(interaction: str, stored) -> None:
+    note(interaction, resources=[stored.location],
+         patients=[patient_of(stored.res_type, stored.res_id, stored.resource)])
+
+
+def patients_of(resources) -> list[str | None]:
+    """The patients a set of returned resources concern (BALP: one event per patient)."""
+    found = {patient_of(r.get("resourceType", ""), r.get("id", ""), r) for r in resources if isinstance(r, dict)}
+    return sorted(p for p in found if p) or [None]
+
+
+def bundle_resources(bundle: dict) -> list[dict]:
+    return [e["resource"] for e in bundle.get("entry") or [] if isinstance(e.get("resource"), dict)]
+
+
+def note_query(interaction: str, bundle: dict, query: str | None = None) -> None:
+    """A search or history page: the raw query, one event per patient in what it returned."""
+    note(interaction, patients=patients_of(bundle_resources(bundle)), query=raw_query() if query is None else query)
+
+
+def raw_query() -> str:
+    """The request's query as sent, and a POSTed search's form body (BALP: base64 of the raw request)."""
+    query = request.query_string.decode("utf-8", "replace")
+    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
+        body = request.get_data(cache=True).decode("utf-8", "replace")
+        query = "&".join(part for part in (query, body) if part)
+    return query
+
+
+def request_actor() -> Actor:
+    principal = g.get("principal")
+    site = current_app.extensions["fhirimg.site"]
+    network = request.remote_addr
+    if principal is None:  # refused before authentication, or the token endpoint
+        return Actor(claimed_client(), site, network, g.get("request_id"))
+    return Actor(principal.client_id, site, network, g.get("request_id"), principal.token_id, principal.fhir_user)
+
+
+def claimed_client() -> str:
+    """Who a request without a verified token says it is (token requests name a client_id)."""
+    if request.endpoint == "access.token":
+        claimed = request.form.get("client_id") or unverified_issuer(request.form.get("client_assertion"))
+        if claimed:
+            return f"unverified:{claimed[:100]}"
+    return "unauthenticated"
+
+
+def unverified_issuer(assertion: str | None) -> str | None:
+    try:
+        import jwt
+        return str(jwt.decode(assertion, options={"verify_signature": False}).get("iss") or "") or None
+    except Exception:  # noqa: BLE001 - a malformed assertion names nobody
+        return None
+
+
+@contextmanager
+def audited_transaction(repo, guard):
+    """``repo.transaction`` for a request: its writes name the request's client, and the unit of
+    work is remembered, so ``finish`` knows whether the writes were recorded there."""
+    with repo.transaction(guard=guard, actor=request_actor()) as uow:
+        g.setdefault("audit_units", []).append(uow)
+        yield uow
+
+
+def wrote_versions() -> bool:
+    return any(uow.written for uow in g.get("audit_units", ()))
+
+
+def default_note(status: int) -> Note | None:
+    """A request whose view noted nothing: a refusal or failure, or a write that wrote nothing."""
+    interaction = ENDPOINTS.get(request.endpoint or "")
+    if interaction is None:
+        return Note("operation") if status in (401, 403) else None
+    if status < 400 and (interaction not in WRITES or wrote_versions()):
+        return None  # recorded with the version it wrote (or a view that chose to note nothing)
+    args = request.view_args or {}
+    resources = [f"{args['res_type']}/{args['res_id']}"] if "res_type" in args and "res_id" in args else []
+    query = raw_query() if interaction.startswith(("search", "history")) or not resources else None
+    return Note(interaction, resources=resources, query=query)
+
+
+def finish(response: Response) -> Response:
+    if request.endpoint in UNAUDITED or request.method == "OPTIONS" or not current_app.config["FHIRIMG"]["audit"]["enabled"]:
+        return response
+    status = response.status_code
+    notes = list(g.get("audit_notes", ()))
+    if status >= 400 or not notes:
+        fallback = default_note(status)
+        notes = [fallback] if fallback is not None else []
+    if not notes:
+        return response
+    actor = request_actor()
+    clock = current_app.extensions["fhirimg.repository"].clock
+    now = clock()
+    rows = []
+    for item in notes:
+        act = actor.act(item.interaction, now, status=item.status or status, resources=item.resources,
+                        query=item.query, details=item.details,
+                        reason=item.reason or (g.get("audit_reason") if status >= 400 else None))
+        rows += event_rows(act, item.patients)
+    try:
+        committer().record(rows)
+    except AuditUnavailable as exc:
+        from .negotiation import error_response
+        return error_response(FhirError(503, "transient", f"the audit trail is unavailable ({exc}); nothing was "
+                                        "answered, retry later", headers={"Retry-After": "1"}))
+    return response
+
+
+def committer() -> GroupCommitter:
+    return current_app.extensions["fhirimg.audit"]
+
+
+def register_auditing(app: Flask, engine) -> None:
+    settings = app.config["FHIRIMG"]["audit"]
+    app.extensions["fhirimg.audit"] = GroupCommitter(engine, settings["max_batch"], settings["commit_timeout"])
+    app.after_request(finish)
+
+
+def decoded_query(event: dict) -> str | None:
+    """The raw query of a query event (tests and the console read it back)."""
+    for entity in event.get("entity") or []:
+        if entity.get("query"):
+            return base64.b64decode(entity["query"]).decode("utf-8", "replace")
+    return None
