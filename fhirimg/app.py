@@ -53,6 +53,8 @@ def register_blueprints(app: Flask) -> None:
     # Order matters: fixed paths (metadata, _search, _history) before /<type>/<id>.
     app.register_blueprint(capability.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(search.blueprint, url_prefix=FHIR_PREFIX)
+    from .api import auditevent  # the audit trail: read and search only
+    app.register_blueprint(auditevent.blueprint, url_prefix=FHIR_PREFIX)
     from .api import history
     app.register_blueprint(history.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(rest.blueprint, url_prefix=FHIR_PREFIX)

@@ -40,6 +40,13 @@ SYSTEM_INTERACTIONS = {("/", "POST"): "transaction", ("/_history", "GET"): "hist
 
 # name -> {"definition": canonical, "types": [...], "level": ...}; filled by register_operation
 OPERATIONS: dict[str, dict] = {}
+# Types served by their own blueprint (AuditEvent): a function that describes each.
+EXTRA_RESOURCES: list = []
+
+
+def register_resource(describe) -> None:
+    if describe not in EXTRA_RESOURCES:
+        EXTRA_RESOURCES.append(describe)
 
 
 def register_operation(name: str, definition: str, types: list[str], documentation: str = "") -> None:
@@ -85,7 +92,8 @@ def capability_statement() -> dict:
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "resource": [resource_capability(t, routes) for t in SUPPORTED_TYPES],
+            "resource": [resource_capability(t, routes) for t in SUPPORTED_TYPES]
+            + [describe() for describe in EXTRA_RESOURCES],
             "interaction": [{"code": code} for key, code in SYSTEM_INTERACTIONS.items() if key in routes]
             + ([{"code": "batch"}] if ("/", "POST") in routes else []),
         }],
