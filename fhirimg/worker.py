@@ -16,4 +16,6 @@ def run_worker(config: dict, burst: bool = False) -> None:
     prepare_worker(config, connection)
     from .replicate.jobs import prepare_worker as prepare_replication  # scheduled replication links
     prepare_replication(config, connection)
+    from .audit.forward import prepare_forwarding  # audit trail: copies to external audit repositories
+    prepare_forwarding(config)
     Worker(queues, connection=connection).work(burst=burst, with_scheduler=True)

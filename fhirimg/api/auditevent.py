@@ -96,9 +96,11 @@ def searchset(params: list[tuple[str, str]]) -> Response:
     bundle["link"] = [{"relation": "self", "url": page_url(base, params)}]
     if following:
         bundle["link"].append({"relation": "next", "url": page_url(base, kept + [("_cursor", following)])})
-    bundle["entry"] = [{"fullUrl": f"{base}/AuditEvent/{row.seq}", "resource": as_resource(*row),
-                        "search": {"mode": "match"}} for row in rows]
-    patients = sorted({entry["resource"]["patient"]["reference"][8:] for entry in bundle["entry"]
+    entries = [{"fullUrl": f"{base}/AuditEvent/{row.seq}", "resource": as_resource(*row),
+                "search": {"mode": "match"}} for row in rows]
+    if entries:
+        bundle["entry"] = entries
+    patients = sorted({entry["resource"]["patient"]["reference"][8:] for entry in entries
                        if "patient" in entry["resource"]}) or [None]
     note("search-type", patients=patients, query=request.query_string.decode("utf-8", "replace"),
          details={"searched": "AuditEvent"})

@@ -18,7 +18,6 @@ from flask import Flask, Response, current_app, g, request
 from ..audit.committer import AuditUnavailable, GroupCommitter
 from ..audit.events import Actor, event_rows
 from ..audit.writes import patient_of
-from ..errors import FhirError
 
 # Flask endpoint -> the interaction a request to it is (when its view noted nothing itself).
 ENDPOINTS = {
@@ -50,10 +49,12 @@ class Note:
 
 def note(interaction: str, *, resources=(), patients=(None,), query: str | None = None,
          details: dict | None = None, status: int | None = None, reason: str | None = None) -> None:
-    """What the current request did, for its audit events (one per patient)."""
-    notes = g.setdefault("audit_notes", [])
-    notes.append(Note(interaction, list(patients) or [None], list(resources), query, dict(details or {}),
-                      status, reason))
+    """What the current request did: its events (one per patient) go to the committer now,
+    so that they commit while the view builds its answer; ``finish`` waits for them."""
+    item = Note(interaction, list(patients) or [None], list(resources), query, dict(details or {}), status, reason)
+    g.setdefault("audit_notes", []).append(item)
+    if is_audited():  # committed now (AuditUnavailable is a 503 like any FhirError)
+        committer().record(rows_of([item], item.status or 200))
 
 
 def note_read(interaction: str, stored) -> None:
@@ -137,31 +138,40 @@ def default_note(status: int) -> Note | None:
     return Note(interaction, resources=resources, query=query)
 
 
-def finish(response: Response) -> Response:
-    if request.endpoint in UNAUDITED or request.method == "OPTIONS" or not current_app.config["FHIRIMG"]["audit"]["enabled"]:
-        return response
-    status = response.status_code
-    notes = list(g.get("audit_notes", ()))
-    if status >= 400 or not notes:
-        fallback = default_note(status)
-        notes = [fallback] if fallback is not None else []
-    if not notes:
-        return response
+def is_audited() -> bool:
+    return request.endpoint not in UNAUDITED and request.method != "OPTIONS" and \
+        current_app.config["FHIRIMG"]["audit"]["enabled"]
+
+
+def rows_of(notes: list[Note], status: int) -> list:
     actor = request_actor()
-    clock = current_app.extensions["fhirimg.repository"].clock
-    now = clock()
+    now = current_app.extensions["fhirimg.repository"].clock()
     rows = []
     for item in notes:
         act = actor.act(item.interaction, now, status=item.status or status, resources=item.resources,
                         query=item.query, details=item.details,
                         reason=item.reason or (g.get("audit_reason") if status >= 400 else None))
         rows += event_rows(act, item.patients)
+    return rows
+
+
+def finish(response: Response) -> Response:
+    """Before the first byte: a request whose view noted nothing (a refusal, a failure, a write
+    that wrote nothing) is recorded here, or answered 503. A request that failed after its
+    view noted what it did records the failure as well."""
+    if not is_audited():
+        return response
+    status = response.status_code
+    if status < 400 and g.get("audit_notes"):
+        return response  # the view's notes were committed as it made them
+    fallback = default_note(status)
+    if fallback is None:
+        return response
     try:
-        committer().record(rows)
-    except AuditUnavailable as exc:
+        committer().record(rows_of([fallback], status))
+    except AuditUnavailable as error:
         from .negotiation import error_response
-        return error_response(FhirError(503, "transient", f"the audit trail is unavailable ({exc}); nothing was "
-                                        "answered, retry later", headers={"Retry-After": "1"}))
+        return error_response(error)
     return response
 
 

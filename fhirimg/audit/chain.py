@@ -10,20 +10,22 @@ that was changed, removed or inserted out of order when someone bypassed them.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+import orjson
+from sqlalchemy import func, select
 
 from ..store import driver
 from .index import index_values
-from .schema import audit_anchor, audit_event, audit_head, audit_index
+from .schema import audit_anchor, audit_event, audit_head
 
 GENESIS = "0" * 64
 
 
 def canonical_json(event: dict) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Sorted keys, no whitespace, UTF-8 unescaped (what RFC 8785 gives for the strings,
+    integers and booleans an AuditEvent holds)."""
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
 
 
 def row_hash(prev_hash: str, seq: int, content: bytes) -> str:
@@ -42,48 +44,46 @@ class Appended:
 def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended | None:
     """Append (event, patient id, recorded ms) rows in the caller's transaction, chained after
     the current head, with their search values; the head row's lock orders concurrent
-    appenders (commit order = chain order)."""
+    appenders (commit order = chain order). Prebuilt SQL on the driver's cursor: this runs
+    for every write and for every group of reads (Core statements cost ~1 ms more a group)."""
     if not events:
         return None
     postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        seq, prev = driver.fetch_all(conn, LOCK_HEAD_SQL)[0]
-    else:
-        head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-                            .with_for_update()).one()
-        seq, prev = head.seq, head.hash
+    seq, prev = driver.fetch_all(conn, LOCK_HEAD_SQL if postgres else HEAD_SQL)[0]
     first = seq + 1
     rows, index_rows = [], []
     for event, patient, recorded_ms in events:
         seq += 1
         content = canonical_json(event)
         digest = row_hash(prev, seq, content)
-        rows.append({"seq": seq, "recorded_ms": recorded_ms, "patient": patient, "event": content.decode("utf-8"),
-                     "prev_hash": prev, "row_hash": digest})
-        index_rows += [{"seq": seq, "param": param, "value": value} for param, value in index_values(event)]
+        rows.append((seq, recorded_ms, patient, content.decode("utf-8"), prev, digest))
+        index_rows += [(seq, param, value) for param, value in index_values(event)]
         prev = digest
     if postgres:
-        driver.run(conn, APPEND_SQL, {"rows": driver.json_rows(rows), "index": driver.json_rows(index_rows),
+        driver.run(conn, APPEND_SQL, {"rows": driver.json_rows([dict(zip(EVENT_COLUMNS, r)) for r in rows]),
+                                      "index": driver.json_rows([dict(zip(INDEX_COLUMNS, r)) for r in index_rows]),
                                       "seq": seq, "hash": prev})
     else:
-        conn.execute(insert(audit_event), rows)
-        if index_rows:
-            conn.execute(insert(audit_index), index_rows)
-        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+        driver.run_many(conn, "INSERT INTO audit_event VALUES (?, ?, ?, ?, ?, ?)", rows)
+        driver.run_many(conn, "INSERT INTO audit_index VALUES (?, ?, ?)", index_rows)
+        driver.run(conn, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
     return Appended(first, seq, prev)
 
 
-LOCK_HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
+EVENT_COLUMNS = ("seq", "recorded_ms", "patient", "event", "prev_hash", "row_hash")
+INDEX_COLUMNS = ("seq", "param", "value")
+HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1"  # SQLite: the write lock is held already
+LOCK_HEAD_SQL = HEAD_SQL + " FOR UPDATE"
 # Events, their search values and the new head in one round trip (the head stays locked
 # until commit: on the write path this runs under the change counter's lock too).
 APPEND_SQL = """
 WITH e AS (
     INSERT INTO audit_event (seq, recorded_ms, patient, event, prev_hash, row_hash)
-    SELECT seq, recorded_ms, patient, event, prev_hash, row_hash FROM json_to_recordset(%(rows)s::json)
+    SELECT r.* FROM json_to_recordset(%(rows)s::json)
         AS r(seq bigint, recorded_ms bigint, patient text, event text, prev_hash text, row_hash text)),
 i AS (
     INSERT INTO audit_index (seq, param, value)
-    SELECT seq, param, value FROM json_to_recordset(%(index)s::json) AS r(seq bigint, param text, value text))
+    SELECT r.* FROM json_to_recordset(%(index)s::json) AS r(seq bigint, param text, value text))
 UPDATE audit_head SET seq = %(seq)s, hash = %(hash)s WHERE id = 1
 """
 

@@ -7,6 +7,7 @@ names a version, ``Type/id/_history/n``, is found by both forms).
 from __future__ import annotations
 
 ANY_SYSTEM = "*"
+ACTION_SYSTEM = "http://hl7.org/fhir/audit-event-action"
 MAX_VALUE = 256
 
 
@@ -41,7 +42,8 @@ def reference_values(reference) -> list[str]:
 
 def index_values(event: dict) -> list[tuple[str, str]]:
     """(param, value) pairs of one event, without duplicates."""
-    pairs: list[tuple[str, str]] = [("action", event["action"])] if event.get("action") else []
+    action = [{"system": ACTION_SYSTEM, "code": event["action"]}] if event.get("action") else []
+    pairs: list[tuple[str, str]] = [("action", t) for t in tokens(action)]
     pairs += [("category", t) for t in concept_tokens(event.get("category"))]
     pairs += [("code", t) for t in tokens((event.get("code") or {}).get("coding"))]
     pairs += [("outcome", t) for t in tokens([(event.get("outcome") or {}).get("code")])]

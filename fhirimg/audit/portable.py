@@ -67,3 +67,11 @@ def outcome_of(event: dict) -> str:
     """The event's outcome code (audit-event-outcome: 0 success, 4 minor, 8 serious failure)."""
     codings = (event.get("outcome") or {}).get("code") or {}
     return str(codings.get("code", "0"))
+
+
+def local_site(engine, config: dict) -> str:
+    """This server's site id (configured under [replicate], else the stored one): the
+    events' observer and the system of the SOURCE_URL identifier."""
+    from ..replicate.origin import site_id
+    configured = ((config.get("sections") or {}).get("replicate") or {}).get("site_id")
+    return site_id(engine, configured or None)

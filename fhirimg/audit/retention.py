@@ -11,8 +11,9 @@ itself as an event. Reading the trail is auditable too: an export records an eve
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Callable
+from typing import IO
 
 import orjson
 from sqlalchemy import delete, func, insert, select
@@ -49,8 +50,8 @@ class ExportResult:
 
     def describe(self) -> str:
         span = f" (seq {self.first_seq}..{self.last_seq})" if self.count else ""
-        moved = (f"export watermark {self.watermark_before} -> {self.watermark}" if self.watermark > self.watermark_before
-                 else f"export watermark stays at {self.watermark}")
+        moved = (f"export watermark {self.watermark_before} -> {self.watermark}"
+                 if self.watermark > self.watermark_before else f"export watermark stays at {self.watermark}")
         why = (f": seq {self.gap_at} was not in this export (recorded outside --since/--until)"
                if self.gap_at is not None else "")
         return f"exported {self.count} audit events{span}; {moved}{why}"
@@ -80,7 +81,8 @@ def write_export(conn, out: IO[str], since_ms: int, until_ms: int, batch: int = 
     return result
 
 
-def record_export(engine, result: ExportResult, actor: Actor, since_ms: int, until_ms: int, clock: Clock = now_ms) -> None:
+def record_export(engine, result: ExportResult, actor: Actor, since_ms: int, until_ms: int,
+                  clock: Clock = now_ms) -> None:
     """After the file is written: raise the watermark and record the export as an event, in one transaction."""
     recorded = clock()
     act = actor.act("search-type", recorded, query=f"date=ge{format_instant(since_ms)}"

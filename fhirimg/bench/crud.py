@@ -101,42 +101,75 @@ def write_population(count: int):
     return populate
 
 
-def paired_latencies(servers, ids: list[str], clients: int, path, name: str) -> tuple[Latencies, Latencies, list]:
-    """Each resource asked of both servers back to back (which one first alternates), so
-    that the machine's own drift - on a shared 2-core VM the same request's p50 moved by
-    2x between rounds - falls on both sides alike; returns both latencies and the paired
-    differences (smart - none)."""
+def paired_latencies(servers, items: list, clients: int, action, name: str,
+                     labels: tuple[str, str] = ("none", "smart")) -> tuple[Latencies, Latencies, list]:
+    """Each item asked of both servers back to back (which one first alternates), so that
+    the machine's own drift - on a shared 2-core VM the same request's p50 moved by 2x
+    between rounds - falls on both sides alike; returns both latencies (baseline, candidate:
+    `labels`) and the paired differences (candidate - baseline). `action(session, base,
+    item)` sends one request and says whether it succeeded."""
     import threading
-    none, smart, differences = Latencies(f"{name} none"), Latencies(f"{name} smart"), []
+    stats = {label: Latencies(f"{name} {label}") for label in labels}
+    differences: list[float] = []
     sessions: dict = {}
     lock = threading.Lock()
 
-    def one(index_and_id):
-        index, rid = index_and_id
+    def one(index_and_item):
+        index, item = index_and_item
         pair = sessions.get(threading.get_ident())
         if pair is None:
-            pair = sessions[threading.get_ident()] = (requests.Session(), requests.Session())
-        plain, authorized = pair
-        authorized.headers["Authorization"] = f"Bearer {servers.token()}"
+            pair = sessions[threading.get_ident()] = {label: requests.Session() for label in labels}
         timed = {}
-        for label in (("none", "smart") if index % 2 else ("smart", "none")):
-            session, base = (plain, servers.anonymous) if label == "none" else (authorized, servers.smart)
+        for label in (labels if index % 2 else labels[::-1]):
+            session = pair[label]
+            token = servers.token(label)
+            if token:
+                session.headers["Authorization"] = f"Bearer {token}"
             start = time.perf_counter()
-            ok = session.get(path(base, rid), headers=HEADERS, timeout=60).status_code == 200
+            ok = action(session, servers.bases[label], item)
             timed[label] = time.perf_counter() - start if ok else None
         with lock:
-            for label, stats in (("none", none), ("smart", smart)):
+            for label in labels:
                 if timed[label] is None:
-                    stats.errors += 1
+                    stats[label].errors += 1
                 else:
-                    stats.seconds.append(timed[label])
+                    stats[label].seconds.append(timed[label])
             if None not in timed.values():
-                differences.append(timed["smart"] - timed["none"])
+                differences.append(timed[labels[1]] - timed[labels[0]])
 
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, enumerate(ids)))
-    return none, smart, differences
+        list(pool.map(one, enumerate(items)))
+    return stats[labels[0]], stats[labels[1]], differences
 
+
+def read_action(session, base, rid) -> bool:
+    return session.get(f"{base}/ImagingStudy/{rid}", headers=HEADERS, timeout=60).status_code == 200
+
+
+def search_action(session, base, rid) -> bool:
+    return session.get(f"{base}/ImagingStudy?_id={rid}", headers=HEADERS, timeout=60).status_code == 200
+
+
+def create_action(session, base, study) -> bool:
+    return session.post(f"{base}/ImagingStudy", json=study, headers=HEADERS, timeout=60).status_code == 201
+
+
+def compare_pair(servers, phases: dict, clients: int, rounds: int, labels: tuple[str, str]) -> str:
+    """Warm up, then every phase paired on both servers; a table and one line per phase."""
+    rows, lines = [], []
+    for name, (action, items) in phases.items():  # warm-up: every page read once by both
+        paired_latencies(servers, items[: len(items) // rounds or 1], clients, action, name, labels)
+    for name, (action, items) in phases.items():
+        base, candidate, differences = paired_latencies(servers, items, clients, action, name, labels)
+        rows += [base, candidate]
+        differences.sort()
+        added = differences[len(differences) // 2] * 1000 if differences else float("nan")
+        lines.append(f"{name}: {labels[1]}/{labels[0]} p50 {candidate.percentile(50) / base.percentile(50):.3f}, "
+                     f"p99 {candidate.percentile(99) / base.percentile(99):.3f}; median paired difference "
+                     f"{added:+.3f} ms")
+    # req/s as each side alone would serve them: its own time only (the pairs interleave)
+    busy = {row.name: sum(row.seconds) / clients for row in rows}
+    return format_table(rows, busy) + "\n\n" + "\n".join(lines)
 
 
 def compare_smart_and_anonymous(count: int, clients: int, rounds: int = 3) -> str:
@@ -144,23 +177,26 @@ def compare_smart_and_anonymous(count: int, clients: int, rounds: int = 3) -> st
     and anonymous; every resource read and searched on both, back to back: what access
     control adds per request, measured in one run."""
     from .servers import TwoServers
-    paths = {"read": lambda base, rid: f"{base}/ImagingStudy/{rid}",
-             "search-by-id": lambda base, rid: f"{base}/ImagingStudy?_id={rid}"}
     with TwoServers(write_population(count)) as servers:
-        for name, path in paths.items():  # warm-up: every page read once by both
-            paired_latencies(servers, servers.population, clients, path, name)
-        rows, lines = [], []
-        for name, path in paths.items():
-            none, smart, differences = paired_latencies(servers, servers.population * rounds, clients, path, name)
-            rows += [none, smart]
-            differences.sort()
-            added = differences[len(differences) // 2] * 1000 if differences else float("nan")
-            lines.append(f"{name}: smart/none p50 {smart.percentile(50) / none.percentile(50):.3f}, "
-                         f"p99 {smart.percentile(99) / none.percentile(99):.3f}; median paired difference "
-                         f"{added:+.3f} ms")
-    # req/s as each side alone would serve them: its own time only (the pairs interleave)
-    busy = {row.name: sum(row.seconds) / clients for row in rows}
-    return format_table(rows, busy) + "\n\n" + "\n".join(lines)
+        phases = {"read": (read_action, servers.population * rounds),
+                  "search-by-id": (search_action, servers.population * rounds)}
+        return compare_pair(servers, phases, clients, rounds, ("none", "smart"))
+
+
+AUDIT_SIDES = {"audit off": {"FHIRIMG_AUDIT__ENABLED": "false"}, "audit on": {}}
+
+
+def compare_audit_on_and_off(count: int, clients: int, database_url: str | None = None, rounds: int = 3) -> str:
+    """Two smart servers on one database, auditing on and off: reads, searches and creates
+    paired on both. Each read or search of the audited one waits for its event's group
+    commit; each create appends its event inside the write transaction."""
+    from .servers import TwoServers
+    tag = uuid.uuid4().hex[:8]
+    with TwoServers(write_population(count), AUDIT_SIDES, database_url) as servers:
+        phases = {"read": (read_action, servers.population * rounds),
+                  "search-by-id": (search_action, servers.population * rounds),
+                  "create": (create_action, [make_study(tag, i) for i in range(count * rounds)])}
+        return compare_pair(servers, phases, clients, rounds, ("audit off", "audit on"))
 
 
 @click.command("crud")
@@ -174,8 +210,20 @@ def compare_smart_and_anonymous(count: int, clients: int, rounds: int = 3) -> st
 @click.option("--compare-auth", is_flag=True,
               help="Start two private servers (smart and anonymous) on one database and compare read and "
                    "search latency, one client, each request paired on both; --base and --clients are not used.")
-def command(base: str, count: int, clients: int, token, client_id, key_file, kid, compare_auth) -> None:
+@click.option("--compare-audit", is_flag=True,
+              help="Start two private smart servers on one database, auditing on and off, and compare read, "
+                   "search and create latency, one client, each request paired on both.")
+@click.option("--database-url", help="With --compare-audit: a PostgreSQL URL (a private schema is made and "
+                                     "dropped); default a new SQLite file.")
+def command(base: str, count: int, clients: int, token, client_id, key_file, kid, compare_auth, compare_audit,
+            database_url) -> None:
     """Throughput and p50/p95/p99 latency of create, read, update and search-by-id."""
+    if compare_audit:
+        backend = "PostgreSQL" if (database_url or "").startswith("postgresql") else "SQLite"
+        click.echo(f"fhirimg bench crud --compare-audit: {count} ImagingStudy x 3, 1 client, gunicorn 2x4 on "
+                   f"{backend}, auditing off vs on, each request paired on both")
+        click.echo(compare_audit_on_and_off(count, 1, database_url))
+        return
     if compare_auth:
         # One client: the cost per request. With more clients than cores the second request of
         # a pair queues behind the others' and the difference measures the queue, not auth.

@@ -24,17 +24,23 @@ def execute(conn: Connection, sql: str, params: dict | tuple | None = None):
 
     psycopg prepares a text on the server once it has run five times on the connection
     (parsed once); it is still planned for its values at every execution (engine.py)."""
-    dbapi_conn = conn.connection.driver_connection
+    dbapi_conn = raw_connection(conn)
     try:
         cursor = dbapi_conn.cursor()
     except conn.dialect.loaded_dbapi.Error as exc:
         raise translated(conn, sql, params, exc) from exc
     try:
-        cursor.execute(sql, params)
+        cursor.execute(sql, params) if params is not None else cursor.execute(sql)
     except conn.dialect.loaded_dbapi.Error as exc:
         cursor.close()
         raise translated(conn, sql, params, exc) from exc
     return cursor
+
+
+def raw_connection(conn: Connection):
+    """The driver's connection (a detached one - the audit committer's - has no driver_connection)."""
+    fairy = conn.connection
+    return fairy.driver_connection or fairy.dbapi_connection
 
 
 def fetch_all(conn: Connection, sql: str, params: dict | tuple | None = None) -> list[tuple]:
@@ -52,6 +58,17 @@ def run(conn: Connection, sql: str, params: dict | tuple | None = None) -> int:
     cursor = execute(conn, sql, params)
     try:
         return cursor.rowcount
+    finally:
+        cursor.close()
+
+
+def run_many(conn: Connection, sql: str, rows: list) -> None:
+    """``executemany`` of one statement on the driver cursor (SQLite's write path)."""
+    cursor = raw_connection(conn).cursor()
+    try:
+        cursor.executemany(sql, rows)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise translated(conn, sql, None, exc) from exc
     finally:
         cursor.close()
 

@@ -201,19 +201,23 @@ def test_writes_by_the_server_itself_name_it_as_the_agent(repo, engine):
     assert event["source"]["observer"]["identifier"]["value"].startswith("urn:uuid:")
 
 
-def hold_audit_head(engine, release: threading.Event, held: threading.Event) -> None:
-    """Another transaction holds the chain's head (SQLite: the database write lock)."""
-    with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+def hold_audit_head(database, release: threading.Event, held: threading.Event) -> None:
+    """Another process's transaction holds the chain's head (SQLite: the database write lock)."""
+    from fhirimg.store import make_engine
+    other = make_engine(database[0], schema=database[1])
+    with other.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
         conn.execute(text("UPDATE audit_head SET seq = seq WHERE id = 1"))
         held.set()
         release.wait(30)
+    other.dispose()
 
 
-def test_a_read_whose_event_cannot_be_made_durable_is_503_without_data(client, app, engine):
+def test_a_read_whose_event_cannot_be_made_durable_is_503_without_data(client, app, database):
     patient = post(client, "/fhir/Patient", make_patient("MRN-503"))["id"]
     app.extensions["fhirimg.audit"].timeout = 0.5
+    app.extensions["fhirimg.audit"].conn = None  # reconnect with the shorter lock wait
     release, held = threading.Event(), threading.Event()
-    holder = threading.Thread(target=hold_audit_head, args=(engine, release, held))
+    holder = threading.Thread(target=hold_audit_head, args=(database, release, held))
     holder.start()
     try:
         assert held.wait(10)

@@ -68,6 +68,20 @@ def test_create_then_read_over_http(served):
         assert read.headers["ETag"] == 'W/"1"'
 
 
+def test_the_access_log_names_paths_but_never_query_strings(served):
+    # Query strings carry names and MRNs: they go to the AuditEvent, not to the log.
+    found = requests.get(f"{served.base}/Patient?family=Secretname-9731&identifier=MRN-5531", timeout=10,
+                         headers={"X-Request-Id": "log-check-1"})
+    assert found.status_code == 200
+    log = served.workdir / "fhirimg.log"
+    deadline = time.monotonic() + 10
+    while "log-check-1" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next(line for line in log.read_text().splitlines() if "log-check-1" in line)
+    assert '"GET /fhir/Patient HTTP/1.1" 200' in line
+    assert "Secretname" not in log.read_text() and "MRN-5531" not in log.read_text()
+
+
 def test_sigterm_stops_the_server_and_its_workers(tmp_path):
     server = Served(tmp_path)
     workers = descendants(server.process.pid)
