@@ -47,7 +47,7 @@ def capability() -> dict:
             "operation": operation_entries("AuditEvent")}
 
 
-register_resource(capability)
+register_resource("AuditEvent", capability)
 
 
 def engine():

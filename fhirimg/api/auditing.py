@@ -135,7 +135,8 @@ def default_note(status: int) -> Note | None:
     args = request.view_args or {}
     resources = [f"{args['res_type']}/{args['res_id']}"] if "res_type" in args and "res_id" in args else []
     query = raw_query() if interaction.startswith(("search", "history")) or not resources else None
-    return Note(interaction, resources=resources, query=query)
+    patients = [args["res_id"]] if args.get("res_type") == "Patient" and resources else [None]
+    return Note(interaction, resources=resources, query=query, patients=patients)
 
 
 def is_audited() -> bool:

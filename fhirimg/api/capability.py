@@ -40,13 +40,13 @@ SYSTEM_INTERACTIONS = {("/", "POST"): "transaction", ("/_history", "GET"): "hist
 
 # name -> {"definition": canonical, "types": [...], "level": ...}; filled by register_operation
 OPERATIONS: dict[str, dict] = {}
-# Types served by their own blueprint (AuditEvent): a function that describes each.
-EXTRA_RESOURCES: list = []
+# Types served by their own blueprint (AuditEvent): type -> a function that describes it,
+# listed when the app routes that type.
+EXTRA_RESOURCES: dict = {}
 
 
-def register_resource(describe) -> None:
-    if describe not in EXTRA_RESOURCES:
-        EXTRA_RESOURCES.append(describe)
+def register_resource(res_type: str, describe) -> None:
+    EXTRA_RESOURCES[res_type] = describe
 
 
 def register_operation(name: str, definition: str, types: list[str], documentation: str = "") -> None:
@@ -93,7 +93,7 @@ def capability_statement() -> dict:
         "rest": [{
             "mode": "server",
             "resource": [resource_capability(t, routes) for t in SUPPORTED_TYPES]
-            + [describe() for describe in EXTRA_RESOURCES],
+            + [describe() for res_type, describe in EXTRA_RESOURCES.items() if (f"/{res_type}", "GET") in routes],
             "interaction": [{"code": code} for key, code in SYSTEM_INTERACTIONS.items() if key in routes]
             + ([{"code": "batch"}] if ("/", "POST") in routes else []),
         }],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -74,7 +74,9 @@ def apply_page(repo: Repository, client: PeerClient, link: Link, own_site: str, 
     ctx = ApplyContext(link.name, own_site, client.peer_site or link.url, frozenset(link.types),
                        link.conflict_rule, now_ms)
     outcome = PageOutcome()
-    with repo.transaction() as uow:
+    # Audited as this site's replicator, naming the link and the peer it read from.
+    actor = replace(repo.server_actor(), client_id=f"replication:{link.name}", network=urlsplit(link.url).netloc)
+    with repo.transaction(actor=actor) as uow:
         claim_cursor(uow.conn, link.name, state.cursor, now_ms)
         for change in changes:
             if isinstance(change, str):

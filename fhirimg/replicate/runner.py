@@ -24,8 +24,9 @@ class Site:
         self.section = replicate_section(config)
         self.engine = engine or make_engine(config["database_url"])
         create_schema(self.engine)
-        self.repo = Repository(self.engine)
         self.site_id = site_id(self.engine, self.section["site_id"] or None)
+        # What a pull applies is audited as written by this site's replicator.
+        self.repo = Repository(self.engine, role="fhirimg-replication", site=self.site_id)
 
     def client_for(self, link: Link, sleep: Callable[[float], None] = time.sleep) -> PeerClient:
         return PeerClient(link, RetryPolicy.from_section(self.section), sleep=sleep)

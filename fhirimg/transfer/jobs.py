@@ -76,7 +76,7 @@ def worker_context(config: dict) -> TransferContext:
     """Storage, HTTP client and blob store of this process, built from the configuration."""
     section = transfer_section(config)
     engine = process_engine(config)
-    return TransferContext(repo=Repository(engine), client=TransferClient(client_settings(section)),
+    return TransferContext(repo=Repository(engine, role="fhirimg-worker"), client=TransferClient(client_settings(section)),
                            blobstore=BlobStore(blob_root(config), engine), options=retrieve_options(section),
                            own_dicomweb_base=own_dicomweb_base(config),
                            qido_page_size=section["qido_page_size"], lease_seconds=section["lease_seconds"],
@@ -162,7 +162,7 @@ class Reconciler:
             engine = process_engine(self.config)
             blobstore = BlobStore(blob_root(self.config), engine)
             blobstore.sweep_staging(self.section["staging_max_age"])
-            repo = Repository(engine)
+            repo = Repository(engine, role="fhirimg-worker")
             # New Tasks from the auto-retrieve rules have no job yet: reconcile enqueues them.
             apply_rules(repo, blobstore, self.section["rules"], own_dicomweb_base(self.config))
             return reconcile(repo, self.connection, self.section)

@@ -33,10 +33,10 @@ EXPECTED = [200,            # metadata
             200, 410, 200]  # delete, read after delete, vread of an old version
 
 
-def curl_blocks(text: str) -> list[str]:
-    """The `.. code-block:: bash` bodies between the two SECTION headings."""
-    start = text.index("\n" + SECTION[0])
-    end = text.index("\n" + SECTION[1], start)
+def curl_blocks(text: str, section: tuple[str, str] = SECTION) -> list[str]:
+    """The `.. code-block:: bash` bodies between the two `section` headings."""
+    start = text.index("\n" + section[0])
+    end = text.index("\n" + section[1], start)
     lines = text[start:end].splitlines()
     blocks, current = [], None
     for line in lines:
@@ -102,3 +102,25 @@ def test_every_curl_example_answers_as_documented(served, token):
     found = requests.get(f"{served.base}/Patient", params={"identifier": "http://hospital.example.org/mrn|12345"},
                          headers=auth)
     assert found.json().get("entry", []) == []  # the conditional delete removed the only match
+
+
+AUDIT_SECTION = ("Reading it", "Never silently changed")
+
+
+def test_the_audit_trail_examples_answer_and_find_what_the_interactions_did(served, token):
+    """Runs after the interactions above (same server): Anna's trail holds their events."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    commands = curl_blocks(README.read_text(), AUDIT_SECTION)
+    assert len(commands) == 1 and commands[0].count("curl ") == 4
+    env = {**served.env, "FHIR": served.base, "TOKEN": token}
+    script = "set -e\n" + commands[0].replace("curl ", "curl -sS -w '\\n' ")
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    trail, readers, refusals, verified = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert trail["resourceType"] == "Bundle" and len(trail["entry"]) >= 10  # the interactions on anna
+    codes = [e["resource"]["code"]["coding"][0]["code"] for e in trail["entry"]]
+    assert {"create", "update", "patch", "read", "delete"} <= set(codes)
+    assert len(readers["entry"]) >= 2 and all(e["resource"]["action"] == "R" for e in readers["entry"])
+    assert refusals["resourceType"] == "Bundle"
+    assert verified["parameter"][0] == {"name": "result", "valueBoolean": True}
