@@ -18,6 +18,7 @@ from flask import Flask, Response, current_app, g, request
 from ..audit.committer import AuditUnavailable, GroupCommitter
 from ..audit.events import Actor, event_rows
 from ..audit.writes import patient_of
+from ..resources import is_valid_id
 
 # Flask endpoint -> the interaction a request to it is (when its view noted nothing itself).
 ENDPOINTS = {
@@ -135,7 +136,7 @@ def default_note(status: int) -> Note | None:
     args = request.view_args or {}
     resources = [f"{args['res_type']}/{args['res_id']}"] if "res_type" in args and "res_id" in args else []
     query = raw_query() if interaction.startswith(("search", "history")) or not resources else None
-    patients = [args["res_id"]] if args.get("res_type") == "Patient" and resources else [None]
+    patients = [args["res_id"]] if args.get("res_type") == "Patient" and is_valid_id(args.get("res_id", "")) else [None]
     return Note(interaction, resources=resources, query=query, patients=patients)
 
 

@@ -54,6 +54,7 @@ def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended 
     rows, index_rows = [], []
     for event, patient, recorded_ms in events:
         seq += 1
+        patient = patient if patient is None or len(patient) <= 64 else None  # an id is at most 64
         content = canonical_json(event)
         digest = row_hash(prev, seq, content)
         rows.append((seq, recorded_ms, patient, content.decode("utf-8"), prev, digest))

@@ -84,16 +84,16 @@ def one_write(session: requests.Session, base: str, rng: random.Random, mine: li
 
 
 def write_loop(server: KilledServer, seed: int, quota: list[int], lock: threading.Lock) -> None:
+    """Writes until 2 000 have been answered; one cut off by a kill does not count."""
     rng, mine, session = random.Random(seed), [], requests.Session()
-    while True:
-        with lock:
-            if quota[0] <= 0:
-                return
-            quota[0] -= 1
+    while quota[0] > 0:
         try:
             one_write(session, server.base, rng, mine)
         except requests.RequestException:
             time.sleep(0.05)  # the server is down: the next write waits for it
+            continue
+        with lock:
+            quota[0] -= 1
 
 
 @pytest.mark.timeout(600)
@@ -129,7 +129,7 @@ def test_every_stored_version_has_exactly_one_write_event_after_20_kills(tmp_pat
                 match = VERSION.match(what)
                 if match:
                     writes[(match[1], match[2], int(match[3]))] += 1
-    assert len(versions) > WRITES // 5  # many writes went through between the kills
+    assert len(versions) > WRITES // 2  # most writes went through between the kills
     assert {v for v, n in writes.items() if n != 1} == set()  # no version recorded twice
     assert set(writes) == versions  # every version has its event, every event its version
     assert verdict.ok, verdict.describe()
