@@ -48,45 +48,44 @@ def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended 
     for every write and for every group of reads (Core statements cost ~1 ms more a group)."""
     if not events:
         return None
-    postgres = conn.dialect.name == "postgresql"
-    seq, prev = driver.fetch_all(conn, LOCK_HEAD_SQL if postgres else HEAD_SQL)[0]
+    if conn.dialect.name == "postgresql":
+        return append_postgres(conn, events)
+    seq, prev = driver.fetch_all(conn, HEAD_SQL)[0]  # SQLite: the write lock is held already
     first = seq + 1
     rows, index_rows = [], []
     for event, patient, recorded_ms in events:
         seq += 1
-        patient = patient if patient is None or len(patient) <= 64 else None  # an id is at most 64
         content = canonical_json(event)
         digest = row_hash(prev, seq, content)
-        rows.append((seq, recorded_ms, patient, content.decode("utf-8"), prev, digest))
-        index_rows += [(seq, param, value) for param, value in index_values(event)]
+        rows.append((seq, recorded_ms, bounded_id(patient), content.decode("utf-8"), prev, digest))
+        index_rows += [(seq, *row) for row in index_values(event)]
         prev = digest
-    if postgres:
-        driver.run(conn, APPEND_SQL, {"rows": driver.json_rows([dict(zip(EVENT_COLUMNS, r)) for r in rows]),
-                                      "index": driver.json_rows([dict(zip(INDEX_COLUMNS, r)) for r in index_rows]),
-                                      "seq": seq, "hash": prev})
-    else:
-        driver.run_many(conn, "INSERT INTO audit_event VALUES (?, ?, ?, ?, ?, ?)", rows)
-        driver.run_many(conn, "INSERT INTO audit_index VALUES (?, ?, ?)", index_rows)
-        driver.run(conn, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
+    driver.run_many(conn, "INSERT INTO audit_event VALUES (?, ?, ?, ?, ?, ?)", rows)
+    driver.run_many(conn, "INSERT INTO audit_index VALUES (?, ?, ?, ?)", index_rows)
+    driver.run(conn, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
     return Appended(first, seq, prev)
 
 
-EVENT_COLUMNS = ("seq", "recorded_ms", "patient", "event", "prev_hash", "row_hash")
-INDEX_COLUMNS = ("seq", "param", "value")
-HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1"  # SQLite: the write lock is held already
-LOCK_HEAD_SQL = HEAD_SQL + " FOR UPDATE"
-# Events, their search values and the new head in one round trip (the head stays locked
-# until commit: on the write path this runs under the change counter's lock too).
-APPEND_SQL = """
-WITH e AS (
-    INSERT INTO audit_event (seq, recorded_ms, patient, event, prev_hash, row_hash)
-    SELECT r.* FROM json_to_recordset(%(rows)s::json)
-        AS r(seq bigint, recorded_ms bigint, patient text, event text, prev_hash text, row_hash text)),
-i AS (
-    INSERT INTO audit_index (seq, param, value)
-    SELECT r.* FROM json_to_recordset(%(index)s::json) AS r(seq bigint, param text, value text))
-UPDATE audit_head SET seq = %(seq)s, hash = %(hash)s WHERE id = 1
-"""
+def append_postgres(conn, events: list[tuple[dict, str | None, int]]) -> Appended:
+    """One statement (schema.POSTGRES_APPEND_FUNCTION): PostgreSQL numbers and chains the
+    events under the head's lock with the same hash as row_hash."""
+    rows, index_rows = [], []
+    for n, (event, patient, recorded_ms) in enumerate(events, 1):
+        rows.append({"recorded_ms": recorded_ms, "patient": bounded_id(patient),
+                     "event": canonical_json(event).decode("utf-8")})
+        index_rows += [{"n": n, "param": param, "system": system, "value": value}
+                       for param, system, value in index_values(event)]
+    first, last, head = driver.fetch_all(conn, APPEND_SQL, (driver.json_rows(rows), driver.json_rows(index_rows)))[0]
+    return Appended(first, last, head)
+
+
+def bounded_id(patient: str | None) -> str | None:
+    return patient if patient is None or len(patient) <= 64 else None  # an id is at most 64 characters
+
+
+HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1"
+LOCK_HEAD_SQL = HEAD_SQL + " FOR UPDATE"  # PostgreSQL: what a prune holds while it re-anchors
+APPEND_SQL = "SELECT first_seq, last_seq, head_hash FROM fhirimg_audit_append(%s::json, %s::json)"
 
 
 @dataclass

@@ -48,6 +48,7 @@ class GroupCommitter:
         self.leading = False
         self.commits = 0  # how many transactions carried events (bench and tests read it)
         self.conn = None
+        self.autocommit = False
         self.pid = os.getpid()
 
     def record(self, rows: list[tuple[dict, str | None, int]]) -> None:
@@ -97,8 +98,11 @@ class GroupCommitter:
         if self.conn is None or self.pid != os.getpid():
             self.conn, self.pid = self.connect(), os.getpid()
         try:
-            with self.conn.begin():
+            if self.autocommit:  # PostgreSQL: the append is one statement, its own transaction
                 append_events(self.conn, rows)
+            else:
+                with self.conn.begin():
+                    append_events(self.conn, rows)
         except Exception:
             self.conn.close()
             self.conn = None
@@ -111,10 +115,13 @@ class GroupCommitter:
         conn = self.engine.connect().execution_options(**{WRITE_OPTION: True})
         conn.detach()  # session settings below must not reach the pool's other users
         millis = int(self.timeout * 1000)
-        if conn.dialect.name == "postgresql":
+        self.autocommit = conn.dialect.name == "postgresql"
+        if self.autocommit:
             conn.exec_driver_sql(f"SET lock_timeout = {millis}")
             conn.exec_driver_sql(f"SET statement_timeout = {millis}")
             conn.commit()
+            # On psycopg itself: SQLAlchemy's isolation switch cannot reset a detached connection.
+            driver.raw_connection(conn).autocommit = True
         else:  # on the sqlite3 connection itself: through SQLAlchemy it would BEGIN IMMEDIATE first
             driver.raw_connection(conn).execute(f"PRAGMA busy_timeout = {millis}")
         return conn

@@ -15,10 +15,9 @@ from ..errors import Invalid
 from ..search.criteria import date_predicate, split_values
 from ..search.cursor import decode_cursor, encode_cursor
 from ..store.records import format_instant
-from .index import ANY_SYSTEM
 from .schema import audit_event, audit_index
 
-TOKENS = {"action", "agent-role", "category", "code", "entity-role", "outcome", "purpose", "agent-type"}
+TOKENS = {"action", "agent-role", "category", "code", "entity-role", "outcome", "purpose"}
 REFERENCES = {"agent", "entity", "patient", "source"}
 URIS = {"policy"}
 DATES = {"date", "_lastUpdated"}
@@ -82,31 +81,35 @@ def condition(code: str, modifier: str, value: str, name: str, base: str):
     if code == "_id":
         return event.c.seq == int(value) if value.isdigit() else event.c.seq == -1
     if code in TOKENS or modifier == "identifier":
-        return indexed(code, token_values(value))
+        return token_condition(code, value)
     if code in URIS:
-        return indexed(code, [value])
-    return indexed(code, reference_values(code, value, base))
+        return indexed(code, value, audit_index.c.system.is_(None))
+    return reference_condition(code, value, base)
 
 
-def token_values(value: str) -> list[str]:
+def token_condition(code: str, value: str):
     """``code`` (any system), ``system|code``, ``|code`` (no system)."""
-    return [value if "|" in value else f"{ANY_SYSTEM}|{value}"]
+    if "|" not in value:
+        return indexed(code, value)
+    system, _, value = value.partition("|")
+    return indexed(code, value, audit_index.c.system == system)
 
 
-def reference_values(code: str, value: str, base: str) -> list[str]:
+def reference_condition(code: str, value: str, base: str):
     if value.startswith(base + "/"):
         value = value[len(base) + 1:]
     if "/" in value:
-        return [value]
+        return indexed(code, value, audit_index.c.system.is_(None))
     if code == "patient":
-        return [f"Patient/{value}"]
+        return indexed(code, f"Patient/{value}", audit_index.c.system.is_(None))
     # agent=pacs-bridge, source=<site>: an id-less value names the client or site by identifier
-    return [f"{ANY_SYSTEM}|{value}", value]
+    return indexed(code, value)
 
 
-def indexed(param: str, values: list[str]):
+def indexed(param: str, value: str, *extra):
     ix = audit_index
-    return exists(select(ix.c.seq).where(ix.c.seq == audit_event.c.seq, ix.c.param == param, ix.c.value.in_(values)))
+    return exists(select(ix.c.seq).where(ix.c.seq == audit_event.c.seq, ix.c.param == param, ix.c.value == value,
+                                         *extra))
 
 
 def run_query(conn, query: AuditQuery, reach) -> tuple[list, str | None, int | None]:

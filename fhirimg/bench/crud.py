@@ -212,17 +212,19 @@ def compare_audit_on_and_off(count: int, clients: int, database_url: str | None 
                    "search latency, one client, each request paired on both; --base and --clients are not used.")
 @click.option("--compare-audit", is_flag=True,
               help="Start two private smart servers on one database, auditing on and off, and compare read, "
-                   "search and create latency, one client, each request paired on both.")
+                   "search and create latency, each request paired on both (use --clients 1 for the cost of "
+                   "one request alone).")
 @click.option("--database-url", help="With --compare-audit: a PostgreSQL URL (a private schema is made and "
                                      "dropped); default a new SQLite file.")
 def command(base: str, count: int, clients: int, token, client_id, key_file, kid, compare_auth, compare_audit,
             database_url) -> None:
     """Throughput and p50/p95/p99 latency of create, read, update and search-by-id."""
     if compare_audit:
+        # --clients counts here: group commit shares a commit between concurrent requests.
         backend = "PostgreSQL" if (database_url or "").startswith("postgresql") else "SQLite"
-        click.echo(f"fhirimg bench crud --compare-audit: {count} ImagingStudy x 3, 1 client, gunicorn 2x4 on "
-                   f"{backend}, auditing off vs on, each request paired on both")
-        click.echo(compare_audit_on_and_off(count, 1, database_url))
+        click.echo(f"fhirimg bench crud --compare-audit: {count} ImagingStudy x 3, {clients} client(s), gunicorn "
+                   f"2x4 on {backend}, auditing off vs on, each request paired on both")
+        click.echo(compare_audit_on_and_off(count, clients, database_url))
         return
     if compare_auth:
         # One client: the cost per request. With more clients than cores the second request of
