@@ -16,7 +16,7 @@ from .store import Repository, create_schema, make_engine
 
 FHIR_PREFIX = "/fhir"
 log = logging.getLogger("fhirimg")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}\Z")
 
 
 def create_app(config: dict | None = None, engine=None) -> Flask:

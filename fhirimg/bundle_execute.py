@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 from . import interactions
 from .auth.decision import decide, reachable_ids, require_resource, require_version
 from .auth.writes import refuse_chains
-from .errors import FhirError, Invalid, Issue, operation_outcome
+from .errors import FhirError, Invalid, Issue, outcome_entry
 from .search import registry
 from .store.records import StoredVersion
 from .store.repository import UnitOfWork
@@ -137,9 +137,8 @@ def search(uow: UnitOfWork, entry, settings) -> EntryResult:
         entries = [{"fullUrl": f"{settings.base}/{entry.res_type}/{hit.res_id}", "resource": hit.resource,
                     "search": {"mode": "match"}} for hit in hits]
         if ignored:
-            entries.append({"resource": operation_outcome([Issue("not-supported", f"parameter {n!r} ignored",
-                                                                 [n], "warning") for n in ignored]),
-                            "search": {"mode": "outcome"}})
+            entries.append(outcome_entry([Issue("not-supported", f"parameter {n!r} ignored", [n], "warning")
+                                          for n in ignored]))
         return {"resourceType": "Bundle", "type": "searchset", "total": len(ids),
                 "link": [{"relation": "self", "url": f"{settings.base}/{entry.res_type}?{query}"}],
                 "entry": entries}

@@ -26,10 +26,10 @@ ENTRY_ELEMENTS = {"id", "extension", "modifierExtension", "link", "fullUrl", "re
 REQUEST_ELEMENTS = {"id", "extension", "modifierExtension", "method", "url", "ifNoneMatch",
                     "ifModifiedSince", "ifMatch", "ifNoneExist"}
 
-_UUID_URN = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_OID_URN = re.compile(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+$")
+_UUID_URN = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_OID_URN = re.compile(r"^urn:oid:[0-2](\.(0|[1-9][0-9]*))+\Z")
 _URI_FORBIDDEN = re.compile(r"[\s<>\"{}|\\^`]")
-_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}\Z")
 
 
 @dataclass

@@ -62,6 +62,13 @@ def _join_path(prefix: str, expression: str) -> str:
     return f"{prefix}.{expression}"
 
 
+def outcome_entry(issues: list[Issue]) -> dict:
+    """A searchset entry for an OperationOutcome (search.mode = outcome). bdl-15 wants every
+    entry with a resource to have a fullUrl: an OperationOutcome has no id here, so a urn:uuid."""
+    import uuid
+    return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": operation_outcome(issues), "search": {"mode": "outcome"}}
+
+
 def operation_outcome(issues: list[Issue]) -> dict:
     return {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]}
 

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from .errors import Invalid, Issue, Unprocessable
 
 SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 _REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
 _CONDITIONAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)\?")
 

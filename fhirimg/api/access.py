@@ -20,7 +20,7 @@ from ..auth.principal import Principal, anonymous_principal
 from ..auth.scopes import parse_scopes
 from ..resources import SUPPORTED_TYPES
 from ..transfer.netpolicy import is_loopback_name
-from .negotiation import base_url, dumps
+from .negotiation import base_url, dumps, empty_response
 
 log = logging.getLogger("fhirimg.auth")
 blueprint = Blueprint("access", __name__)
@@ -148,7 +148,7 @@ def allowed_origin() -> str | None:
 
 def preflight() -> Response:
     origin = allowed_origin()
-    response = Response(status=204)
+    response = empty_response(204)
     if origin is not None:
         response.headers.update({"Access-Control-Allow-Methods": CORS_METHODS,
                                  "Access-Control-Allow-Headers": CORS_HEADERS,

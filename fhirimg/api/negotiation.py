@@ -119,13 +119,20 @@ def version_headers(stored: StoredVersion, with_location: bool = False) -> dict:
     return headers
 
 
+def empty_response(status: int, headers: dict | None = None) -> Response:
+    """An answer without a body carries no Content-Type (Flask would say text/html)."""
+    response = Response(status=status, headers=headers)
+    del response.headers["Content-Type"]
+    return response
+
+
 def write_response(stored: StoredVersion | None, status: int, diagnostics: str | None = None,
                    with_location: bool = True) -> Response:
     """The answer to a write, shaped by Prefer: return (http.html#ops)."""
     headers = version_headers(stored, with_location) if stored is not None and stored.seq else {}
     choice = prefer_return()
     if choice == "minimal":
-        return Response(status=status, headers=headers)
+        return empty_response(status, headers)
     if choice == "OperationOutcome" or stored is None or stored.resource is None:
         text = diagnostics or ("created" if status == 201 else "ok")
         return json_response(informational_outcome(text), status, headers)

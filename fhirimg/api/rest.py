@@ -12,8 +12,8 @@ from ..errors import MethodNotAllowed, NotFound, informational_outcome
 from ..resources import SUPPORTED_TYPES, validate_resource
 from .access import current_principal, write_guard
 from .auditing import audited_transaction, note_read
-from .negotiation import (JSON_PATCH, JSON_TYPES, json_response, read_json_body, version_headers,
-                          write_response)
+from .negotiation import (JSON_PATCH, JSON_TYPES, empty_response, json_response, read_json_body,
+                          version_headers, write_response)
 
 blueprint = Blueprint("rest", __name__)
 
@@ -103,7 +103,7 @@ def read(res_type: str, res_id: str) -> Response:
         stored = interactions.read(uow, res_type, res_id).stored
     note_read("read", stored)
     if is_not_modified(stored):
-        return Response(status=304, headers=version_headers(stored))
+        return empty_response(304, version_headers(stored))
     return json_response(stored.resource, 200, version_headers(stored))
 
 
@@ -161,7 +161,7 @@ def delete_response(result: interactions.Result) -> Response:
     stored = result.stored
     headers = {"ETag": stored.etag} if stored is not None and stored.is_deleted else {}
     if request.headers.get("Prefer", "").replace(" ", "").lower().find("return=minimal") >= 0:
-        return Response(status=204, headers=headers)
+        return empty_response(204, headers)
     return json_response(informational_outcome(result.diagnostics or "deleted"), 200, headers)
 
 

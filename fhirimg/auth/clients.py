@@ -17,8 +17,8 @@ from ..store.engine import WRITE_OPTION
 from .schema import auth_client, auth_client_change
 from .scopes import parse_scopes
 
-CLIENT_ID = re.compile(r"^[A-Za-z0-9._~\-]{1,128}$")
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+CLIENT_ID = re.compile(r"^[A-Za-z0-9._~\-]{1,128}\Z")
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 MAX_JWKS_BYTES = 64 * 1024
 
 

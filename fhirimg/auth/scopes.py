@@ -20,8 +20,8 @@ V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 # Scopes that are not about resources (launch context, identity, token lifetime).
 OTHER_SCOPES = {"openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter",
                 "offline_access", "online_access"}
-_SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{0,63})\.([A-Za-z*]+)(?:\?(.*))?$")
-_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,63}$")
+_SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{0,63})\.([A-Za-z*]+)(?:\?(.*))?\Z")
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,63}\Z")
 MAX_SCOPES = 100
 CRITERION_SAFE = "|:/.-_~*,$"  # what stays readable in a written-back criterion
 MAX_SCOPE_LENGTH = 512

@@ -117,7 +117,7 @@ def string_rows(items) -> list[dict]:
     return out
 
 
-_RELATIVE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_RELATIVE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?\Z")
 
 
 def parse_reference(reference: str) -> tuple[str | None, str | None, str | None]:

@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import select, text
 
-from ..errors import Issue, operation_outcome
+from ..errors import Issue, outcome_entry
 from ..store.repository import UnitOfWork
 from . import registry
 from .cursor import decode_cursor, encode_cursor
@@ -177,7 +177,7 @@ def _entry(ctx: SearchContext, resource: dict, mode: str, request: SearchRequest
 def _with_outcome(bundle: dict, request: SearchRequest, notes: list[Issue]) -> dict:
     issues = request.ignored + notes
     if issues:
-        bundle.setdefault("entry", []).append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
+        bundle.setdefault("entry", []).append(outcome_entry(issues))
     return bundle
 
 
@@ -298,7 +298,7 @@ def run_system_search(uow: UnitOfWork, requests: list[SearchRequest], ctx: Searc
         bundle["total"] = len(entries)
     notes = [i for r in requests for i in r.ignored]
     if notes:
-        entries.append({"resource": operation_outcome(notes), "search": {"mode": "outcome"}})
+        entries.append(outcome_entry(notes))
     return bundle
 
 

@@ -103,12 +103,24 @@ def report_outputs(report: TransferReport, retries: int = 0) -> list[dict]:
 
 def rejection_outputs(report: TransferReport) -> list[dict]:
     """One output per refused object (bounded), so a bad source is visible in the Task."""
-    rejections = list(report.study.rejections) + (list(report.outcome.rejections) if report.outcome else [])
+    rejections = distinct(list(report.study.rejections) + (list(report.outcome.rejections) if report.outcome else []))
     out = [count_output("instances-rejected", len(rejections))] if rejections else []
     for rejection in rejections[:MAX_REJECTIONS_SHOWN]:
         where = "/".join(x for x in (rejection.series_uid, rejection.sop_uid) if x)
         text = f"{rejection.reason}: {rejection.detail}" + (f" ({where})" if where else "")
         out.append({"type": output_type("rejected", rejection.reason), "valueString": text[:1000]})
+    return out
+
+
+def distinct(rejections: list) -> list:
+    """Each rejected instance once: a part refused again on a retry or a fallback fetch is the
+    same instance (3 bad instances were counted as 15)."""
+    seen, out = set(), []
+    for rejection in rejections:
+        key = (rejection.series_uid, rejection.sop_uid) if rejection.sop_uid else id(rejection)
+        if key not in seen:
+            seen.add(key)
+            out.append(rejection)
     return out
 
 

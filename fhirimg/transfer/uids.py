@@ -7,13 +7,14 @@ from fhirimg.errors import Invalid
 
 # PS3.5 §9.1: components of digits separated by ".", each without a leading zero
 # unless it is the single digit 0, at most 64 characters in all.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# fullmatch, never match with ^...$: "$" also matches before a trailing newline ("1.2.3\n").
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 MAX_UID_LENGTH = 64
 
 
 def is_valid_uid(value: object) -> bool:
     """True for a UID PS3.5 §9.1 allows; anything else (``..``, ``/``, letters) is False."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_UID_LENGTH and bool(_UID.match(value))
+    return isinstance(value, str) and 0 < len(value) <= MAX_UID_LENGTH and bool(_UID.fullmatch(value))
 
 
 def require_uid(value: object, what: str = "UID") -> str:
