@@ -69,7 +69,7 @@ def process_transaction(repo: Repository, entries: list[Entry], settings: Bundle
         prepare_entry(entry, local_types, placeholders)
     try:
         run_transaction(repo, entries, settings)
-    except Forbidden as error:
+    except (Forbidden, Conflict) as error:  # refused before commit (the write guard)
         raise located_at_entry(error, entries) from None
 
 
@@ -517,7 +517,7 @@ def run_batch_entry(repo: Repository, entry: Entry, settings: BundleSettings) ->
         return
     try:
         run_batch_write(repo, entry, settings)
-    except Forbidden as error:
+    except (Forbidden, Conflict) as error:
         raise located_at_entry(error, [entry]) from None
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import or_, select
 
 from ..search.tables import search_token
 from ..transfer.schema import dicom_instance
+from ..transfer.taskrules import check_client_task_change
 from .decision import LETTER_NAMES, METHOD_LETTERS, decide, reachable, reachable_ids, require_resource
 from .errors import Forbidden
 from .imaging import DICOM_UID_SYSTEM, OID_PREFIX
@@ -56,6 +57,8 @@ class WriteGuard:
 
     def before_commit(self, uow) -> None:
         for stored in uow.written:
+            if stored.res_type == "Task" and not stored.created:  # the worker's writes have no guard
+                check_client_task_change(stored.res_id, uow.previous.get(("Task", stored.res_id)), stored.resource)
             letter = METHOD_LETTERS.get(stored.method, "u")
             access = decide(self.principal, letter, stored.res_type).require()
             if stored.is_deleted or not access.is_narrowed:
