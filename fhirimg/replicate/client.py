@@ -146,9 +146,20 @@ class PeerClient:
             raise PeerError(f"{url} answered with something that is not JSON: {exc}", response.status_code) from None
 
     def check_same_origin(self, url: str) -> None:
-        """Links in a Bundle come from the peer: follow them only to the peer itself."""
-        if origin_of(url) != origin_of(self.base) or not urlsplit(url).path.startswith(urlsplit(self.base).path):
+        """Links in a Bundle come from the peer: follow them only to the peer's own FHIR base."""
+        if origin_of(url) != origin_of(self.base) or not is_below(urlsplit(url).path, urlsplit(self.base).path):
             raise PeerError(f"refusing to follow {url[:200]}: it is not below {self.base}", retryable=False)
+
+
+def is_below(path: str, base_path: str) -> bool:
+    """`path` is `base_path` or under it at a segment boundary (/fhirC-evil is not under /fhirC),
+    and names no dot-segment (/fhirD/../x would leave it once a server normalises it)."""
+    from urllib.parse import unquote
+    base = base_path.rstrip("/")
+    segments = unquote(path).split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return False
+    return path == base or path.startswith(base + "/")
 
 
 def origin_of(url: str) -> tuple[str, str, int | None]:

@@ -111,6 +111,18 @@ def test_links_to_another_host_are_not_followed(site, source):
     assert result.errors and "refusing to follow" in result.errors[0]
 
 
+@pytest.mark.parametrize("path", ["/fhir-evil/_history?x=1", "/fhirx/_history", "/fhir/../admin/_history",
+                                  "/fhir/%2e%2e/admin", "/other/_history"])
+def test_links_outside_the_base_path_are_not_followed(site, source, path):
+    """Issue 15 item 12: same host, but not under /fhir at a segment boundary, or leaving it."""
+    page = bundle([])
+    page["link"] = [{"relation": "next", "url": source.url.rsplit("/fhir", 1)[0] + path}]
+    source.script = [(200, page, {})]
+    result = run(site, source)
+    assert result.errors and "refusing to follow" in result.errors[0]
+    assert len(source.requests) == 1  # the first page only
+
+
 def test_an_entry_without_type_and_id_is_rejected_and_passed_over(site, source):
     nameless = {"request": {"method": "DELETE"}, "response": {"status": "200 OK"}}
     source.script = [(200, bundle([nameless, put_entry(make_patient(id="after"), 1)]), {})]
