@@ -69,8 +69,15 @@ def outcome_entry(issues: list[Issue]) -> dict:
     return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": operation_outcome(issues), "search": {"mode": "outcome"}}
 
 
+MAX_ISSUES = 100  # a document with a million bad elements once answered with a 121 MB outcome
+
+
 def operation_outcome(issues: list[Issue]) -> dict:
-    return {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]}
+    shown = [i.to_json() for i in issues[:MAX_ISSUES]]
+    if len(issues) > MAX_ISSUES:
+        shown.append(Issue("too-costly", f"{len(issues) - MAX_ISSUES} more issues are not shown; "
+                                         "correct the ones above and send it again", severity="information").to_json())
+    return {"resourceType": "OperationOutcome", "issue": shown}
 
 
 def informational_outcome(diagnostics: str, code: str = "informational") -> dict:

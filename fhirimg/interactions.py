@@ -14,6 +14,7 @@ import jsonpatch
 from jsonpointer import JsonPointerException
 
 from .errors import FhirError, Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
+from .requestlimits import check_search_parameters
 from .resources import is_valid_id, validate_resource
 from .store.records import StoredVersion
 from .store.repository import UnitOfWork
@@ -48,6 +49,7 @@ def parse_criteria(query: str) -> list[tuple[str, str]]:
     elif query.startswith("?"):
         query = query[1:]
     pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in RESULT_PARAMETERS]
+    check_search_parameters(pairs)
     for name, value in pairs:
         if not value:
             raise Invalid(f"search criterion {name!r} has no value", [name])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import orjson
+
+from ..requestlimits import check_json_structure
 from flask import Response, current_app, g, request
 
 from ..errors import FhirError, Invalid, NotAcceptable, TooLarge, UnsupportedMediaType, informational_outcome
@@ -70,9 +72,11 @@ def parse_json(data: bytes):
     if not data.strip():
         raise Invalid("the request body is empty", code="structure")
     try:
-        return orjson.loads(data)
+        document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise Invalid(f"the body is not valid JSON: {exc}", code="structure") from None
+    check_json_structure(document)
+    return document
 
 
 def dumps(document) -> bytes:

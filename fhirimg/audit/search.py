@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import and_, exists, or_, select
 
 from ..errors import Invalid
+from ..requestlimits import check_search_parameters
 from ..search.criteria import date_predicate, split_values
 from ..search.cursor import decode_cursor, encode_cursor
 from ..store.records import format_instant
@@ -38,6 +39,7 @@ class AuditQuery:
 
 
 def parse_query(params: list[tuple[str, str]], default_count: int, max_count: int, base: str) -> AuditQuery:
+    check_search_parameters(params)
     query = AuditQuery(count=default_count)
     kept = []
     for name, value in params:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, func, or_, select
 
 from ..errors import Invalid, Issue
+from ..requestlimits import MAX_SORT_KEYS, check_search_parameters
 from ..store.schema import resource_current
 from . import registry
 from .criteria import (
@@ -57,6 +58,7 @@ class SearchRequest:
     def parse(cls, res_type: str, params: list[tuple[str, str]], strict: bool = False,
               base: str | None = None) -> SearchRequest:
         request = cls(res_type)
+        check_search_parameters(params)
         for name, value in params:
             if name in RESULT_PARAMETERS or name.split(":", 1)[0] in ("_include", "_revinclude"):
                 request._take_result_parameter(name, value)
@@ -75,7 +77,10 @@ class SearchRequest:
 
     def _take_result_parameter(self, name: str, value: str) -> None:
         if name == "_sort":
-            self.sort = [parse_sort_key(self.res_type, k) for k in value.split(",") if k]
+            keys = [k for k in value.split(",") if k]
+            if len(keys) > MAX_SORT_KEYS:
+                raise Invalid(f"_sort: {len(keys)} keys; at most {MAX_SORT_KEYS}", ["_sort"], code="too-costly")
+            self.sort = [parse_sort_key(self.res_type, k) for k in keys]
         elif name == "_count":
             if not value.isdigit():
                 raise Invalid(f"_count must be a non-negative integer, got {value!r}", ["_count"])
