@@ -39,6 +39,12 @@ class ServeSchema(Schema):
     workers = fields.Integer(load_default=4, validate=validate.Range(1, 256))
     threads = fields.Integer(load_default=4, validate=validate.Range(1, 256))
     timeout = fields.Integer(load_default=120, validate=validate.Range(1, 3600))
+    # A worker process is replaced after this many requests (plus up to max_requests_jitter,
+    # so they do not all restart at once), or after a request that left it above
+    # max_worker_memory_mb of resident memory (Python rarely gives memory back).
+    max_requests = fields.Integer(load_default=5000, validate=validate.Range(0, 10_000_000))
+    max_requests_jitter = fields.Integer(load_default=500, validate=validate.Range(0, 1_000_000))
+    max_worker_memory_mb = fields.Integer(load_default=1024, validate=validate.Range(16, 1_048_576))
 
 
 class LimitsSchema(Schema):

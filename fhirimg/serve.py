@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 from gunicorn.app.base import BaseApplication
 
@@ -36,9 +37,31 @@ class GunicornApplication(BaseApplication):
 ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def recycle_when_large(limit_mb: int):
+    """gunicorn post_request hook: a worker a request left above `limit_mb` finishes its
+    other requests and is replaced (a search of 200 000 values once left +1.5 GB behind)."""
+    def post_request(worker, req, environ, resp):
+        size = resident_mb()
+        if size > limit_mb and worker.alive:
+            worker.log.warning("worker %s holds %.0f MB (limit %d MB): replacing it", worker.pid, size, limit_mb)
+            worker.alive = False
+    return post_request
+
+
 def gunicorn_options(serve: dict) -> dict:
     return {"bind": f"{serve['host']}:{serve['port']}", "workers": serve["workers"],
             "threads": serve["threads"], "timeout": serve["timeout"], "worker_class": "gthread",
+            "max_requests": serve["max_requests"], "max_requests_jitter": serve["max_requests_jitter"],
+            "post_request": recycle_when_large(serve["max_worker_memory_mb"]),
             "accesslog": "-", "access_log_format": ACCESS_LOG_FORMAT,
             "graceful_timeout": 10, "limit_request_line": 8190,
             # gunicorn >= 24 opens a control socket at one fixed path in $HOME: a second

@@ -110,13 +110,17 @@ def stream_instances(instances: Iterable[StoredInstance], paths: Iterable[Path],
 def parse_frame_list(text: str) -> list[int]:
     """``1,3,5`` (PS3.18 8.3.3.1.3): 1-based frame numbers, at most 10 000 of them."""
     items = text.split(",")
-    if len(items) > 10_000 or not all(i.isdigit() and int(i) >= 1 for i in items):
+    if len(items) > 10_000 or not all(i.isdigit() and len(i) <= 6 and int(i) >= 1 for i in items):
         raise FhirError(400, "invalid", f"frame list {text[:80]!r} must be 1-based frame numbers "
                                        "separated by commas", ["frames"])
-    return [int(i) for i in items]
+    numbers = [int(i) for i in items]
+    if len(set(numbers)) != len(numbers):
+        # 2 600 copies of 50 frames in one URL held 326 MB per request: each frame once.
+        raise FhirError(400, "invalid", "the frame list names a frame more than once", ["frames"])
+    return numbers
 
 
-def read_frames(path: Path, instance: StoredInstance, numbers: list[int]) -> list[bytes]:
+def read_frames(path: Path, instance: StoredInstance, numbers: list[int]) -> Iterator[bytes]:
     """Frames of uncompressed pixel data; compressed data would need a codec, so it is a 406."""
     if instance.transfer_syntax_uid not in UNCOMPRESSED:
         raise NotAcceptable(f"frames are served for uncompressed data only; instance {instance.sop_uid} is "
@@ -133,11 +137,12 @@ def read_frames(path: Path, instance: StoredInstance, numbers: list[int]) -> lis
     if missing:
         raise FhirError(404, "not-found", f"instance {instance.sop_uid} has {count} frame(s); "
                                           f"no frame {missing[0]}")
-    data = ds.PixelData
-    return [bytes(data[(n - 1) * frame_size:n * frame_size]) for n in numbers]
+    data = memoryview(ds.PixelData)
+    # One frame copied at a time, as the answer is sent (the pixel data is held once).
+    return (bytes(data[(n - 1) * frame_size:n * frame_size]) for n in numbers)
 
 
-def stream_frames(frames: list[bytes], boundary: str) -> Iterator[bytes]:
+def stream_frames(frames: Iterable[bytes], boundary: str) -> Iterator[bytes]:
     for frame in frames:
         yield (f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
                f"Content-Length: {len(frame)}\r\n\r\n").encode()

@@ -76,3 +76,33 @@ def test_an_operation_outcome_shows_100_issues_and_says_how_many_more():
     error = FhirError(400, "invalid", "many", issues=[Issue("invalid", f"bad {n}") for n in range(1000)])
     issues = error.to_outcome()["issue"]
     assert len(issues) == 101 and "900 more issues" in issues[-1]["diagnostics"]
+
+
+def test_a_frame_list_naming_a_frame_twice_is_400():
+    from fhirimg.dicomweb.wado import parse_frame_list
+    assert parse_frame_list("1,2,3") == [1, 2, 3]
+    with pytest.raises(FhirError) as refused:
+        parse_frame_list(",".join(["1", "2"] * 1300))
+    assert refused.value.status == 400 and "more than once" in refused.value.diagnostics
+
+
+def test_workers_are_recycled_by_count_and_by_memory():
+    from fhirimg.config import load_config
+    from fhirimg.serve import gunicorn_options, resident_mb
+    serve = load_config(env={}, read_files=False)["serve"]
+    options = gunicorn_options(serve)
+    assert options["max_requests"] == 5000 and options["max_requests_jitter"] == 500
+    assert resident_mb() > 10  # this test process
+
+    class Worker:
+        alive, pid = True, 1
+
+        class log:
+            @staticmethod
+            def warning(*args):
+                pass
+    worker = Worker()
+    gunicorn_options({**serve, "max_worker_memory_mb": 10_000})["post_request"](worker, None, {}, None)
+    assert worker.alive
+    gunicorn_options({**serve, "max_worker_memory_mb": 16})["post_request"](worker, None, {}, None)
+    assert not worker.alive  # this process holds more than 16 MB: replaced after its request
