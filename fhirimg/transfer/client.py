@@ -36,12 +36,34 @@ USER_AGENT = "fhirimg-transfer/1"
 
 
 class SourceError(Exception):
-    """The source could not give what was asked; ``status`` is the HTTP status if one came."""
+    """The source could not give what was asked; ``status`` is the HTTP status if one came.
 
-    def __init__(self, message: str, status: int | None = None, retryable: bool = False):
+    ``category`` (refused, timeout, protocol error) is what a client reads in Task.statusReason
+    for a network failure; the message, with addresses and errno, is for the log: an Endpoint
+    any client may write would otherwise make $retrieve a port scanner of the worker's network."""
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = False,
+                 category: str | None = None):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.category = category
+
+    def public(self) -> str:
+        if self.category is not None:
+            return f"the source could not be reached ({self.category})"
+        return str(self)
+
+
+def network_category(exc: Exception) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timeout"
+    cause, seen = exc, 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(cause):
+            return "refused"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return "protocol error"
 
 
 @dataclass
@@ -103,7 +125,8 @@ class TransferClient:
                     response = self.send_following_redirects(url, headers)
                 except (requests.ConnectionError, requests.Timeout) as exc:
                     delay = self.backoff(attempt)
-                    failure = SourceError(f"connection to {url} failed: {exc}", retryable=True)
+                    failure = SourceError(f"connection to {url} failed: {exc}", retryable=True,
+                                          category=network_category(exc))
                 else:
                     if response.status_code < 300:
                         try:
@@ -290,7 +313,7 @@ class GuardedAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
-        guard = self.policy.check_address
+        guard = self.policy.check_connected
         http_conn = type("GuardedHTTPConnection", (_GuardMixin, HTTPConnection), {"guard": staticmethod(guard)})
         https_conn = type("GuardedHTTPSConnection", (_GuardMixin, HTTPSConnection), {"guard": staticmethod(guard)})
         self.poolmanager.pool_classes_by_scheme = {
@@ -300,12 +323,12 @@ class GuardedAdapter(HTTPAdapter):
 
 
 class _GuardMixin:
-    guard: Callable[[str], None]
+    guard: Callable[[str, str, int], None]
 
     def _new_conn(self):
         sock = super()._new_conn()
         try:
-            self.guard(sock.getpeername()[0])
+            self.guard(sock.getpeername()[0], (self.host or "").lower().strip("[]"), self.port)
         except HostRefused:
             sock.close()
             raise

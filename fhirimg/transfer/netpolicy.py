@@ -26,7 +26,10 @@ Resolver = Callable[..., list]
 
 
 class HostRefused(Exception):
-    """The URL's host or one of its addresses is not allowed."""
+    """The URL's host or one of its addresses is not allowed. ``host`` is the URL's own host
+    (the client's input); the message may name resolved addresses, which only the log shows."""
+
+    host: str | None = None
 
 
 @dataclass
@@ -41,13 +44,35 @@ class HostPolicy:
     def check_url(self, url: str) -> tuple[str, str, int]:
         """Check a URL before any request; return (scheme, host, port)."""
         scheme, host, port = split_origin(url)
+        try:
+            self.check_host(host, port)
+        except HostRefused as exc:
+            exc.host = host
+            raise
+        return scheme, host, port
+
+    def check_host(self, host: str, port: int) -> None:
         if host in METADATA_HOSTS:
             raise HostRefused(f"host {host} is a cloud metadata service")
         if not self.is_listed(host, port):
             raise HostRefused(f"host {host}:{port} is not on the {self.list_name}")
+        # A literal loopback host:port the operator listed is allowed even without allow_loopback.
         for address in self.resolve_addresses(host, port):
-            self.check_address(address)
-        return scheme, host, port
+            self.check_connected(address, host, port)
+
+    def check_connected(self, address: str, host: str, port: int) -> None:
+        """An address `host` resolved to, or a socket to it connected to."""
+        self.check_address(address, loopback=is_loopback_name(host) and self.names_exactly(host, port))
+
+    def names_exactly(self, host: str, port: int) -> bool:
+        """An allow-list entry `host:port` (no wildcard) is this host and port."""
+        for entry in self.allowed_hosts:
+            entry = entry.strip().lower()
+            if _has_port(entry):
+                name, _, entry_port = entry.rpartition(":")
+                if name.strip("[]") == host and int(entry_port) == port:
+                    return True
+        return False
 
     def is_listed(self, host: str, port: int) -> bool:
         if self.allow_loopback and is_loopback_name(host):
@@ -69,17 +94,20 @@ class HostPolicy:
             raise HostRefused(f"host {host} cannot be resolved: {exc}") from None
         return sorted({info[4][0] for info in infos})
 
-    def check_address(self, address: str) -> None:
-        """Refuse link-local, metadata, unspecified and multicast addresses; loopback unless allowed."""
+    def check_address(self, address: str, loopback: bool = False) -> None:
+        """Refuse link-local, metadata, unspecified and multicast addresses; loopback unless
+        allowed (or `loopback`: the operator listed this very host:port)."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
         if str(ip) in METADATA_ADDRESSES or ip.is_link_local:
             raise HostRefused(f"address {ip} is link-local or a metadata service")
+        if ip.is_loopback:  # before is_reserved: ::1 lies in IPv6's reserved ::/8
+            if not (self.allow_loopback or loopback):
+                raise HostRefused(f"address {ip} is loopback and loopback is not allowed")
+            return
         if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
             raise HostRefused(f"address {ip} is not a unicast host address")
-        if ip.is_loopback and not self.allow_loopback:
-            raise HostRefused(f"address {ip} is loopback and loopback is not allowed")
 
 
 def _has_port(entry: str) -> bool:

@@ -111,8 +111,13 @@ def run_started_retrieve(task_id: str, task: dict, ctx: TransferContext) -> str:
     except Cancelled:
         return finish(ctx, task_id, "cancelled", "cancelled by request", None)
     except HostRefused as exc:
-        return finish(ctx, task_id, "failed", f"endpoint address refused: {exc}", None)
-    except (TaskFailure, SourceError) as exc:
+        log.warning("Task/%s: endpoint address refused: %s", task_id, exc)
+        return finish(ctx, task_id, "failed", f"endpoint host {exc.host or '(unknown)'} refused by the transfer "
+                      "allow-list (transfer.allowed_hosts; the server log says why)", None)
+    except SourceError as exc:
+        log.warning("Task/%s failed: %s", task_id, exc)
+        return finish(ctx, task_id, "failed", exc.public(), None)
+    except TaskFailure as exc:
         return finish(ctx, task_id, "failed", str(exc), None)
     except (FhirError, ValueError) as exc:
         return finish(ctx, task_id, "failed", f"{type(exc).__name__}: {exc}", None)
