@@ -7,6 +7,29 @@ import os
 from gunicorn.app.base import BaseApplication
 
 
+ISSUE_CODES = {400: "structure", 403: "forbidden", 414: "too-long", 417: "not-supported", 431: "too-long",
+               500: "exception", 501: "not-supported"}
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own answers (a malformed request line, a URI or headers over its limits)
+    as an OperationOutcome in JSON, like every other error of the API, not an HTML page."""
+    import orjson
+    from gunicorn import util
+    issue = {"severity": "error", "code": ISSUE_CODES.get(status_int, "invalid"),
+             "diagnostics": f"{reason}: {mesg}"[:1000] if mesg else reason}
+    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/fhir+json; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+def install_json_errors() -> None:
+    """gunicorn's workers write their errors through ``gunicorn.util.write_error``."""
+    from gunicorn import util
+    util.write_error = write_json_error
+
+
 class GunicornApplication(BaseApplication):
     """gunicorn driven from our validated config; the app is built in each worker after fork,
     so no database connection is shared between processes."""
@@ -71,6 +94,7 @@ def gunicorn_options(serve: dict) -> dict:
 
 def serve_gunicorn(config: dict, serve: dict) -> None:
     from .app import create_app
+    install_json_errors()  # before the workers fork
     create_app(config).extensions["fhirimg.engine"].dispose()  # create the schema once, before forking
     GunicornApplication(config, gunicorn_options(serve)).run()
 

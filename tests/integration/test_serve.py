@@ -198,3 +198,26 @@ def test_load_examples_as_the_readme_shows(served):
     assert spec_study.status_code == 200 and spec_study.json()["resourceType"] == "ImagingStudy"
     ct = requests.get(f"{served.base}/ImagingStudy", params={"modality": "CT"}, timeout=10).json()
     assert ct.get("total", len(ct.get("entry", []))) >= 1
+
+
+@pytest.mark.parametrize("request_line, status", [(b"GET /fhir/Patient?" + b"a" * 9000 + b" HTTP/1.1", 414),
+                                                   (b"BR@KEN", 400)])
+def test_gunicorns_own_errors_are_operation_outcomes(served, request_line, status):
+    """Issue 15 item 5: answers made before Flask sees the request are JSON too."""
+    import socket
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode())
+    assert b"Content-Type: application/fhir+json" in head
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["severity"] == "error"
+
+
+def test_a_header_section_over_the_limit_is_431_in_json(served):
+    response = requests.get(f"{served.base}/metadata", headers={f"X-Big-{n}": "y" * 100 for n in range(120)},
+                            timeout=10)
+    assert response.status_code == 431 and response.json()["resourceType"] == "OperationOutcome"
