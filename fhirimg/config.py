@@ -73,6 +73,9 @@ class ConfigSchema(Schema):
     redis_url = fields.String(load_default="")
     var_dir = fields.String(load_default="var")
     base_url = fields.String(load_default="", validate=validate.Regexp(r"^(|https?://\S+[^/])$"))
+    # Without base_url: Host header values (host or host:port) absolute URLs may be built from;
+    # any other Host gets the serve address (loopback names are always accepted).
+    allowed_hosts = fields.List(fields.String(validate=validate.Length(1, 255)), load_default=list)
     log_level = fields.String(load_default="INFO",
                               validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))
     sql_echo = fields.Boolean(load_default=False)

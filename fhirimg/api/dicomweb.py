@@ -18,7 +18,7 @@ from ..transfer.settings import blob_root, transfer_section
 from ..transfer.uids import require_uid
 from .access import current_principal
 from .auditing import note, raw_query
-from .negotiation import dumps
+from .negotiation import dumps, public_root
 
 DICOMWEB_PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
@@ -44,7 +44,7 @@ def blobstore() -> BlobStore:
 
 def own_base() -> str:
     section = transfer_section(current_app.config["FHIRIMG"])
-    return (section["own_dicomweb_base"] or request.url_root.rstrip("/") + DICOMWEB_PREFIX).rstrip("/")
+    return (section["own_dicomweb_base"] or public_root() + DICOMWEB_PREFIX).rstrip("/")
 
 
 def dicom_json(document, status: int = 200) -> Response:

@@ -112,7 +112,23 @@ def prefer_handling() -> str:
 
 def base_url() -> str:
     configured = current_app.config["FHIRIMG"]["base_url"]
-    return configured or request.url_root.rstrip("/") + "/fhir"
+    return configured or public_root() + "/fhir"
+
+
+def public_root() -> str:
+    """scheme://host[:port] for absolute URLs (Location, Bundle links, RetrieveURL) when no
+    base_url is configured: the request's Host only if it is loopback or on allowed_hosts,
+    else the serve address - a forged Host (evil.example:666) never reaches a client's links.
+    X-Forwarded-* headers are not read: behind a proxy, set base_url."""
+    from ..transfer.netpolicy import is_loopback_name
+    config = current_app.config["FHIRIMG"]
+    host = (request.host or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]", 1)[0] + "]"
+    if host in config["allowed_hosts"] or name in config["allowed_hosts"] or is_loopback_name(name.strip("[]")):
+        return request.url_root.rstrip("/")
+    serve = config["serve"]
+    listen = "127.0.0.1" if serve["host"] in ("0.0.0.0", "::", "") else serve["host"]
+    return f"http://{listen}:{serve['port']}"
 
 
 def version_headers(stored: StoredVersion, with_location: bool = False) -> dict:

@@ -1,0 +1,43 @@
+"""Issue 15, item 6: without base_url, a forged Host header never reaches Location headers,
+Bundle links or QIDO RetrieveURLs; a Host on allowed_hosts, or a loopback one, does."""
+from __future__ import annotations
+
+import pytest
+
+from fhirimg.app import create_app
+from fhirimg.config import load_config
+
+from ..auth_support import ANONYMOUS
+from ..factories import make_patient
+
+
+@pytest.fixture
+def site(database, engine):
+    config = load_config(env={}, read_files=False, overrides={
+        "database_url": database[0], "auth": ANONYMOUS, "allowed_hosts": ["pacs.example.org"],
+        "serve": {"host": "0.0.0.0", "port": 8123}})
+    return create_app(config, engine=engine).test_client()
+
+
+def test_a_forged_host_is_not_used_for_location_or_links(site):
+    evil = {"Host": "evil.example:666"}
+    created = site.post("/fhir/Patient", json=make_patient("MRN-H"), headers=evil)
+    assert created.headers["Location"].startswith("http://127.0.0.1:8123/fhir/Patient/")
+    bundle = site.get("/fhir/Patient?_count=1", headers=evil).json
+    assert all(link["url"].startswith("http://127.0.0.1:8123/fhir") for link in bundle["link"])
+    assert "evil" not in str(bundle)
+    history = site.get("/fhir/_history", headers=evil)
+    assert "evil" not in history.get_data(as_text=True) and "evil" not in history.headers["X-Next-Poll"]
+
+
+def test_an_allowed_or_loopback_host_is_used(site):
+    allowed = site.post("/fhir/Patient", json=make_patient("MRN-A"), headers={"Host": "pacs.example.org"})
+    assert allowed.headers["Location"].startswith("http://pacs.example.org/fhir/Patient/")
+    local = site.post("/fhir/Patient", json=make_patient("MRN-L"), headers={"Host": "localhost:8123"})
+    assert local.headers["Location"].startswith("http://localhost:8123/fhir/Patient/")
+
+
+def test_qido_retrieve_urls_ignore_a_forged_host(site, engine):
+    from fhirimg.api import dicomweb
+    with site.application.test_request_context("/dicom-web/studies", headers={"Host": "evil.example:666"}):
+        assert dicomweb.own_base() == "http://127.0.0.1:8123/dicom-web"
