@@ -28,6 +28,7 @@ from fhir.resources import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
+from .narrative import narrative_issues
 from .errors import Invalid, Issue, Unprocessable
 
 SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task")
@@ -104,7 +105,7 @@ def check_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstr
         raise Invalid(f"resource type {res_type!r} is not supported here "
                       f"(supported: {', '.join(SUPPORTED_TYPES)})", [f"{res_type}.resourceType"],
                       code="not-supported")
-    issues = list(find_empty_values(resource, res_type))
+    issues = list(find_empty_values(resource, res_type)) + narrative_issues(resource, res_type)
     if "id" in resource and not is_valid_id(resource["id"]):
         issues.append(Issue("value", "id must be 1-64 characters of A-Z a-z 0-9 - .", [f"{res_type}.id"]))
     if issues:
