@@ -46,20 +46,16 @@ def check_json_structure(document) -> None:
             raise Invalid(f"the document nests deeper than {MAX_JSON_DEPTH} levels (at {path[:200]})",
                           [path[:200]] if path else None, code="structure")
         if isinstance(node, dict):
-            for key, value in node.items():
-                if "\x00" in key:
-                    raise Invalid("a property name contains a NUL character", [path[:200]], code="structure")
-                if isinstance(value, str):
-                    if "\x00" in value:
-                        raise Invalid("a string contains a NUL character", [f"{path}.{key}".lstrip(".")[:200]],
-                                      code="invalid")
-                elif isinstance(value, (dict, list)):
-                    stack.append((value, depth + 1, f"{path}.{key}"))
+            children = ((f"{path}.{key}".lstrip("."), key, value) for key, value in node.items())
         elif isinstance(node, list):
-            for index, value in enumerate(node):
-                if isinstance(value, str):
-                    if "\x00" in value:
-                        raise Invalid("a string contains a NUL character", [f"{path}[{index}]".lstrip(".")[:200]],
-                                      code="invalid")
-                elif isinstance(value, (dict, list)):
-                    stack.append((value, depth + 1, f"{path}[{index}]"))
+            children = ((f"{path}[{index}]", "", value) for index, value in enumerate(node))
+        else:  # a bare scalar document: validation says what is wrong with it
+            continue
+        for where, key, value in children:
+            if "\x00" in key:
+                raise Invalid("a property name contains a NUL character", [path[:200]], code="structure")
+            if isinstance(value, str):
+                if "\x00" in value:
+                    raise Invalid("a string contains a NUL character", [where[:200]])
+            elif isinstance(value, (dict, list)):
+                stack.append((value, depth + 1, where))

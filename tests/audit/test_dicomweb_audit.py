@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from fhirimg.transfer.dicomcheck import Expectation, inspect_part10
-
 from ..factories import make_imaging_study, make_patient
 from ..transfer.dicomfactory import make_study
 from ..transfer.site import make_site
@@ -15,17 +13,6 @@ from .trail import all_events, code_of, details_of, events_of, patient_of, query
 @pytest.fixture
 def site(tmp_path):
     return make_site(tmp_path)
-
-
-def store(site, study) -> None:
-    blobstore = site.context().blobstore
-    for series in study.series:
-        for sop, data in series.instances.items():
-            staged = blobstore.open_staging()
-            staged.write(data)
-            staged.finish()
-            blobstore.commit(staged, inspect_part10(staged.path, Expectation(study.study_uid, series.series_uid,
-                                                                             frozenset([sop]))))
 
 
 def with_patient(site, study, mrn) -> tuple[str, str]:
@@ -40,7 +27,7 @@ def engine_of(site):
 
 def test_a_wado_series_retrieve_is_one_read_event_naming_the_study_and_the_series(site):
     study = make_study(series=2, instances=2, rows=16, columns=16, seed=7, patient_id="PAT-W")
-    store(site, study)
+    site.store(study)
     patient, study_id = with_patient(site, study, "MRN-W")
     series = study.series[1].series_uid
     response = site.client.get(f"/dicom-web/studies/{study.study_uid}/series/{series}",
@@ -56,7 +43,7 @@ def test_a_wado_series_retrieve_is_one_read_event_naming_the_study_and_the_serie
 
 def test_frames_and_metadata_reads_name_the_instance(site):
     study = make_study(series=1, instances=1, rows=16, columns=16, seed=8, patient_id="PAT-F")
-    store(site, study)
+    site.store(study)
     with_patient(site, study, "MRN-F")
     series = study.series[0]
     sop = next(iter(series.instances))
@@ -73,7 +60,7 @@ def test_a_qido_query_over_two_patients_is_two_query_events_with_the_raw_query(s
     first, second = (make_study(series=1, instances=1, rows=16, columns=16, seed=s, patient_id=f"PAT-{s}")
                      for s in (9, 10))
     for study in (first, second):
-        store(site, study)
+        site.store(study)
     patients = sorted(with_patient(site, study, f"MRN-Q{n}")[0] for n, study in enumerate((first, second)))
     response = site.client.get("/dicom-web/studies?limit=10", headers={"X-Request-Id": "req-qido"})
     assert response.status_code == 200 and len(response.json) == 2

@@ -65,6 +65,19 @@ class Site:
     def task(self, task_id: str) -> dict:
         return self.client.get(f"/fhir/Task/{task_id}").json
 
+    def store(self, study) -> None:
+        """Place a synthetic study's instances in the blob store as the worker does (staged,
+        checked with pydicom, committed), without a source archive."""
+        from fhirimg.transfer.dicomcheck import Expectation, inspect_part10
+        blobstore = self.context().blobstore
+        for series in study.series:
+            for sop, data in series.instances.items():
+                staged = blobstore.open_staging()
+                staged.write(data)
+                staged.finish()
+                blobstore.commit(staged, inspect_part10(staged.path, Expectation(study.study_uid, series.series_uid,
+                                                                                 frozenset([sop]))))
+
     def served_study(self, study_uid: str) -> dict[str, bytes]:
         """What our own /dicom-web serves for the study, split by an independent parser."""
         response = self.client.get(f"/dicom-web/studies/{study_uid}",

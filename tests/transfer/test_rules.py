@@ -1,7 +1,6 @@
 """Automatic retrieval on push: [[transfer.rules]] read the change sequence and create Tasks."""
 from __future__ import annotations
 
-from fhirimg.transfer.dicomcheck import Expectation, inspect_part10
 from fhirimg.transfer.rules import apply_rules
 from fhirimg.transfer.settings import own_dicomweb_base
 
@@ -65,14 +64,8 @@ def test_each_version_is_read_once_and_no_rules_reads_nothing(tmp_path):
 def test_a_study_whose_instances_are_all_held_gets_no_task(tmp_path):
     site = make_site(tmp_path)
     synthetic = make_study(series=1, instances=2, rows=16, columns=16, seed=51)
-    blobstore = site.context().blobstore
+    site.store(synthetic)
     series = synthetic.series[0]
-    for sop, data in series.instances.items():
-        staged = blobstore.open_staging()
-        staged.write(data)
-        staged.finish()
-        blobstore.commit(staged, inspect_part10(staged.path, Expectation(synthetic.study_uid, series.series_uid,
-                                                                         frozenset([sop]))))
     endpoint = site.client.post("/fhir/Endpoint", json=make_endpoint(PACS)).json["id"]
     study = {"resourceType": "ImagingStudy", "status": "available", "subject": {"reference": "Patient/x"},
              "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{synthetic.study_uid}"}],
