@@ -2,14 +2,13 @@
 
 Writes are recorded by the unit of work, in the transaction that writes them (the actor
 made here names the client). Everything else a request does - reads, searches, history,
-DICOMweb, $retrieve, token requests, and every refusal or failure - is noted by its view
-(``note``) and recorded by ``finish`` after the view returns and before the first byte of
-the response is sent, through the process's group committer. If the events cannot be
-made durable the client gets a 503 instead of the data.
+DICOMweb, $retrieve, token requests - is committed by its view as it notes it (``note``),
+through the process's group committer, before the answer is built; refusals, failures and
+writes that wrote nothing are recorded by ``finish`` (after_request), before the first
+byte goes out. If the events cannot be made durable the client gets a 503, not the data.
 """
 from __future__ import annotations
 
-import base64
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -186,10 +185,3 @@ def register_auditing(app: Flask, engine) -> None:
     app.extensions["fhirimg.audit"] = GroupCommitter(engine, settings["max_batch"], settings["commit_timeout"])
     app.after_request(finish)
 
-
-def decoded_query(event: dict) -> str | None:
-    """The raw query of a query event (tests and the console read it back)."""
-    for entity in event.get("entity") or []:
-        if entity.get("query"):
-            return base64.b64decode(entity["query"]).decode("utf-8", "replace")
-    return None
