@@ -124,3 +124,13 @@ def wait_gone(processes: list, timeout: float) -> list:
     import psutil
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def database_url_of(database: tuple[str, str | None]) -> str:
+    """The `database` fixture's (url, schema) as one URL a separate engine or process can use
+    (PostgreSQL: the private schema as its search_path)."""
+    from urllib.parse import quote
+    url, schema = database
+    if not url.startswith("postgresql") or not schema:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}options={quote('-csearch_path=' + schema)}"

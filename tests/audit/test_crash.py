@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from urllib.parse import quote
 
 import pytest
 import requests
@@ -19,7 +18,7 @@ from sqlalchemy import text
 from fhirimg.audit.chain import verify_chain
 
 from ..factories import make_imaging_study, make_patient
-from ..services import fhirimg_env, free_port, start_fhirimg, wait_for_http
+from ..services import database_url_of, fhirimg_env, free_port, start_fhirimg, wait_for_http
 from .trail import all_events, code_of, whats
 
 WRITES, KILLS, CLIENTS = 2000, 20, 4
@@ -44,13 +43,6 @@ class KilledServer:
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
-
-
-def server_url(database) -> str:
-    url, schema = database
-    if not url.startswith("postgresql"):
-        return url
-    return f"{url}{'&' if '?' in url else '?'}options={quote('-csearch_path=' + schema)}"
 
 
 def one_write(session: requests.Session, base: str, rng: random.Random, mine: list[tuple[str, str]]) -> None:
@@ -98,7 +90,7 @@ def write_loop(server: KilledServer, seed: int, quota: list[int], lock: threadin
 
 @pytest.mark.timeout(600)
 def test_every_stored_version_has_exactly_one_write_event_after_20_kills(tmp_path, database, engine):
-    server = KilledServer(tmp_path, server_url(database))
+    server = KilledServer(tmp_path, database_url_of(database))
     server.start()
     quota, lock = [WRITES], threading.Lock()
     writers = [threading.Thread(target=write_loop, args=(server, seed, quota, lock)) for seed in range(CLIENTS)]

@@ -6,13 +6,15 @@ import pytest
 
 from ..factories import make_imaging_study, make_patient
 from ..transfer.dicomfactory import make_study
+from ..services import database_url_of
 from ..transfer.site import make_site
 from .trail import all_events, code_of, details_of, events_of, patient_of, query_of, whats
 
 
 @pytest.fixture
-def site(tmp_path):
-    return make_site(tmp_path)
+def site(tmp_path, database):
+    """A transfer site on SQLite and on PostgreSQL (its private schema)."""
+    return make_site(tmp_path, database_url=database_url_of(database))
 
 
 def with_patient(site, study, mrn) -> tuple[str, str]:

@@ -22,10 +22,11 @@ from .multipart_reference import reference_parts
 FAST_RETRIES = {"backoff_base": 0.01, "backoff_max": 0.05, "retry_after_max": 0.5, "read_timeout": 10}
 
 
-def site_config(tmp: Path, redis_url: str = "", **transfer) -> dict:
+def site_config(tmp: Path, redis_url: str = "", database_url: str | None = None, **transfer) -> dict:
     section = {"allow_loopback": True, **FAST_RETRIES, **transfer}
     return load_config(env={}, read_files=False, overrides={
-        "database_url": f"sqlite:///{tmp / 'site.db'}", "var_dir": str(tmp / "var"), "redis_url": redis_url,
+        "database_url": database_url or f"sqlite:///{tmp / 'site.db'}", "var_dir": str(tmp / "var"),
+        "redis_url": redis_url,
         "base_url": "http://fhirimg.test/fhir", "transfer": section})
 
 
@@ -90,8 +91,8 @@ def parts_by_sop(body: bytes, content_type: str) -> dict[str, bytes]:
     return {pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID: p for p in reference_parts(body, content_type)}
 
 
-def make_site(tmp: Path, redis_url: str = "", **transfer) -> Site:
-    config = site_config(tmp, redis_url, **transfer)
+def make_site(tmp: Path, redis_url: str = "", database_url: str | None = None, **transfer) -> Site:
+    config = site_config(tmp, redis_url, database_url, **transfer)
     return Site(config, create_app(config))
 
 
