@@ -32,6 +32,14 @@ CHUNK_BYTES = 1 << 20
 BROKEN_BODY = (requests.RequestException, urllib3.exceptions.HTTPError, MultipartError, SourceError, OSError)
 
 
+class TooSlow(SourceError):
+    """The source sends slower than the configured floor: the whole transfer stops (asking
+    again, instance by instance, would hold the worker as long again for each)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, category="slower than the configured minimum throughput")
+
+
 class Cancelled(Exception):
     """The Task was cancelled; the transfer stops at the next instance."""
 
@@ -42,6 +50,8 @@ class RetrieveOptions:
     instance_attempts: int = 3
     per_instance_max: int = 8  # resume with at most this many missing: fetch them one by one
     max_instance_bytes: int = 2 << 30
+    min_throughput: int = 64 * 1024  # bytes/s a response must average over throughput_window (0: off)
+    throughput_window: float = 30.0
 
 
 @dataclass
@@ -112,9 +122,9 @@ class Retriever:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retrieve") as pool:
                 futures = [pool.submit(self.retrieve_series_job, job) for job in jobs]
                 errors = [f.exception() for f in futures]
-        for error in errors:
-            if error is not None:
-                raise error
+        # The cause, not the other series' Cancelled that it set off.
+        for error in sorted((e for e in errors if e is not None), key=lambda e: isinstance(e, Cancelled)):
+            raise error
         return self.outcome
 
     @contextmanager
@@ -156,6 +166,8 @@ class Retriever:
             self.outcome.series_requests += 1
         try:
             complete = self.read_multipart(url, job, job.expected)
+        except TooSlow:
+            raise
         except BROKEN_BODY:
             complete = False
         if not complete and job.wanted:
@@ -175,6 +187,8 @@ class Retriever:
                     self.outcome.instance_requests += 1
                 try:
                     self.read_multipart(url, job, expected)
+                except TooSlow:
+                    raise
                 except SourceError as exc:
                     last_error = str(exc)
                     if not exc.retryable:
@@ -196,7 +210,7 @@ class Retriever:
             reader = open_body_reader(response.headers.get("Content-Type", ""),
                                       lambda headers: self.blobstore.open_staging(),
                                       self.options.max_instance_bytes)
-            chunks = arrived_chunks(response.raw, CHUNK_BYTES)
+            chunks = self.watched(arrived_chunks(response.raw, CHUNK_BYTES))
             expectation = Expectation(job.study_uid, job.series.series_uid, allowed)
             try:
                 for part in reader.read(chunks):
@@ -206,6 +220,26 @@ class Retriever:
                 discard_open_sinks(reader)
                 self.committer.flush(job.ticket)  # checked instances are kept even if the body broke off
             return reader.is_closed
+
+    def watched(self, chunks):
+        """The chunks of one response, with a cancel noticed while a part is still arriving
+        (twice a second) and a floor on the throughput averaged over each window."""
+        window_start = last_check = self.monotonic()
+        window_bytes = 0
+        for chunk in chunks:
+            now = self.monotonic()
+            window_bytes += len(chunk)
+            if now - last_check >= 0.5:
+                self.check_stop()
+                last_check = now
+            elapsed = now - window_start
+            if self.options.min_throughput and elapsed >= self.options.throughput_window:
+                if window_bytes / elapsed < self.options.min_throughput:
+                    self.stop_event.set()  # the other series stop too
+                    raise TooSlow(f"the source sent {window_bytes} bytes in {elapsed:.1f} s, less than "
+                                  f"{self.options.min_throughput} bytes/s")
+                window_start, window_bytes = now, 0
+            yield chunk
 
     def accept_part(self, part: Part, job: SeriesJob, expectation: Expectation) -> None:
         """Check one received part and move it into the store, or discard and record it."""

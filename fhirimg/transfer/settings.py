@@ -55,6 +55,10 @@ class TransferSettingsSchema(Schema):
     per_instance_max = fields.Integer(load_default=8, validate=validate.Range(0, 10_000))
     instance_attempts = fields.Integer(load_default=3, validate=validate.Range(1, 20))
     max_instance_bytes = fields.Integer(load_default=2 << 30, validate=validate.Range(1024))
+    # A response slower than min_throughput bytes/s, averaged over throughput_window seconds,
+    # is abandoned and fails the Task (a source sending 1 byte a second held a worker 6 h).
+    min_throughput = fields.Integer(load_default=64 * 1024, validate=validate.Range(0, 1 << 30))
+    throughput_window = fields.Float(load_default=30.0, validate=validate.Range(0.1, 3600))
     job_timeout = fields.Integer(load_default=6 * 3600, validate=validate.Range(10))
     reconcile_interval = fields.Float(load_default=10.0, validate=validate.Range(0.1, 86_400))
     staging_max_age = fields.Float(load_default=3600.0, validate=validate.Range(0.5, 30 * 86_400))
@@ -83,7 +87,9 @@ def retrieve_options(section: dict) -> RetrieveOptions:
     return RetrieveOptions(series_parallelism=section["series_parallelism"],
                            instance_attempts=section["instance_attempts"],
                            per_instance_max=section["per_instance_max"],
-                           max_instance_bytes=section["max_instance_bytes"])
+                           max_instance_bytes=section["max_instance_bytes"],
+                           min_throughput=section["min_throughput"],
+                           throughput_window=section["throughput_window"])
 
 
 def blob_root(config: dict) -> str:
