@@ -150,14 +150,18 @@ class TransferClient:
 
     def get_json(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20):
         """GET a JSON answer (QIDO, metadata) with a size bound; an empty body is ``[]``."""
+        return self.get_json_sized(url, accept, max_bytes)[0]
+
+    def get_json_sized(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20):
+        """``get_json`` and the size of the body it parsed (QIDO paging keeps a byte budget)."""
         import orjson
 
         with self.stream(url, accept) as response:
             body = read_bounded(response, max_bytes)
         if response.status_code == 204 or not body.strip():
-            return []
+            return [], len(body)
         try:
-            return orjson.loads(body)
+            return orjson.loads(body), len(body)
         except orjson.JSONDecodeError as exc:
             raise SourceError(f"{url} did not return JSON: {exc}") from None
 

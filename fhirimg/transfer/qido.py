@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .client import TransferClient, build_url
+from .client import SourceError, TransferClient, build_url
 from .uids import is_valid_uid
 
 TAG_SOP_CLASS = "00080016"
@@ -22,6 +22,11 @@ TAG_SERIES_NUMBER = "00200011"
 TAG_INSTANCE_NUMBER = "00200013"
 TAG_NUMBER_OF_FRAMES = "00280008"
 MAX_PAGES = 10_000
+# One QIDO search (the series of a study, the instances of a series) may bring at most this
+# many results and bytes in all its pages: a source paging 600 KB pages without end grew a
+# worker to 3 GB in 76 s.
+MAX_RESULTS = 100_000
+MAX_SEARCH_BYTES = 32 << 20
 
 
 @dataclass
@@ -89,13 +94,24 @@ def search_paged(client: TransferClient, base: str, segments: list[str], page_si
                  includefields: tuple[str, ...] = ()) -> list[dict]:
     """All results of one QIDO search, following limit/offset paging."""
     results: list[dict] = []
+    received = 0
     for _ in range(MAX_PAGES):
         query = [("limit", str(page_size)), ("offset", str(len(results)))]
         query += [("includefield", tag) for tag in includefields]
-        page = client.get_json(build_url(base, segments, query))
+        try:
+            page, size = client.get_json_sized(build_url(base, segments, query),
+                                               max_bytes=MAX_SEARCH_BYTES - received)
+        except SourceError as exc:
+            if "larger than the limit" in str(exc):
+                raise ValueError(f"QIDO search {'/'.join(segments)} answered more than {MAX_SEARCH_BYTES} "
+                                 "bytes in all") from None
+            raise
+        received += size
         if not isinstance(page, list):
             raise ValueError(f"QIDO answer for {'/'.join(segments)} is not a JSON array")
         results.extend(item for item in page if isinstance(item, dict))
+        if len(results) > MAX_RESULTS:
+            raise ValueError(f"QIDO search {'/'.join(segments)} answered more than {MAX_RESULTS} results")
         if len(page) < page_size:
             return results
     raise ValueError(f"QIDO search {'/'.join(segments)} did not end after {MAX_PAGES} pages")
