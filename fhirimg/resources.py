@@ -20,6 +20,7 @@ import re
 import threading
 from collections import OrderedDict
 from functools import lru_cache
+from itertools import islice
 from typing import Any, Iterator
 
 import orjson
@@ -29,7 +30,7 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from .narrative import narrative_issues
-from .errors import Invalid, Issue, Unprocessable
+from .errors import MAX_ISSUES, Invalid, Issue, Unprocessable
 
 SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
@@ -105,7 +106,7 @@ def check_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstr
         raise Invalid(f"resource type {res_type!r} is not supported here "
                       f"(supported: {', '.join(SUPPORTED_TYPES)})", [f"{res_type}.resourceType"],
                       code="not-supported")
-    issues = list(find_empty_values(resource, res_type)) + narrative_issues(resource, res_type)
+    issues = first_issues(find_empty_values(resource, res_type)) + narrative_issues(resource, res_type)
     if "id" in resource and not is_valid_id(resource["id"]):
         issues.append(Issue("value", "id must be 1-64 characters of A-Z a-z 0-9 - .", [f"{res_type}.id"]))
     if issues:
@@ -115,6 +116,16 @@ def check_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstr
     if issues:
         raise Unprocessable(issues[0].diagnostics, code="code-invalid", issues=issues)
     return model
+
+
+def first_issues(found: Iterator[Issue]) -> list[Issue]:
+    """Stop at the issues an answer can show: a million empty objects took 17 s and 700 MB,
+    and answered 121 MB of OperationOutcome."""
+    issues = list(islice(found, MAX_ISSUES + 1))
+    if len(issues) > MAX_ISSUES:
+        issues = issues[:MAX_ISSUES - 1] + [Issue("too-costly", f"validation stopped after {MAX_ISSUES - 1} "
+                                                  "issues; the rest of the resource was not examined")]
+    return issues
 
 
 def find_empty_values(node: Any, path: str) -> Iterator[Issue]:

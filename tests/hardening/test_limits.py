@@ -106,3 +106,14 @@ def test_workers_are_recycled_by_count_and_by_memory():
     assert worker.alive
     gunicorn_options({**serve, "max_worker_memory_mb": 16})["post_request"](worker, None, {}, None)
     assert not worker.alive  # this process holds more than 16 MB: replaced after its request
+
+
+def test_half_a_million_empty_objects_stop_validation_at_100_issues(client, engine):
+    before = table_counts(engine)
+    started = time.monotonic()
+    response = client.post("/fhir/Patient", data=b'{"resourceType":"Patient","foo":[' + b",".join([b"{}"] * 500_000)
+                           + b"]}", headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code == 400 and len(response.data) < 50_000
+    issues = response.json["issue"]
+    assert len(issues) == 100 and "validation stopped" in issues[-1]["diagnostics"]
+    assert time.monotonic() - started < 10 and table_counts(engine) == before
