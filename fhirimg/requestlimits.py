@@ -38,7 +38,8 @@ def check_search_parameters(params: list[tuple[str, str]]) -> None:
 
 def check_json_structure(document) -> None:
     """Depth at most MAX_JSON_DEPTH and no NUL in any string or key (FHIR strings may not hold
-    one, and PostgreSQL's text cannot): one walk, before validation sees the document."""
+    one, and PostgreSQL's text cannot), anywhere in a request body. Run when the raw body
+    holds an escaped NUL; resources get the same checks in resources.find_empty_values."""
     stack = [(document, 1, "")]
     while stack:
         node, depth, path = stack.pop()

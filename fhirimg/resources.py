@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from .narrative import narrative_issues
 from .errors import MAX_ISSUES, Invalid, Issue, Unprocessable
+from .requestlimits import MAX_JSON_DEPTH
 
 SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
@@ -128,27 +129,38 @@ def first_issues(found: Iterator[Issue]) -> list[Issue]:
     return issues
 
 
-def find_empty_values(node: Any, path: str) -> Iterator[Issue]:
-    """json.html: no nulls (except inside primitive-extension arrays), no empty {} [] or ""."""
+def find_empty_values(node: Any, path: str, depth: int = 1) -> Iterator[Issue]:
+    """json.html: no nulls (except inside primitive-extension arrays), no empty {} [] or "";
+    and what the validator and the database cannot take: nesting deeper than MAX_JSON_DEPTH
+    (fhir.resources recursed out at ~300 levels, a 500) and NUL in a string (PostgreSQL's
+    text refuses it; a FHIR string may not hold it). The walk every write makes anyway."""
+    if depth > MAX_JSON_DEPTH:
+        yield Issue("structure", f"the resource nests deeper than {MAX_JSON_DEPTH} levels", [path])
+        return
     if isinstance(node, dict):
         if not node:
             yield Issue("invalid", "empty objects are not allowed", [path])
         for key, value in node.items():
-            if value is None:
+            if "\x00" in key:
+                yield Issue("structure", "a property name contains a NUL character", [path])
+            elif value is None:
                 yield Issue("invalid", f"{key} is null: leave the element out instead", [f"{path}.{key}"])
             else:
-                yield from find_empty_values(value, f"{path}.{key}")
+                yield from find_empty_values(value, f"{path}.{key}", depth + 1)
     elif isinstance(node, list):
         if not node:
             yield Issue("invalid", "empty arrays are not allowed", [path])
         for i, value in enumerate(node):
             # A null in an array is allowed only as a placeholder aligning value and _value arrays.
             if value is not None:
-                yield from find_empty_values(value, f"{path}[{i}]")
+                yield from find_empty_values(value, f"{path}[{i}]", depth + 1)
             elif not path.rsplit(".", 1)[-1].startswith("_"):
                 yield Issue("invalid", "null array items are not allowed", [f"{path}[{i}]"])
-    elif isinstance(node, str) and not node.strip():
-        yield Issue("invalid", "empty or blank strings are not allowed", [path])
+    elif isinstance(node, str):
+        if not node.strip():
+            yield Issue("invalid", "empty or blank strings are not allowed", [path])
+        elif "\x00" in node:
+            yield Issue("invalid", "a string contains a NUL character", [path])
 
 
 def _parse_model(resource: dict, res_type: str) -> FHIRAbstractModel:
