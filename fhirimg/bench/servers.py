@@ -154,14 +154,6 @@ class TwoServers:
         joiner = "&" if "?" in self.given_url else "?"
         return f"{self.given_url}{joiner}options={quote(f'-csearch_path={self.schema}')}"
 
-    @property
-    def smart(self) -> str:
-        return self.bases["smart"]
-
-    @property
-    def anonymous(self) -> str:
-        return self.bases["none"]
-
     def token(self, label: str = "smart") -> str | None:
         client = self.clients.get(label)
         return client.token() if client is not None else None
