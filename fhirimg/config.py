@@ -45,6 +45,13 @@ class ServeSchema(Schema):
     max_requests = fields.Integer(load_default=5000, validate=validate.Range(0, 10_000_000))
     max_requests_jitter = fields.Integer(load_default=500, validate=validate.Range(0, 1_000_000))
     max_worker_memory_mb = fields.Integer(load_default=1024, validate=validate.Range(16, 1_048_576))
+    # The request intake (fhirimg.intake): a request's head must be whole header_timeout
+    # seconds after its first byte, its body must then come at body_min_rate bytes/s on
+    # average (after the same grace), and one address may have max_pending_per_client
+    # requests still being sent to each worker process. Threads only see whole requests.
+    header_timeout = fields.Float(load_default=10.0, validate=validate.Range(0.5, 600))
+    body_min_rate = fields.Integer(load_default=4096, validate=validate.Range(1, 1 << 30))
+    max_pending_per_client = fields.Integer(load_default=64, validate=validate.Range(1, 100_000))
 
 
 class LimitsSchema(Schema):

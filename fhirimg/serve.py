@@ -7,21 +7,27 @@ import os
 from gunicorn.app.base import BaseApplication
 
 
-ISSUE_CODES = {400: "structure", 403: "forbidden", 414: "too-long", 417: "not-supported", 431: "too-long",
-               500: "exception", 501: "not-supported"}
+ISSUE_CODES = {400: "structure", 403: "forbidden", 408: "timeout", 413: "too-long", 414: "too-long",
+               417: "not-supported", 429: "throttled", 431: "too-long", 500: "exception", 501: "not-supported"}
+
+
+def json_error_bytes(status_int: int, reason: str, mesg: str = "", extra_headers: str = "") -> bytes:
+    """A whole HTTP/1.1 error answer whose body is an OperationOutcome, for the answers the
+    server writes before Flask sees a request (gunicorn's parser, the request intake)."""
+    import orjson
+    issue = {"severity": "error", "code": ISSUE_CODES.get(status_int, "invalid"),
+             "diagnostics": f"{reason}: {mesg}"[:1000] if mesg else reason}
+    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n{extra_headers}"
+            f"Content-Type: application/fhir+json; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin1") + body
 
 
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's own answers (a malformed request line, a URI or headers over its limits)
     as an OperationOutcome in JSON, like every other error of the API, not an HTML page."""
-    import orjson
     from gunicorn import util
-    issue = {"severity": "error", "code": ISSUE_CODES.get(status_int, "invalid"),
-             "diagnostics": f"{reason}: {mesg}"[:1000] if mesg else reason}
-    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/fhir+json; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n")
-    util.write_nonblock(sock, head.encode("latin1") + body)
+    util.write_nonblock(sock, json_error_bytes(status_int, reason, mesg))
 
 
 def install_json_errors() -> None:
@@ -82,7 +88,8 @@ def recycle_when_large(limit_mb: int):
 
 def gunicorn_options(serve: dict) -> dict:
     return {"bind": f"{serve['host']}:{serve['port']}", "workers": serve["workers"],
-            "threads": serve["threads"], "timeout": serve["timeout"], "worker_class": "gthread",
+            "threads": serve["threads"], "timeout": serve["timeout"],
+            "worker_class": "fhirimg.intake.worker.IntakeWorker",
             "max_requests": serve["max_requests"], "max_requests_jitter": serve["max_requests_jitter"],
             "post_request": recycle_when_large(serve["max_worker_memory_mb"]),
             "accesslog": "-", "access_log_format": ACCESS_LOG_FORMAT,
@@ -95,8 +102,17 @@ def gunicorn_options(serve: dict) -> dict:
 def serve_gunicorn(config: dict, serve: dict) -> None:
     from .app import create_app
     install_json_errors()  # before the workers fork
+    configure_intake(config, serve)
     create_app(config).extensions["fhirimg.engine"].dispose()  # create the schema once, before forking
     GunicornApplication(config, gunicorn_options(serve)).run()
+
+
+def configure_intake(config: dict, serve: dict) -> None:
+    """The request intake's bounds, set in the master so that every forked worker has them."""
+    from .intake.worker import IntakeSettings, configure
+    configure(IntakeSettings(header_timeout=serve["header_timeout"], body_min_rate=serve["body_min_rate"],
+                             max_pending_per_client=serve["max_pending_per_client"],
+                             max_body=config["limits"]["max_body_bytes"]))
 
 
 def serve_dev(config: dict, serve: dict) -> None:
