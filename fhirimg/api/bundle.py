@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 
 from ..bundle import BundleSettings, process_bundle
-from ..bundle_response import response_bundle
+from ..bundle.response import response_bundle
 from .access import current_principal
 from .auditing import bundle_resources, note, note_read, patients_of, request_actor
 from .negotiation import base_url, json_response, prefer_return, read_json_body

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from .bundle_execute import EntryResult
-from .bundle_parse import ParsedBundle
-from .errors import FhirError, informational_outcome
-from .store.records import format_instant
+from .execute import EntryResult
+from .parse import ParsedBundle
+from ..errors import FhirError, informational_outcome
+from ..store.records import format_instant
 
 
 def response_bundle(parsed: ParsedBundle, base: str, prefer: str = "representation") -> dict:

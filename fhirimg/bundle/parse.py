@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from .errors import FhirError, Invalid, Issue, TooLarge
-from .resources import SUPPORTED_TYPES, is_valid_id
+from ..errors import FhirError, Invalid, Issue, TooLarge
+from ..resources import SUPPORTED_TYPES, is_valid_id
 
 PROCESSABLE_TYPES = ("transaction", "batch")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -50,10 +50,10 @@ class Entry:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     origin: str | None = None  # site that first wrote this change (replication push), if given
-    # set while processing (bundle.py)
+    # set while processing (bundle/process.py)
     if_match_version: int | None = None
     criteria: list = field(default_factory=list)  # parsed ifNoneExist / conditional url criteria
-    sites: list = field(default_factory=list)  # bundle_refs.ReferenceSite to rewrite
+    sites: list = field(default_factory=list)  # references.ReferenceSite to rewrite
     operations: list | None = None  # PATCH: the JSON Patch document
     target_id: str | None = None
     action: str | None = None  # create | update | matched | delete | patch | read | vread | search | none
@@ -165,7 +165,7 @@ MAX_ORIGIN_CHARS = 255
 def parse_origin(extensions, path: str) -> str | None:
     """The change-origin extension a replicating site puts on each entry it pushes (the id of
     the site that first wrote the change), so this site never pushes it back there."""
-    from .replicate.origin import ORIGIN_EXTENSION
+    from ..replicate.origin import ORIGIN_EXTENSION
     if not isinstance(extensions, list):
         return None
     for i, ext in enumerate(extensions):

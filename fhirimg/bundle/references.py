@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import Invalid
+from ..errors import Invalid
 
 CONDITIONAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]{0,63})\?(.+)$")
 BUNDLE_LOCAL = ("urn:uuid:", "urn:oid:")

@@ -12,13 +12,13 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl, urlencode
 
-from . import interactions
-from .auth.decision import decide, reachable_ids, require_resource, require_version
-from .auth.writes import refuse_chains
-from .errors import FhirError, Invalid, Issue, outcome_entry
-from .search import registry
-from .store.records import StoredVersion
-from .store.repository import UnitOfWork
+from .. import interactions
+from ..auth.decision import decide, reachable_ids, require_resource, require_version
+from ..auth.writes import refuse_chains
+from ..errors import FhirError, Invalid, Issue, outcome_entry
+from ..search import registry
+from ..store.records import StoredVersion
+from ..store.repository import UnitOfWork
 
 
 @dataclass

@@ -17,19 +17,19 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from . import interactions
-from .auth.decision import decide, entry_letter
-from .auth.writes import WriteGuard
-from .auth.errors import Forbidden
-from .bundle_execute import EntryResult, execute_entry
-from .bundle_parse import Entry, ParsedBundle, parse_bundle, processing_order
-from .bundle_refs import (check_local_targets, conditional_reference, find_reference_sites, is_bundle_local,
+from .. import interactions
+from ..auth.decision import decide, entry_letter
+from ..auth.writes import WriteGuard
+from ..auth.errors import Forbidden
+from .execute import EntryResult, execute_entry
+from .parse import Entry, ParsedBundle, parse_bundle, processing_order
+from .references import (check_local_targets, conditional_reference, find_reference_sites, is_bundle_local,
                           iter_identifiers, matches_in_memory, split_fragment, substitute_criteria, substitute_local)
-from .errors import Conflict, FhirError, Invalid, Issue, NotFound, PreconditionFailed
-from .resources import SUPPORTED_TYPES, validate_resource
-from .search.index import plain_token_criterion
-from .store import driver
-from .store.repository import Repository, UnitOfWork, new_id
+from ..errors import Conflict, FhirError, Invalid, Issue, NotFound, PreconditionFailed
+from ..resources import SUPPORTED_TYPES, validate_resource
+from ..search.index import plain_token_criterion
+from ..store import driver
+from ..store.repository import Repository, UnitOfWork, new_id
 
 JSON_PATCH = "application/json-patch+json"
 # While validating, a reference to another entry stands in as `Type/<this id>` so that the
@@ -121,7 +121,7 @@ def record_pushed_origins(uow, entries: list[Entry]) -> None:
               if e.origin and e.result is not None and id(e.result.stored) in written]
     if not pushed:
         return
-    from .replicate.origin import record_origins
+    from ..replicate.origin import record_origins
     uow.flush_versions()  # assigns seq now
     record_origins(uow.conn, [{"seq": v.seq, "origin": origin, "link": "pushed-in"} for v, origin in pushed])
 
