@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench lint clean venv
+.PHONY: run test bench lint clean venv viewer
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/fhirimg run
+
+# The OHIF Viewer at /viewer (from the npm registry; needs npm).
+viewer: $(STAMP)
+	$(VENV)/bin/fhirimg viewer install
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .bench import BASE_HELP  # the package only; each benchmark is imported when registered
 from .config import ConfigError, load_config, masked
 
 
@@ -15,6 +16,31 @@ def _load(config_path: str | None) -> dict:
         return load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def open_existing_database(config: dict):
+    """An engine on the configured database for a command that only reads it. A missing
+    SQLite file is an error that says where it was looked for: opening it would create an
+    empty database (and var/) wherever the command happens to run."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from .store import make_engine
+    url = make_url(config["database_url"])
+    path = Path(url.database or "")
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not path.is_file():
+        relative = "" if path.is_absolute() else f", relative to the working directory {Path.cwd()}"
+        raise click.ClickException(
+            f"no database at {path.absolute()} (database_url {config['database_url']}{relative}): run it in "
+            "the directory you run `fhirimg run` in, or name the configuration with --config or FHIRIMG_CONFIG")
+    return make_engine(config["database_url"])
+
+
+def database_error(exc: Exception, config: dict) -> click.ClickException:
+    """A database failure of a CLI command as one line (the driver's first line, no traceback)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return click.ClickException(f"cannot read {masked({'url': config['database_url']})['url']}: {reason}")
 
 
 def _setup_logging(config: dict) -> None:
@@ -74,18 +100,28 @@ def run(config_path) -> None:
     sys.exit(run_embedded(config, config_path))
 
 
+def configured_base(config_path: str | None) -> str:
+    """The FHIR base of the server this configuration describes: base_url, else
+    http://serve.host:serve.port/fhir (what `fhirimg token` asks too)."""
+    from .auth.cli import default_base
+    return default_base(_load(config_path))
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--base", default="http://127.0.0.1:8080/fhir", show_default=True, help="FHIR base URL.")
+@click.option("--base", help=BASE_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--token", envvar="FHIRIMG_TOKEN", help="Bearer token (or FHIRIMG_TOKEN); see `fhirimg token`.")
-def load(paths, base, quiet, token) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def load(paths, base, quiet, token, config_path) -> None:
     """Send resources and Bundles from JSON/NDJSON files or directories to a FHIR server.
 
     Transaction and batch Bundles are POSTed to the base; a resource with an id is PUT
-    (keeping its id), one without is POSTed. Prints a summary; exits 1 if anything failed.
+    (keeping its id), one without is POSTed, each as a batch of one entry. Prints how many
+    resources the server created, updated and left unchanged; exits 1 if anything failed.
     """
     from .loader import ServerUnreachable, load_paths
+    base = base or configured_base(config_path)
     try:
         summary = load_paths(list(paths), base, progress=not quiet, token=token)
     except ServerUnreachable as exc:
@@ -104,6 +140,14 @@ def _register_auth_commands() -> None:
 
 
 _register_auth_commands()
+
+
+def _register_viewer_commands() -> None:
+    from .viewer import cli as viewer_cli  # `fhirimg viewer install`; registers [viewer]
+    main.add_command(viewer_cli.viewer)
+
+
+_register_viewer_commands()
 
 
 def _register_replicate_commands() -> None:

@@ -8,6 +8,7 @@ environment variables (``FHIRIMG_DATABASE_URL``; nested keys with a double under
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,11 +73,25 @@ class WorkerSchema(Schema):
     embedded = fields.Boolean(load_default=True)
 
 
+# The two backends fhirimg/store speaks (psycopg 3 is the only PostgreSQL driver installed);
+# anything else would pass here and die with a traceback when `serve` makes its engine.
+DATABASE_URL = re.compile(r"^(sqlite:///\S+|postgresql(\+psycopg)?://\S+)$")
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a URL the storage layer cannot open; the message shows only the scheme (a URL
+    may hold a password)."""
+    if not DATABASE_URL.match(url):
+        given = f"{url.partition('://')[0]}://..." if "://" in url else "a URL without a scheme"
+        raise ValidationError("must be sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DBNAME "
+                              f"(or postgresql://...), not {given}")
+
+
 class ConfigSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    database_url = fields.String(load_default="sqlite:///var/fhirimg.db")
+    database_url = fields.String(load_default="sqlite:///var/fhirimg.db", validate=check_database_url)
     redis_url = fields.String(load_default="")
     var_dir = fields.String(load_default="var")
     base_url = fields.String(load_default="", validate=validate.Regexp(r"^(|https?://\S+[^/])$"))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import click
 import requests
 
+from . import BASE_HELP
 from .stats import Latencies, format_table
 
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -200,7 +201,7 @@ def compare_audit_on_and_off(count: int, clients: int, database_url: str | None 
 
 
 @click.command("crud")
-@click.option("--base", default="http://127.0.0.1:8080/fhir", show_default=True, help="FHIR base URL.")
+@click.option("--base", help=BASE_HELP)
 @click.option("--count", default=2000, show_default=True, help="Resources per interaction.")
 @click.option("--clients", default=8, show_default=True, help="Concurrent clients.")
 @click.option("--token", envvar="FHIRIMG_TOKEN", help="Bearer token for a server in smart mode.")
@@ -216,8 +217,9 @@ def compare_audit_on_and_off(count: int, clients: int, database_url: str | None 
                    "one request alone).")
 @click.option("--database-url", help="With --compare-audit: a PostgreSQL URL (a private schema is made and "
                                      "dropped); default a new SQLite file.")
-def command(base: str, count: int, clients: int, token, client_id, key_file, kid, compare_auth, compare_audit,
-            database_url) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def command(base: str | None, count: int, clients: int, token, client_id, key_file, kid, compare_auth, compare_audit,
+            database_url, config_path) -> None:
     """Throughput and p50/p95/p99 latency of create, read, update and search-by-id."""
     if compare_audit:
         # --clients counts here: group commit shares a commit between concurrent requests.
@@ -233,6 +235,8 @@ def command(base: str, count: int, clients: int, token, client_id, key_file, kid
                    "2x4 on SQLite, smart vs anonymous, each request paired on both")
         click.echo(compare_smart_and_anonymous(count, 1))
         return
+    from ..cli import configured_base
+    base = base or configured_base(config_path)
     if client_id:
         from ..auth.outbound import BackendServicesClient, load_private_key
         token = BackendServicesClient(client_id, load_private_key(key_file), kid, "system/*.cruds", base).token()

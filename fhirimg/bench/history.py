@@ -19,6 +19,7 @@ import uuid
 import click
 import requests
 
+from . import BASE_HELP
 from .servers import http_session
 from .stats import Latencies
 
@@ -90,13 +91,15 @@ def bench_history(base: str, versions: int, count: int, walks: int) -> list[tupl
 
 
 @click.command("history")
-@click.option("--base", default="http://127.0.0.1:8080/fhir", show_default=True, help="FHIR base URL.")
+@click.option("--base", help=BASE_HELP)
 @click.option("--versions", default=20_000, show_default=True, help="Make sure the server holds this many.")
 @click.option("--count", default=100, show_default=True, help="_count per page.")
 @click.option("--walks", default=5, show_default=True, help="Walks from page 1 to the deepest page.")
-def history_command(base: str, versions: int, count: int, walks: int) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def history_command(base: str | None, versions: int, count: int, walks: int, config_path: str | None) -> None:
     """Latency of history page 1 vs page 10 vs page 100 (cursor paging: deep costs like first)."""
-    base = base.rstrip("/")
+    from ..cli import configured_base
+    base = (base or configured_base(config_path)).rstrip("/")
     click.echo(f"fhirimg bench history: {versions} versions, _count={count}, {walks} walks, against {base}")
     rows = bench_history(base, versions, count, walks)
     click.echo(f"{'history':<24}{'page':>8}{'p50 ms':>10}{'max ms':>10}{'x page 1':>10}")
@@ -180,15 +183,18 @@ def follow_under_load(site, client, link, source: str, rate: float, seconds: flo
 
 
 @click.command("replicate")
-@click.option("--source", default="http://127.0.0.1:8080/fhir", show_default=True,
-              help="FHIR base URL of the source (the benchmark WRITES to it: use a test server).")
+@click.option("--source", help="FHIR base URL of the source (the benchmark WRITES to it: use a test server; "
+              "default: base_url, else http://serve.host:serve.port/fhir from the configuration).")
 @click.option("--changes", default=20_000, show_default=True, help="Make sure the source holds this many.")
 @click.option("--load-rate", default=20.0, show_default=True, help="Changes/s written during the lag phase.")
 @click.option("--load-seconds", default=20.0, show_default=True, help="Length of the lag phase.")
 @click.option("--database", help="Replica database URL (default: a fresh SQLite file in a temp dir).")
-def replicate_command(source: str, changes: int, load_rate: float, load_seconds: float, database: str | None) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file.")
+def replicate_command(source: str | None, changes: int, load_rate: float, load_seconds: float, database: str | None,
+                      config_path: str | None) -> None:
     """Catch-up throughput (entries/s) and lag under a steady write load."""
-    source = source.rstrip("/")
+    from ..cli import configured_base
+    source = (source or configured_base(config_path)).rstrip("/")
     total, report, catch_up, lags, by_tenth = bench_replicate(source, changes, load_rate, load_seconds, database)
     click.echo(f"fhirimg bench replicate: source {source} with {total} changes")
     click.echo(f"catch-up   {report.applied} applied, {report.skipped} skipped in {report.pages} pages, "

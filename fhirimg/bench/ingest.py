@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import click
 import orjson
 
+from . import BASE_HELP
 from .servers import auth_headers
 from .stats import Latencies
 
@@ -203,7 +204,7 @@ def store_study(repo, item: Study, endpoint_ids: dict[str, str]) -> bool:
 
 
 @click.command("ingest")
-@click.option("--base", default="http://127.0.0.1:8080/fhir", show_default=True, help="FHIR base URL.")
+@click.option("--base", help=BASE_HELP)
 @click.option("--studies", default=1000, show_default=True, help="Studies (one transaction Bundle each).")
 @click.option("--series", default=1, show_default=True, help="Series per study.")
 @click.option("--instances", default=10, show_default=True, help="Instances per series.")
@@ -218,6 +219,8 @@ def command(base, studies, series, instances, concurrency, shared_endpoint, data
     and its ratio to writing the same resources with the storage layer alone."""
     from ..config import load_config
     database_url = database_url or load_config(config_path)["database_url"]
+    from ..cli import configured_base
+    base = base or configured_base(config_path)
     tag = uuid.uuid4().hex[:10]
     items = [make_study(tag, n, series, instances, shared_endpoint) for n in range(studies)]
     bodies = [transaction_bundle(item) for item in items]

@@ -177,17 +177,18 @@ def fhirpath_cost() -> str:
 
 @click.command("search")
 @click.option("--base", help="FHIR base URL of a server over --database-url (default: start one).")
-@click.option("--database-url", help="Database to seed and explain (default: the configured one).")
+@click.option("--database-url", help="Database to seed and explain (default: the configured one, with --yes).")
+@click.option("--yes", is_flag=True,
+              help="Seed the configured database (the server's own data) without --database-url.")
 @click.option("--studies", default=1_000_000, show_default=True, help="ImagingStudy resources to seed.")
 @click.option("--patients", type=int, help="Patients to seed (default: studies / 5).")
 @click.option("--no-seed", is_flag=True, help="Reuse the population already in the database.")
 @click.option("--requests", "per_kind", default=300, show_default=True, help="Timed requests per query kind.")
 @click.option("--clients", default=2, show_default=True, help="Concurrent HTTP clients.")
 @click.option("--workers", default=2, show_default=True, help="gunicorn workers of the started server.")
-def command(base, database_url, studies, patients, no_seed, per_kind, clients, workers) -> None:
+def command(base, database_url, studies, patients, no_seed, per_kind, clients, workers, yes) -> None:
     """Seed N studies, EXPLAIN and time the HIE search mix (p50/p99, req/s)."""
-    from ..config import load_config
-    database_url = database_url or load_config()["database_url"]
+    database_url = database_url or configured_database(seeding=not no_seed, confirmed=yes)
     engine = make_engine(database_url)
     create_schema(engine)
     repo = Repository(engine)
@@ -221,6 +222,22 @@ def command(base, database_url, studies, patients, no_seed, per_kind, clients, w
     click.echo(_goal_lines(rows))
     if failed:
         raise click.ClickException(f"full table scan in the plan of: {', '.join(failed)}")
+
+
+def configured_database(seeding: bool, confirmed: bool) -> str:
+    """The configured database_url, which is the dev server's own: a million seeded studies
+    would land among its data, so seeding it needs --yes (a private one: --database-url)."""
+    from ..cli import _load
+    url = _load(None)["database_url"]
+    if seeding and not confirmed:
+        raise click.UsageError(f"bench search would seed studies into the configured database ({mask(url)}): "
+                               "give --database-url for a database of its own, or --yes to seed this one")
+    return url
+
+
+def mask(url: str) -> str:
+    from ..config import masked
+    return masked({"url": url})["url"]
 
 
 def _progress(total: int):

@@ -5,37 +5,75 @@ from .pipeline import STEPS
 from .taskoutput import output_value
 
 STEP_NAMES = {"qido": "1 QIDO-RS (what exists)", "metadata": "2 series metadata", "retrieve": "3 pixel data"}
+# Task.output codes the report shows, as (JSON key, output code).
+COUNTS = (("series_expected", "series-expected"), ("instances_expected", "instances-expected"),
+          ("instances_stored", "instances-stored"), ("instances_retrieved", "instances-retrieved"),
+          ("instances_skipped", "instances-skipped"), ("instances_rejected", "instances-rejected"),
+          ("retries", "retries"))
+
+
+def task_report(task: dict) -> dict:
+    """The report as plain data (``--json``): null where the Task recorded nothing, e.g. a
+    Task that failed before its first step finished."""
+    durations = {step: output_value(task, f"duration-{step}") for step in STEPS}
+    recorded = [d for d in durations.values() if d is not None]
+    nbytes = output_value(task, "bytes-retrieved")
+    return {"task": f"Task/{task.get('id')}", "status": task.get("status"),
+            "priority": task.get("priority", "routine"), "focus": (task.get("focus") or {}).get("reference"),
+            "reason": ((task.get("statusReason") or {}).get("concept") or {}).get("text"),
+            "seconds": {**durations, "total": sum(recorded) if recorded else None},
+            **{key: output_value(task, code) for key, code in COUNTS},
+            "bytes_retrieved": int(nbytes) if nbytes is not None else None,
+            "time_to_first_instance": output_value(task, "time-to-first-instance")}
 
 
 def format_task_report(task: dict) -> str:
     """Where the time went: one line per step with its share, then counts and bytes."""
-    durations = {step: output_value(task, f"duration-{step}") for step in STEPS}
-    total = sum(d for d in durations.values() if d) or 0.0
-    nbytes = int(output_value(task, "bytes-retrieved") or 0)
-    lines = [f"Task/{task.get('id')}  status={task.get('status')}  priority={task.get('priority', 'routine')}",
-             f"focus {task.get('focus', {}).get('reference', '?')}"]
-    reason = (task.get("statusReason") or {}).get("concept", {}).get("text")
-    if reason:
-        lines.append(f"reason: {reason}")
-    lines += ["", f"{'step':<26}{'seconds':>10}{'share':>8}", "-" * 44]
+    report = task_report(task)
+    lines = [f"{report['task']}  status={report['status']}  priority={report['priority']}",
+             f"focus {report['focus'] or '?'}"]
+    if report["reason"]:
+        lines.append(f"reason: {report['reason']}")
+    return "\n".join(lines + ["", *step_lines(report["seconds"]), "", *count_lines(report)])
+
+
+def step_lines(seconds: dict) -> list[str]:
+    total = seconds["total"] or 0.0
+    slowest = max((seconds[step] or 0 for step in STEPS), default=0)
+    lines = [f"{'step':<26}{'seconds':>10}{'share':>8}", "-" * 44]
     for step in STEPS:
-        seconds = durations[step]
-        if seconds is None:
+        value = seconds[step]
+        if value is None:
             lines.append(f"{STEP_NAMES[step]:<26}{'-':>10}{'':>8}")
             continue
-        share = f"{100 * seconds / total:.0f}%" if total else "-"
-        slowest = "  <- slowest" if total and seconds == max(d or 0 for d in durations.values()) else ""
-        lines.append(f"{STEP_NAMES[step]:<26}{seconds:>10.3f}{share:>8}{slowest}")
-    lines.append(f"{'total':<26}{total:>10.3f}")
-    lines.append("")
-    retrieve = durations["retrieve"] or 0
+        share = f"{100 * value / total:.0f}%" if total else "-"
+        mark = "  <- slowest" if total and value == slowest else ""
+        lines.append(f"{STEP_NAMES[step]:<26}{value:>10.3f}{share:>8}{mark}")
+    lines.append(f"{'total':<26}{total:>10.3f}" if seconds["total"] is not None else f"{'total':<26}{'-':>10}")
+    return lines
+
+
+NO_COUNTS = {"failed": "the Task failed before a step finished",
+             "cancelled": "the Task was cancelled before a step finished"}
+
+
+def count_lines(report: dict) -> list[str]:
+    """Counts and bytes; a Task that recorded none (failed or cancelled before a step
+    finished, or still waiting) says so instead of printing None."""
+    if report["instances_expected"] is None:
+        return [f"no counts recorded: {NO_COUNTS.get(report['status'], 'no step has finished yet')}"]
+    nbytes = report["bytes_retrieved"] or 0
+    retrieve = report["seconds"]["retrieve"] or 0
     rate = f", {nbytes / retrieve / 1e6:.1f} MB/s in step 3" if retrieve and nbytes else ""
-    lines.append(f"series {output_value(task, 'series-expected')}, instances "
-                 f"{output_value(task, 'instances-stored')}/{output_value(task, 'instances-expected')} stored "
-                 f"({output_value(task, 'instances-retrieved')} fetched, {output_value(task, 'instances-skipped')} "
-                 f"already held), {nbytes / 1e6:.1f} MB{rate}")
-    first = output_value(task, "time-to-first-instance")
+    lines = [f"series {shown(report['series_expected'])}, instances {shown(report['instances_stored'])}/"
+             f"{report['instances_expected']} stored ({shown(report['instances_retrieved'])} fetched, "
+             f"{shown(report['instances_skipped'])} already held), {nbytes / 1e6:.1f} MB{rate}"]
+    first = report["time_to_first_instance"]
     if first is not None:
-        lines.append(f"time to first instance {first:.3f} s; retries {output_value(task, 'retries')}; "
-                     f"rejected {output_value(task, 'instances-rejected') or 0}")
-    return "\n".join(lines)
+        lines.append(f"time to first instance {first:.3f} s; retries {shown(report['retries'])}; "
+                     f"rejected {report['instances_rejected'] or 0}")
+    return lines
+
+
+def shown(value) -> str:
+    return "?" if value is None else str(value)

@@ -133,7 +133,7 @@ def test_load_directory_sends_resources_bundles_and_ndjson(served, tmp_path):
 
     result = load(served, data)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 files, 8 requests, 9 resources written, 0 failed" in result.stdout
+    assert "5 files, 8 requests: 9 created, 0 updated, 0 unchanged, 0 failed" in result.stdout
     assert "loading" in result.stderr and "100%" in result.stderr  # the tqdm progress bar
     assert requests.get(f"{served.base}/Patient/load-pat-1").status_code == 200
     for mrn in ("load-2", "load-3", "load-4", "load-nd-0", "load-nd-2"):
@@ -151,7 +151,7 @@ def test_load_reports_each_failure_and_exits_1(served, tmp_path):
     broken.write_text("{not json")
     result = load(served, good, invalid, broken)
     assert result.returncode == 1
-    assert "3 files, 2 requests, 1 resources written, 2 failed" in result.stdout
+    assert "3 files, 2 requests: 1 created, 0 updated, 0 unchanged, 2 failed" in result.stdout
     assert f"FAILED {invalid}: HTTP 422" in result.stdout and "Patient.gender" in result.stdout
     assert f"FAILED {broken}:" in result.stdout
 
