@@ -126,10 +126,10 @@ def announce_dev_client(config: dict) -> None:
     made = ensure_dev_client(config, engine)
     engine.dispose()
     if made:
-        script = Path(sys.executable).parent / "fhirimg"
-        shown = os.path.relpath(script) if script.exists() else "fhirimg"
+        activate = os.path.relpath(Path(sys.executable).parent / "activate")
         print(f"\nA development client was registered ({Path(config['var_dir']) / 'dev-client.json'}). "
-              f"Every request needs a token; get one with:\n\n    TOKEN=$({shown} token)\n    "
+              f"Every request needs a token; in another terminal:\n\n    . {activate}\n"
+              f"    TOKEN=$(fhirimg token)\n    "
               f"curl -H \"Authorization: Bearer $TOKEN\" {default_base(config)}/Patient\n", flush=True)
 
 
