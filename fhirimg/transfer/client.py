@@ -19,10 +19,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import quote, urljoin
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -31,6 +32,9 @@ from ..config import Credentials
 from .netpolicy import HostPolicy, HostRefused, split_origin
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# What reading a body can raise when the source breaks it off or stalls past the idle timeout.
+BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+Watch = Callable[[Iterable[bytes]], Iterable[bytes]]
 MAX_REDIRECTS = 3
 USER_AGENT = "fhirimg-transfer/1"
 
@@ -56,7 +60,7 @@ class SourceError(Exception):
 
 
 def network_category(exc: Exception) -> str:
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
         return "timeout"
     cause, seen = exc, 0
     while cause is not None and seen < 10:
@@ -148,16 +152,23 @@ class TransferClient:
                 self.retries += 1
             self.sleep(delay)
 
-    def get_json(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20):
+    def get_json(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20,
+                 watch: Watch | None = None):
         """GET a JSON answer (QIDO, metadata) with a size bound; an empty body is ``[]``."""
-        return self.get_json_sized(url, accept, max_bytes)[0]
+        return self.get_json_sized(url, accept, max_bytes, watch)[0]
 
-    def get_json_sized(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20):
-        """``get_json`` and the size of the body it parsed (QIDO paging keeps a byte budget)."""
+    def get_json_sized(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20,
+                       watch: Watch | None = None):
+        """``get_json`` and the size of the body it parsed (QIDO paging keeps a byte budget).
+
+        The body is read as it arrives, each arrival passed through ``watch`` (the Task's
+        cancel, deadline and throughput checks), and abandoned as soon as it passes
+        ``max_bytes``: a source cannot make the worker hold more than that.
+        """
         import orjson
 
         with self.stream(url, accept) as response:
-            body = read_bounded(response, max_bytes)
+            body = read_bounded(response, max_bytes, watch)
         if response.status_code == 204 or not body.strip():
             return [], len(body)
         try:
@@ -274,14 +285,37 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def read_bounded(response: requests.Response, max_bytes: int) -> bytes:
-    chunks, total = [], 0
-    for chunk in response.iter_content(chunk_size=1 << 16):
-        total += len(chunk)
-        if total > max_bytes:
-            raise SourceError(f"answer larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def read_bounded(response: requests.Response, max_bytes: int, watch: Watch | None = None) -> bytearray:
+    """The body, read as it arrives; more than ``max_bytes`` is refused before it is all read.
+
+    A body that breaks off or stalls past the idle timeout is a SourceError with a category
+    (it used to escape as a bare requests error and leave the Task in progress).
+    """
+    body = bytearray()
+    chunks = arrived_chunks(response.raw, 1 << 16, decode_content=True)
+    try:
+        for chunk in (watch(chunks) if watch is not None else chunks):
+            if len(body) + len(chunk) > max_bytes:
+                raise SourceError(f"answer larger than the limit of {max_bytes} bytes")
+            body += chunk
+    except BODY_ERRORS as exc:
+        raise SourceError(f"the answer of {response.url} broke off: {exc}", retryable=True,
+                          category=network_category(exc)) from None
+    return body  # orjson parses a bytearray as it is: no copy
+
+
+def arrived_chunks(raw, size: int, decode_content: bool = False) -> Iterator[bytes]:
+    """The body as it arrives: each chunk is what the socket had, up to ``size`` bytes.
+
+    ``raw.stream(size)`` waits until ``size`` bytes have come; on a slow link that holds
+    back what was received (time to first instance, a cancel or a deadline noticed late),
+    and a source dripping a byte at a time keeps such a read going for ever.
+    """
+    while True:
+        chunk = raw.read1(size, decode_content=decode_content)
+        if not chunk:
+            return
+        yield chunk
 
 
 # QIDO values must reach the source unencoded where DICOM syntax needs it: Orthanc fails

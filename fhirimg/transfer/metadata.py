@@ -6,24 +6,29 @@ SOP classes, modality, numbers, and instances QIDO did not list.
 """
 from __future__ import annotations
 
-from .client import TransferClient, build_url
+from .budget import announced_size
+from .client import TransferClient, Watch, build_url
 from .qido import (TAG_BODY_PART, TAG_INSTANCE_NUMBER, TAG_MODALITY, TAG_SERIES_DESCRIPTION,
                    TAG_SERIES_NUMBER, TAG_SERIES_UID, TAG_SOP_CLASS, TAG_SOP_INSTANCE, TAG_STUDY_UID,
                    Rejection, SourceInstance, SourceSeries, SourceStudy, first_value, int_value, str_value)
 from .uids import is_valid_uid
 
 
-def retrieve_series_metadata(client: TransferClient, study_uid: str, series: SourceSeries) -> list[dict]:
+def retrieve_series_metadata(client: TransferClient, study_uid: str, series: SourceSeries,
+                             watch: Watch | None = None) -> list[dict]:
     """GET ``/studies/{s}/series/{se}/metadata`` as a list of DICOM JSON datasets."""
     url = build_url(series.base_url, ["studies", study_uid, "series", series.series_uid, "metadata"])
-    answer = client.get_json(url)
+    answer = client.get_json(url, watch=watch)
     if not isinstance(answer, list):
         raise ValueError(f"series metadata of {series.series_uid} is not a JSON array")
     return [item for item in answer if isinstance(item, dict)]
 
 
 def reconcile_series(series: SourceSeries, datasets: list[dict], study: SourceStudy) -> None:
-    """Merge metadata into the series found by QIDO; refuse objects of another study or series."""
+    """Merge metadata into the series found by QIDO; refuse objects of another study or series.
+
+    The metadata also announces each instance's size, which bounds what its part may bring.
+    """
     for dataset in datasets:
         sop_uid = first_value(dataset, TAG_SOP_INSTANCE)
         if not is_valid_uid(sop_uid):
@@ -40,7 +45,9 @@ def reconcile_series(series: SourceSeries, datasets: list[dict], study: SourceSt
         if is_valid_uid(sop_class):
             instance.sop_class_uid = sop_class
         instance.number = int_value(dataset, TAG_INSTANCE_NUMBER) or instance.number
+        instance.announced_bytes = announced_size(dataset)
         fill_series_attributes(series, dataset)
+    series.is_described = True
 
 
 def fill_series_attributes(series: SourceSeries, dataset: dict) -> None:

@@ -24,6 +24,14 @@ class MultipartError(ValueError):
     """The body is not a multipart body we can read safely."""
 
 
+class PartTooLarge(MultipartError):
+    """A part grew past its limit: it was cut there, nothing beyond was written."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"part larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
 @dataclass
 class Part:
     """One body part: its headers, the sink holding its bytes, and whether it ended cleanly."""
@@ -43,6 +51,9 @@ class MediaType:
 
 
 SinkFactory = Callable[[dict[str, str]], BinaryIO]
+# A part's size limit: fixed, or asked again as the part grows (the caller may learn the
+# announced size of what is arriving while it arrives).
+PartLimit = int | Callable[[], int] | None
 
 
 def parse_media_type(value: str) -> MediaType:
@@ -82,7 +93,7 @@ def boundary_from_content_type(content_type: str) -> str:
 
 
 def open_body_reader(
-    content_type: str, open_sink: SinkFactory, max_part_bytes: int | None = None
+    content_type: str, open_sink: SinkFactory, max_part_bytes: PartLimit = None
 ) -> "MultipartReader | SinglePartReader":
     """Pick the reader for a response: multipart, or a lone ``application/dicom`` answer.
 
@@ -101,7 +112,7 @@ def open_body_reader(
 class SinglePartReader:
     """The whole body is one part (a bare ``application/dicom`` answer)."""
 
-    def __init__(self, headers: dict[str, str], open_sink: SinkFactory, max_part_bytes: int | None):
+    def __init__(self, headers: dict[str, str], open_sink: SinkFactory, max_part_bytes: PartLimit):
         self.headers = headers
         self.open_sink = open_sink
         self.max_part_bytes = max_part_bytes
@@ -122,9 +133,15 @@ class SinglePartReader:
         yield part
 
 
-def _check_size(part: Part, max_part_bytes: int | None) -> None:
-    if max_part_bytes is not None and part.size > max_part_bytes:
-        raise MultipartError(f"part larger than the limit of {max_part_bytes} bytes")
+def _check_size(part: Part, max_part_bytes: PartLimit) -> None:
+    """Before a write: a part that would grow past its limit, or past the Content-Length it
+    declared itself, is cut (PartTooLarge)."""
+    limit = max_part_bytes() if callable(max_part_bytes) else max_part_bytes
+    declared = part.headers.get("content-length", "")
+    if declared.isdigit() and (limit is None or int(declared) < limit):
+        limit = int(declared)
+    if limit is not None and part.size > limit:
+        raise PartTooLarge(limit)
 
 
 class MultipartReader:
@@ -134,7 +151,7 @@ class MultipartReader:
     written, if any, so that a caller whose stream broke can discard its sink.
     """
 
-    def __init__(self, boundary: str, open_sink: SinkFactory, max_part_bytes: int | None = None):
+    def __init__(self, boundary: str, open_sink: SinkFactory, max_part_bytes: PartLimit = None):
         # The leading CRLF belongs to the delimiter (RFC 2046 §5.1.1); a body that
         # starts with the boundary at offset 0 is handled by pretending a CRLF precedes it.
         self.delimiter = b"\r\n--" + boundary.encode("ascii")

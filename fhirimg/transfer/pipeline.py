@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .blobstore import BlobStore
+from .budget import ByteBudget
 from .client import TransferClient
+from .guard import TaskGuard, first_cause
 from .metadata import reconcile_series, retrieve_series_metadata
-from .qido import SourceStudy, search_for_instances, search_for_series
+from .qido import SourceSeries, SourceStudy, search_for_instances, search_for_series
 from .retrieve import RetrieveOptions, RetrieveOutcome, Retriever
 
 STEPS = ("qido", "metadata", "retrieve")
@@ -57,19 +59,22 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
     instances, then its pixel data at once, while its metadata is fetched beside it. The
     first series therefore streams as soon as its own instance list is known (time to
     first instance), not after every series has been listed. Each step's duration is the
-    span from its first start to its last end, so the spans overlap.
+    span from its first start to its last end, so the spans overlap. Every answer, JSON or
+    pixel data, goes through the Task's guard (cancel, deadline, throughput, byte budget).
     """
     report = TransferReport(SourceStudy(study_uid), started_at=monotonic())
     study = report.study
+    budget = ByteBudget(options.max_instance_bytes, options.max_task_bytes)
+    guard = TaskGuard(options.guard_limits(), budget, should_stop, monotonic)
     on_step("qido")
     spans = {step: Span() for step in STEPS}
     spans["qido"].begin(report.started_at)
-    study.series = search_for_series(client, base, study_uid, page_size, study)
+    study.series = search_for_series(client, base, study_uid, page_size, study, guard.watch)
     spans["qido"].end(monotonic())
     for series in study.series:
         series.base_url = (series_bases or {}).get(series.series_uid, base)
     on_step("retrieve")
-    retriever = Retriever(client, blobstore, options, should_stop, monotonic)
+    retriever = Retriever(client, blobstore, options, guard)
     parallelism = max(1, options.series_parallelism)
     metadata_futures: list = []
     listed: dict[str, frozenset[str]] = {}  # what step 1 listed, per series
@@ -77,13 +82,16 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
     with ThreadPoolExecutor(parallelism, thread_name_prefix="metadata") as metadata_pool:
         def describe(series) -> None:
             with spans["metadata"].timing(monotonic):
-                reconcile_series(series, retrieve_series_metadata(client, study_uid, series), study)
+                datasets = retrieve_series_metadata(client, study_uid, series, guard.watch)
+                reconcile_series(series, datasets, study)
+            announce(budget, series)
 
         def chain(series) -> None:
-            retriever.check_stop()
+            guard.check()
             with spans["qido"].timing(monotonic):
-                search_for_instances(client, study_uid, series, page_size, study)
+                search_for_instances(client, study_uid, series, page_size, study, guard.watch)
             listed[series.series_uid] = expected = frozenset(series.instances)  # step 2 may add from now on
+            announce(budget, series)
             metadata_futures.append(metadata_pool.submit(describe, series))
             with spans["retrieve"].timing(monotonic):
                 retriever.retrieve_known_series(study_uid, series, expected)
@@ -92,15 +100,21 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
             errors = run_collecting(parallelism, [lambda s=s: chain(s) for s in study.series])
     errors += [future.exception() for future in metadata_futures]
     report.outcome = retriever.outcome
-    for error in errors:  # step 1 and 3 errors (and Cancelled) first, then step 2's
-        if error is not None:
-            raise error
+    error = first_cause(errors)  # step 1 and 3 errors first, then step 2's; Cancelled last
+    if error is not None:
+        raise error
     if any(frozenset(s.instances) - listed.get(s.series_uid, frozenset()) for s in study.series):
         with spans["retrieve"].timing(monotonic):
             retriever.retrieve_study(study, count_skipped=False)  # what only step 2 listed
     report.durations = {step: spans[step].seconds for step in STEPS}
     report.missing = missing_instances(blobstore, study)
     return report
+
+
+def announce(budget: ByteBudget, series: SourceSeries) -> None:
+    """Tell the Task's byte budget what the series holds, and what its metadata announces."""
+    for instance in list(series.instances.values()):
+        budget.announce(instance.sop_uid, instance.announced_bytes)
 
 
 def run_collecting(parallelism: int, calls: list[Callable[[], None]]) -> list[BaseException | None]:

@@ -3,12 +3,20 @@
 Large archives cap answers, so every search pages with ``limit``/``offset`` until a page
 comes back short. UIDs in answers are validated before anything else sees them: a
 source naming an instance ``../../etc`` gets that entry rejected and recorded.
+
+What a search holds is bounded: each page is read as it arrives and refused as soon as it
+passes its byte cap, and the pages are handed on one at a time, so only one page's JSON
+and parsed objects are alive beside the small records kept of them. A page is parsed
+whole with orjson rather than incrementally: under the cap (8 MiB at the default page
+size) that is a few tens of MB for an instant, while an incremental parser (ijson) would be
+a new dependency and several times slower on every ordinary answer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
-from .client import SourceError, TransferClient, build_url
+from .client import SourceError, TransferClient, Watch, build_url
 from .uids import is_valid_uid
 
 TAG_SOP_CLASS = "00080016"
@@ -27,6 +35,11 @@ MAX_PAGES = 10_000
 # worker to 3 GB in 76 s.
 MAX_RESULTS = 100_000
 MAX_SEARCH_BYTES = 32 << 20
+# One page may bring 16 KiB per result asked for (an answer is ~1-3 KB a result), and at
+# least 8 MiB (an archive that ignores ``limit`` and answers 5 000 instances at once): a
+# single page of 29 MB was parsed into 560 MB before the search budget stopped the next.
+MAX_RESULT_BYTES = 16 << 10
+MIN_PAGE_BYTES = 8 << 20
 
 
 @dataclass
@@ -34,6 +47,7 @@ class SourceInstance:
     sop_uid: str
     sop_class_uid: str | None = None
     number: int | None = None
+    announced_bytes: int | None = None  # what its metadata announces (budget.announced_size)
 
 
 @dataclass
@@ -45,6 +59,7 @@ class SourceSeries:
     body_part: str | None = None
     base_url: str = ""
     instances: dict[str, SourceInstance] = field(default_factory=dict)
+    is_described: bool = False  # its metadata (step 2) has been reconciled
 
 
 @dataclass
@@ -91,38 +106,52 @@ def str_value(dataset: dict, tag: str, max_length: int = 256) -> str | None:
 
 
 def search_paged(client: TransferClient, base: str, segments: list[str], page_size: int,
-                 includefields: tuple[str, ...] = ()) -> list[dict]:
-    """All results of one QIDO search, following limit/offset paging."""
-    results: list[dict] = []
-    received = 0
+                 includefields: tuple[str, ...] = (), watch: Watch | None = None) -> Iterator[dict]:
+    """The results of one QIDO search, page after page (limit/offset), within its budgets."""
+    received = results = 0
+    search = "/".join(segments)
     for _ in range(MAX_PAGES):
-        query = [("limit", str(page_size)), ("offset", str(len(results)))]
+        query = [("limit", str(page_size)), ("offset", str(results))]
         query += [("includefield", tag) for tag in includefields]
-        try:
-            page, size = client.get_json_sized(build_url(base, segments, query),
-                                               max_bytes=MAX_SEARCH_BYTES - received)
-        except SourceError as exc:
-            if "larger than the limit" in str(exc):
-                raise ValueError(f"QIDO search {'/'.join(segments)} answered more than {MAX_SEARCH_BYTES} "
-                                 "bytes in all") from None
-            raise
+        page, size = read_page(client, build_url(base, segments, query), search, page_size,
+                               MAX_SEARCH_BYTES - received, watch)
         received += size
-        if not isinstance(page, list):
-            raise ValueError(f"QIDO answer for {'/'.join(segments)} is not a JSON array")
-        results.extend(item for item in page if isinstance(item, dict))
-        if len(results) > MAX_RESULTS:
-            raise ValueError(f"QIDO search {'/'.join(segments)} answered more than {MAX_RESULTS} results")
-        if len(page) < page_size:
-            return results
-    raise ValueError(f"QIDO search {'/'.join(segments)} did not end after {MAX_PAGES} pages")
+        items = [item for item in page if isinstance(item, dict)]
+        results += len(items)
+        if results > MAX_RESULTS:
+            raise ValueError(f"QIDO search {search} answered more than {MAX_RESULTS} results")
+        is_last = len(page) < page_size
+        del page  # not alive while the next page is read
+        yield from items
+        if is_last:
+            return
+        del items
+    raise ValueError(f"QIDO search {search} did not end after {MAX_PAGES} pages")
+
+
+def read_page(client: TransferClient, url: str, search: str, page_size: int, remaining: int,
+              watch: Watch | None) -> tuple[list, int]:
+    """One page as a JSON array, refused as soon as it passes the page's or the search's cap."""
+    page_cap = max(MIN_PAGE_BYTES, page_size * MAX_RESULT_BYTES)
+    try:
+        page, size = client.get_json_sized(url, max_bytes=min(page_cap, remaining), watch=watch)
+    except SourceError as exc:
+        if "larger than the limit" not in str(exc):
+            raise
+        if remaining <= page_cap:
+            raise ValueError(f"QIDO search {search} answered more than {MAX_SEARCH_BYTES} bytes in all") from None
+        raise ValueError(f"QIDO search {search} answered a page of more than {page_cap} bytes") from None
+    if not isinstance(page, list):
+        raise ValueError(f"QIDO answer for {search} is not a JSON array")
+    return page, size
 
 
 def search_for_series(client: TransferClient, base: str, study_uid: str, page_size: int,
-                      study: SourceStudy) -> list[SourceSeries]:
+                      study: SourceStudy, watch: Watch | None = None) -> list[SourceSeries]:
     """QIDO ``/studies/{s}/series``: the series of the study with valid UIDs."""
     found: dict[str, SourceSeries] = {}
     for item in search_paged(client, base, ["studies", study_uid, "series"], page_size,
-                             (TAG_SERIES_DESCRIPTION, TAG_BODY_PART)):
+                             (TAG_SERIES_DESCRIPTION, TAG_BODY_PART), watch):
         series_uid = first_value(item, TAG_SERIES_UID)
         if not is_valid_uid(series_uid):
             study.rejections.append(Rejection("invalid-uid", f"series UID {str(series_uid)[:70]!r}"))
@@ -135,10 +164,10 @@ def search_for_series(client: TransferClient, base: str, study_uid: str, page_si
 
 
 def search_for_instances(client: TransferClient, study_uid: str, series: SourceSeries, page_size: int,
-                         study: SourceStudy) -> None:
+                         study: SourceStudy, watch: Watch | None = None) -> None:
     """QIDO ``/studies/{s}/series/{se}/instances`` into ``series.instances``."""
     segments = ["studies", study_uid, "series", series.series_uid, "instances"]
-    for item in search_paged(client, series.base_url, segments, page_size):
+    for item in search_paged(client, series.base_url, segments, page_size, watch=watch):
         sop_uid = first_value(item, TAG_SOP_INSTANCE)
         if not is_valid_uid(sop_uid):
             study.rejections.append(Rejection("invalid-uid", f"SOP instance UID {str(sop_uid)[:70]!r}",

@@ -7,11 +7,15 @@ off, and for the few instances a resumed transfer still lacks. Every part goes t
 staging file, is checked with pydicom, then renamed into place; instances already
 stored are never fetched again. Checked files are placed in the store by a committer
 thread (see committer.py) so that the readers never wait on the disk.
+
+What a hostile source can make one Task cost is bounded (budget.py, guard.py): a part is
+cut at the size its metadata announced and that instance is not asked for again, an answer
+brings few more parts than the instances asked for, and every body is watched for the
+Task's cancel, deadline, throughput floor and byte budget while it arrives.
 """
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,27 +25,21 @@ import requests
 import urllib3.exceptions
 
 from .blobstore import BlobStore
-from .client import SourceError, TransferClient, build_url
+from .budget import part_allowance
+from .client import SourceError, TransferClient, arrived_chunks, build_url
 from .committer import GroupCommitter, SeriesTicket
 from .dicomcheck import ElementJsonCache, Expectation, RejectedPart, inspect_staged
-from .multipart import MultipartError, Part, open_body_reader
+from .guard import Abandoned, Cancelled, GuardLimits, TaskGuard, first_cause
+from .multipart import MultipartError, Part, PartTooLarge, open_body_reader
 from .qido import Rejection, SourceSeries, SourceStudy
 
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CHUNK_BYTES = 1 << 20
+# Parts an answer may bring beyond the instances asked for (one added to the series since it
+# was listed, one sent twice); past that it is junk, and each junk part costs a staging file
+# and a recorded rejection: the rest of the answer is left to the per-instance fallback.
+EXTRA_PARTS = 8
 BROKEN_BODY = (requests.RequestException, urllib3.exceptions.HTTPError, MultipartError, SourceError, OSError)
-
-
-class TooSlow(SourceError):
-    """The source sends slower than the configured floor: the whole transfer stops (asking
-    again, instance by instance, would hold the worker as long again for each)."""
-
-    def __init__(self, message: str):
-        super().__init__(message, category="slower than the configured minimum throughput")
-
-
-class Cancelled(Exception):
-    """The Task was cancelled; the transfer stops at the next instance."""
 
 
 @dataclass
@@ -49,9 +47,14 @@ class RetrieveOptions:
     series_parallelism: int = 4
     instance_attempts: int = 3
     per_instance_max: int = 8  # resume with at most this many missing: fetch them one by one
-    max_instance_bytes: int = 2 << 30
+    max_instance_bytes: int = 4 << 30  # a part that announces nothing may bring this much, in all attempts
+    max_task_bytes: int = 64 << 30  # the most one Task run may receive as pixel data
     min_throughput: int = 64 * 1024  # bytes/s a response must average over throughput_window (0: off)
     throughput_window: float = 30.0
+    task_deadline: float = 7200.0  # seconds for one run of a Task (0: none)
+
+    def guard_limits(self) -> GuardLimits:
+        return GuardLimits(self.min_throughput, self.throughput_window, self.task_deadline)
 
 
 @dataclass
@@ -95,16 +98,35 @@ class SeriesJob:
         self.ticket = SeriesTicket(self.wanted)
 
 
+@dataclass
+class Allowance:
+    """What the next part of one request may bring before it is cut (PartTooLarge).
+
+    ``largest`` is asked as the part grows: the series' metadata may arrive meanwhile. When
+    ``is_total`` (one instance asked for on its own) its attempts share it, so that retrying
+    a part that broke off cannot multiply it.
+    """
+
+    largest: Callable[[], int]
+    is_total: bool = False
+    used: int = 0
+
+    def __call__(self) -> int:
+        return self.largest() - self.used
+
+    def spend(self, size: int) -> None:
+        if self.is_total:
+            self.used += size
+
+
 class Retriever:
-    """Runs step 3 for one study with an HTTP client, a blob store and a stop check."""
+    """Runs step 3 for one study with an HTTP client, a blob store and the Task's guard."""
 
     def __init__(self, client: TransferClient, blobstore: BlobStore, options: RetrieveOptions,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 monotonic: Callable[[], float] = time.monotonic):
-        self.client, self.blobstore, self.options = client, blobstore, options
-        self.should_stop, self.monotonic = should_stop, monotonic
+                 guard: TaskGuard):
+        self.client, self.blobstore, self.options, self.guard = client, blobstore, options, guard
+        self.monotonic = guard.monotonic
         self.outcome = RetrieveOutcome()
-        self.stop_event = threading.Event()
         self.committer: GroupCommitter | None = None
         self.json_cache = ElementJsonCache()
 
@@ -122,8 +144,8 @@ class Retriever:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retrieve") as pool:
                 futures = [pool.submit(self.retrieve_series_job, job) for job in jobs]
                 errors = [f.exception() for f in futures]
-        # The cause, not the other series' Cancelled that it set off.
-        for error in sorted((e for e in errors if e is not None), key=lambda e: isinstance(e, Cancelled)):
+        error = first_cause(errors)
+        if error is not None:
             raise error
         return self.outcome
 
@@ -156,7 +178,7 @@ class Retriever:
                 self.retrieve_series(job)
             self.retrieve_missing_instances(job)
         except Cancelled:
-            self.stop_event.set()
+            self.guard.stop_event.set()
             raise
 
     def retrieve_series(self, job: SeriesJob) -> None:
@@ -165,10 +187,11 @@ class Retriever:
         with self.outcome.lock:
             self.outcome.series_requests += 1
         try:
-            complete = self.read_multipart(url, job, job.expected)
-        except TooSlow:
+            allowance = Allowance(self.largest_part(job.series, job.expected))
+            complete = self.read_multipart(url, job, job.expected, allowance)
+        except Abandoned:
             raise
-        except BROKEN_BODY:
+        except BROKEN_BODY:  # a part cut at its allowance too: fetched alone, it is rejected at once
             complete = False
         if not complete and job.wanted:
             with self.outcome.lock:
@@ -177,69 +200,78 @@ class Retriever:
     def retrieve_missing_instances(self, job: SeriesJob) -> None:
         """Per-instance GETs for whatever the series request did not deliver."""
         for sop_uid in sorted(job.wanted):
-            self.check_stop()
-            expected = frozenset([sop_uid])
-            url = build_url(job.series.base_url, ["studies", job.study_uid, "series", job.series.series_uid,
-                                                  "instances", sop_uid])
-            last_error = "no answer"
-            for _ in range(self.options.instance_attempts):
-                with self.outcome.lock:
-                    self.outcome.instance_requests += 1
-                try:
-                    self.read_multipart(url, job, expected)
-                except TooSlow:
-                    raise
-                except SourceError as exc:
-                    last_error = str(exc)
-                    if not exc.retryable:
-                        break  # 404 and friends: asking again will not help
-                except BROKEN_BODY as exc:
-                    last_error = f"{type(exc).__name__}: {exc}"
-                if sop_uid not in job.wanted:
-                    break
-            if sop_uid in job.wanted and not self.was_rejected(sop_uid):
-                self.outcome.reject(Rejection("not-retrieved", last_error[:300], job.series.series_uid, sop_uid))
+            self.guard.check()
+            self.retrieve_instance(job, sop_uid)
+
+    def retrieve_instance(self, job: SeriesJob, sop_uid: str) -> None:
+        """Up to ``instance_attempts`` GETs of one instance, all within its one allowance."""
+        expected = frozenset([sop_uid])
+        url = build_url(job.series.base_url, ["studies", job.study_uid, "series", job.series.series_uid,
+                                              "instances", sop_uid])
+        allowance = Allowance(self.largest_part(job.series, expected), is_total=True)
+        last_error = "no answer"
+        for _ in range(self.options.instance_attempts):
+            with self.outcome.lock:
+                self.outcome.instance_requests += 1
+            try:
+                self.read_multipart(url, job, expected, allowance)
+            except Abandoned:
+                raise
+            except PartTooLarge as exc:
+                self.outcome.reject(Rejection("too-large", f"{exc} (announced by its metadata, or "
+                                              "transfer.max_instance_bytes); not asked for again",
+                                              job.series.series_uid, sop_uid))
+                return
+            except SourceError as exc:
+                last_error = str(exc)
+                if not exc.retryable:
+                    break  # 404 and friends: asking again will not help
+            except BROKEN_BODY as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            if sop_uid not in job.wanted:
+                break
+        if sop_uid in job.wanted and not self.was_rejected(sop_uid):
+            self.outcome.reject(Rejection("not-retrieved", last_error[:300], job.series.series_uid, sop_uid))
+
+    def largest_part(self, series: SourceSeries, sop_uids: frozenset[str]) -> Callable[[], int]:
+        """The largest allowance among the instances an answer may hold, once the series'
+        metadata has announced their sizes; ``max_instance_bytes`` until then."""
+        known: list[int] = []
+
+        def largest() -> int:
+            if known:
+                return known[0]
+            if not series.is_described:
+                return self.options.max_instance_bytes
+            sizes = [getattr(series.instances.get(sop), "announced_bytes", None) for sop in sop_uids]
+            known.append(max(part_allowance(size, self.options.max_instance_bytes) for size in sizes))
+            return known[0]
+        return largest
 
     def was_rejected(self, sop_uid: str) -> bool:
         with self.outcome.lock:
             return any(r.sop_uid == sop_uid for r in self.outcome.rejections)
 
-    def read_multipart(self, url: str, job: SeriesJob, allowed: frozenset[str]) -> bool:
+    def read_multipart(self, url: str, job: SeriesJob, allowed: frozenset[str], allowance: Allowance) -> bool:
         """Stream one response part by part; True if the body ended with its closing delimiter."""
         with self.client.stream(url, ACCEPT_DICOM) as response:
             reader = open_body_reader(response.headers.get("Content-Type", ""),
-                                      lambda headers: self.blobstore.open_staging(),
-                                      self.options.max_instance_bytes)
-            chunks = self.watched(arrived_chunks(response.raw, CHUNK_BYTES))
+                                      lambda headers: self.blobstore.open_staging(), allowance)
+            chunks = self.guard.watch(arrived_chunks(response.raw, CHUNK_BYTES), charged=True)
             expectation = Expectation(job.study_uid, job.series.series_uid, allowed)
             try:
                 for part in reader.read(chunks):
+                    allowance.spend(part.size)
                     self.accept_part(part, job, expectation)
-                    self.check_stop()
+                    self.guard.check()
+                    if reader.part_count >= len(allowed) + EXTRA_PARTS:
+                        raise MultipartError(f"{reader.part_count} parts for {len(allowed)} instances asked for")
             finally:
+                if reader.current is not None:
+                    allowance.spend(reader.current.size)  # a part that broke off counts too
                 discard_open_sinks(reader)
                 self.committer.flush(job.ticket)  # checked instances are kept even if the body broke off
             return reader.is_closed
-
-    def watched(self, chunks):
-        """The chunks of one response, with a cancel noticed while a part is still arriving
-        (twice a second) and a floor on the throughput averaged over each window."""
-        window_start = last_check = self.monotonic()
-        window_bytes = 0
-        for chunk in chunks:
-            now = self.monotonic()
-            window_bytes += len(chunk)
-            if now - last_check >= 0.5:
-                self.check_stop()
-                last_check = now
-            elapsed = now - window_start
-            if self.options.min_throughput and elapsed >= self.options.throughput_window:
-                if window_bytes / elapsed < self.options.min_throughput:
-                    self.stop_event.set()  # the other series stop too
-                    raise TooSlow(f"the source sent {window_bytes} bytes in {elapsed:.1f} s, less than "
-                                  f"{self.options.min_throughput} bytes/s")
-                window_start, window_bytes = now, 0
-            yield chunk
 
     def accept_part(self, part: Part, job: SeriesJob, expectation: Expectation) -> None:
         """Check one received part and move it into the store, or discard and record it."""
@@ -263,24 +295,6 @@ class Retriever:
 
     def placed(self, record) -> None:
         self.outcome.add_stored(record.size, self.monotonic())
-
-    def check_stop(self) -> None:
-        if self.stop_event.is_set() or self.should_stop():
-            self.stop_event.set()
-            raise Cancelled()
-
-
-def arrived_chunks(raw, size: int):
-    """The body as it arrives: each chunk is what the socket had, up to ``size`` bytes.
-
-    ``raw.stream(size)`` waits until ``size`` bytes have come; on a slow link that holds
-    back instances already received (time to first instance, a cancel noticed late).
-    """
-    while True:
-        chunk = raw.read1(size, decode_content=False)
-        if not chunk:
-            return
-        yield chunk
 
 
 def discard_open_sinks(reader) -> None:

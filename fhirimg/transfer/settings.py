@@ -5,7 +5,7 @@ config/transfer.example.toml.
 """
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from fhirimg.config import CredentialsSchema, register_section
 
@@ -54,11 +54,19 @@ class TransferSettingsSchema(Schema):
     qido_page_size = fields.Integer(load_default=200, validate=validate.Range(1, 10_000))
     per_instance_max = fields.Integer(load_default=8, validate=validate.Range(0, 10_000))
     instance_attempts = fields.Integer(load_default=3, validate=validate.Range(1, 20))
-    max_instance_bytes = fields.Integer(load_default=2 << 30, validate=validate.Range(1024))
+    # What a source may make one Task write (issue 15, item 9): a part is cut at the size its
+    # metadata announces (with room for its header), else at max_instance_bytes, in all the
+    # attempts at one instance; a Task at twice what its instances announce + 1 GiB, at most
+    # max_task_bytes.
+    max_instance_bytes = fields.Integer(load_default=4 << 30, validate=validate.Range(1024))
+    max_task_bytes = fields.Integer(load_default=64 << 30, validate=validate.Range(1024))
     # A response slower than min_throughput bytes/s, averaged over throughput_window seconds,
     # is abandoned and fails the Task (a source sending 1 byte a second held a worker 6 h).
     min_throughput = fields.Integer(load_default=64 * 1024, validate=validate.Range(0, 1 << 30))
     throughput_window = fields.Float(load_default=30.0, validate=validate.Range(0.1, 3600))
+    # One run of a Task fails after this many seconds (0: no deadline); below job_timeout, so
+    # the Task says why instead of RQ killing the job. A new $retrieve resumes where it stopped.
+    task_deadline = fields.Float(load_default=7200.0, validate=validate.Range(0, 30 * 86_400))
     job_timeout = fields.Integer(load_default=6 * 3600, validate=validate.Range(10))
     reconcile_interval = fields.Float(load_default=10.0, validate=validate.Range(0.1, 86_400))
     staging_max_age = fields.Float(load_default=3600.0, validate=validate.Range(0.5, 30 * 86_400))
@@ -68,6 +76,13 @@ class TransferSettingsSchema(Schema):
     urgent_queue = fields.String(load_default="fhirimg-urgent", validate=validate.Length(1, 100))
     endpoints = fields.List(fields.Nested(EndpointLimitsSchema), load_default=list)
     rules = fields.List(fields.Nested(AutoRetrieveRuleSchema), load_default=list)
+
+    @validates_schema
+    def check_deadline(self, data: dict, **kwargs) -> None:
+        """A deadline at or past job_timeout would never fire: RQ kills the job first."""
+        deadline, timeout = data.get("task_deadline", 7200.0), data.get("job_timeout", 6 * 3600)
+        if deadline >= timeout:
+            raise ValidationError(f"must be less than job_timeout ({timeout} s)", "task_deadline")
 
 
 def transfer_section(config: dict) -> dict:
@@ -88,8 +103,10 @@ def retrieve_options(section: dict) -> RetrieveOptions:
                            instance_attempts=section["instance_attempts"],
                            per_instance_max=section["per_instance_max"],
                            max_instance_bytes=section["max_instance_bytes"],
+                           max_task_bytes=section["max_task_bytes"],
                            min_throughput=section["min_throughput"],
-                           throughput_window=section["throughput_window"])
+                           throughput_window=section["throughput_window"],
+                           task_deadline=section["task_deadline"])
 
 
 def blob_root(config: dict) -> str:

@@ -26,7 +26,8 @@ from .blobstore import BlobStore
 from .client import SourceError, TransferClient
 from .netpolicy import HostRefused
 from .pipeline import TransferReport, transfer_study
-from .retrieve import Cancelled, RetrieveOptions
+from .guard import Cancelled
+from .retrieve import RetrieveOptions
 from .schema import active_retrieve, dicom_instance
 from .sources import SourcePlan, TaskFailure, plan_source
 from .studyupdate import ensure_own_endpoint, reconciled_imaging_study
