@@ -47,10 +47,21 @@ def retrieve_job(task_id: str) -> str:
 
 def run_with_context(task_id: str, run: Callable[[str, TransferContext], str]) -> str:
     ctx = worker_context(worker_config())
+    ctx.progress = progress_to_redis()
     try:
         return run(task_id, ctx)
     finally:
         ctx.client.close()
+
+
+def progress_to_redis():
+    """Live progress goes to the Redis this job came from (the console reads it there)."""
+    from rq import get_current_job
+    from .progress import redis_publisher
+    job = get_current_job()
+    if job is None:
+        return None
+    return lambda task_id: redis_publisher(job.connection, task_id)
 
 
 def use_config(config: dict) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .blobstore import BlobStore
 from .budget import ByteBudget
 from .client import TransferClient
+from .progress import ProgressSampler
 from .guard import TaskGuard, first_cause
 from .metadata import reconcile_series, retrieve_series_metadata
 from .qido import SourceSeries, SourceStudy, search_for_instances, search_for_series
@@ -52,7 +53,8 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
                    should_stop: Callable[[], bool] = lambda: False,
                    on_step: Callable[[str], None] = lambda step: None,
                    series_bases: dict[str, str] | None = None,
-                   monotonic: Callable[[], float] = time.monotonic) -> TransferReport:
+                   monotonic: Callable[[], float] = time.monotonic,
+                   on_progress: Callable[[dict], None] | None = None) -> TransferReport:
     """Run the three steps; the report says what is still missing (nothing when complete).
 
     Each series goes through its own chain, ``parallelism`` chains at a time: QIDO of its
@@ -63,52 +65,61 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
     pixel data, goes through the Task's guard (cancel, deadline, throughput, byte budget).
     """
     report = TransferReport(SourceStudy(study_uid), started_at=monotonic())
-    study = report.study
     budget = ByteBudget(options.max_instance_bytes, options.max_task_bytes)
     guard = TaskGuard(options.guard_limits(), budget, should_stop, monotonic)
-    on_step("qido")
     spans = {step: Span() for step in STEPS}
-    spans["qido"].begin(report.started_at)
-    study.series = search_for_series(client, base, study_uid, page_size, study, guard.watch)
-    spans["qido"].end(monotonic())
-    for series in study.series:
-        series.base_url = (series_bases or {}).get(series.series_uid, base)
-    on_step("retrieve")
     retriever = Retriever(client, blobstore, options, guard)
-    parallelism = max(1, options.series_parallelism)
-    metadata_futures: list = []
-    listed: dict[str, frozenset[str]] = {}  # what step 1 listed, per series
+    study = report.study
+    with sampling(on_progress, spans, budget, retriever, monotonic):
+        on_step("qido")
+        spans["qido"].begin(report.started_at)
+        study.series = search_for_series(client, base, study_uid, page_size, study, guard.watch)
+        spans["qido"].end(monotonic())
+        for series in study.series:
+            series.base_url = (series_bases or {}).get(series.series_uid, base)
+        on_step("retrieve")
+        parallelism = max(1, options.series_parallelism)
+        metadata_futures: list = []
+        listed: dict[str, frozenset[str]] = {}  # what step 1 listed, per series
 
-    with ThreadPoolExecutor(parallelism, thread_name_prefix="metadata") as metadata_pool:
-        def describe(series) -> None:
-            with spans["metadata"].timing(monotonic):
-                datasets = retrieve_series_metadata(client, study_uid, series, guard.watch)
-                reconcile_series(series, datasets, study)
-            announce(budget, series)
+        with ThreadPoolExecutor(parallelism, thread_name_prefix="metadata") as metadata_pool:
+            def describe(series) -> None:
+                with spans["metadata"].timing(monotonic):
+                    datasets = retrieve_series_metadata(client, study_uid, series, guard.watch)
+                    reconcile_series(series, datasets, study)
+                announce(budget, series)
 
-        def chain(series) -> None:
-            guard.check()
-            with spans["qido"].timing(monotonic):
-                search_for_instances(client, study_uid, series, page_size, study, guard.watch)
-            listed[series.series_uid] = expected = frozenset(series.instances)  # step 2 may add from now on
-            announce(budget, series)
-            metadata_futures.append(metadata_pool.submit(describe, series))
+            def chain(series) -> None:
+                guard.check()
+                with spans["qido"].timing(monotonic):
+                    search_for_instances(client, study_uid, series, page_size, study, guard.watch)
+                listed[series.series_uid] = expected = frozenset(series.instances)  # step 2 may add from now on
+                announce(budget, series)
+                metadata_futures.append(metadata_pool.submit(describe, series))
+                with spans["retrieve"].timing(monotonic):
+                    retriever.retrieve_known_series(study_uid, series, expected)
+
+            with retriever.running():
+                errors = run_collecting(parallelism, [lambda s=s: chain(s) for s in study.series])
+        errors += [future.exception() for future in metadata_futures]
+        report.outcome = retriever.outcome
+        error = first_cause(errors)  # step 1 and 3 errors first, then step 2's; Cancelled last
+        if error is not None:
+            raise error
+        if any(frozenset(s.instances) - listed.get(s.series_uid, frozenset()) for s in study.series):
             with spans["retrieve"].timing(monotonic):
-                retriever.retrieve_known_series(study_uid, series, expected)
+                retriever.retrieve_study(study, count_skipped=False)  # what only step 2 listed
+        report.durations = {step: spans[step].seconds for step in STEPS}
+        report.missing = missing_instances(blobstore, study)
+        return report
 
-        with retriever.running():
-            errors = run_collecting(parallelism, [lambda s=s: chain(s) for s in study.series])
-    errors += [future.exception() for future in metadata_futures]
-    report.outcome = retriever.outcome
-    error = first_cause(errors)  # step 1 and 3 errors first, then step 2's; Cancelled last
-    if error is not None:
-        raise error
-    if any(frozenset(s.instances) - listed.get(s.series_uid, frozenset()) for s in study.series):
-        with spans["retrieve"].timing(monotonic):
-            retriever.retrieve_study(study, count_skipped=False)  # what only step 2 listed
-    report.durations = {step: spans[step].seconds for step in STEPS}
-    report.missing = missing_instances(blobstore, study)
-    return report
+
+def sampling(on_progress, spans: dict, budget: ByteBudget, retriever: Retriever, monotonic):
+    """Live progress for the console while the steps run, if someone listens."""
+    if on_progress is None:
+        return nullcontext()
+    return ProgressSampler(on_progress, spans, lambda: budget.spent, lambda: retriever.outcome.stored,
+                           monotonic=monotonic)
 
 
 def announce(budget: ByteBudget, series: SourceSeries) -> None:
@@ -132,15 +143,18 @@ class Span:
     def __init__(self):
         self.first: float | None = None
         self.last: float | None = None
+        self.active = 0  # timings under way (the live progress shows the step as running)
         self.lock = threading.Lock()
 
     def begin(self, now: float) -> None:
         with self.lock:
             self.first = now if self.first is None else min(self.first, now)
+            self.active += 1
 
     def end(self, now: float) -> None:
         with self.lock:
             self.last = now if self.last is None else max(self.last, now)
+            self.active = max(0, self.active - 1)
 
     @contextmanager
     def timing(self, monotonic: Callable[[], float]) -> Iterator[None]:

@@ -52,6 +52,8 @@ class TransferContext:
     lease_seconds: float = 60.0
     max_runs: int = 5
     clock: Callable[[], int] | None = None  # epoch milliseconds; defaults to the repository's
+    # Live progress for the console (task id -> where snapshots go); None: nobody listens.
+    progress: Callable[[str], Callable[[dict], None]] | None = None
 
     def now_ms(self) -> int:
         return (self.clock or self.repo.clock)()
@@ -133,7 +135,8 @@ def transfer_with_status(ctx: TransferContext, task_id: str, plan: SourcePlan) -
 
     return transfer_study(ctx.client, ctx.blobstore, plan.base_url, plan.study_uid, ctx.options,
                           ctx.qido_page_size, should_stop=checker, on_step=on_step,
-                          series_bases=plan.series_bases)
+                          series_bases=plan.series_bases,
+                          on_progress=ctx.progress(task_id) if ctx.progress else None)
 
 
 def finish_transfer(ctx: TransferContext, task_id: str, plan: SourcePlan, report: TransferReport) -> str:
