@@ -36,6 +36,8 @@ def create_app(config: dict | None = None, engine=None) -> Flask:
     app.extensions["fhirimg.site"] = site
     app.extensions["fhirimg.repository"] = Repository(engine, audit=config["audit"]["enabled"], site=site)
     register_request_id(app)
+    from .metrics import register_metrics  # before access: /healthz, /readyz, /metrics authenticate on their own terms
+    register_metrics(app)
     from .api.access import register_access
     from .auth.context import build_auth
     register_access(app, build_auth(config["auth"], engine))
@@ -63,6 +65,10 @@ def register_blueprints(app: Flask) -> None:
     from .api import dicomweb, operations  # transfer: $retrieve and our own DICOMweb
     app.register_blueprint(operations.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(dicomweb.blueprint, url_prefix=dicomweb.DICOMWEB_PREFIX)
+    from .console import views as console  # the operator console, a SMART app served here
+    app.register_blueprint(console.blueprint)
+    from .viewer import views as viewer  # OHIF at /viewer, once `make viewer` installed it
+    app.register_blueprint(viewer.blueprint)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -9,6 +9,7 @@ import click
 
 from .bench import BASE_HELP  # the package only; each benchmark is imported when registered
 from .config import ConfigError, load_config, masked
+from . import metrics as _metrics  # noqa: F401  (registers the [metrics] configuration section)
 
 
 def _load(config_path: str | None) -> dict:
@@ -134,6 +135,7 @@ def load(paths, base, quiet, token, config_path) -> None:
 def _register_auth_commands() -> None:
     from .auth import cli as auth_cli  # the client registry and `fhirimg token`
     main.add_command(auth_cli.clients)
+    main.add_command(auth_cli.users)
     main.add_command(auth_cli.token)
     from .audit import cli as audit_cli  # the audit trail's chain check
     main.add_command(audit_cli.audit)
@@ -145,6 +147,8 @@ _register_auth_commands()
 def _register_viewer_commands() -> None:
     from .viewer import cli as viewer_cli  # `fhirimg viewer install`; registers [viewer]
     main.add_command(viewer_cli.viewer)
+    from .migrations import cli as migrations_cli  # schema revisions: db upgrade, db current
+    main.add_command(migrations_cli.db)
 
 
 _register_viewer_commands()

@@ -101,10 +101,13 @@ def gunicorn_options(serve: dict) -> dict:
 
 def serve_gunicorn(config: dict, serve: dict) -> None:
     from .app import create_app
+    from .metrics.multiprocess import gunicorn_options as with_metrics
     install_json_errors()  # before the workers fork
     configure_intake(config, serve)
+    # Before the app is first built: prometheus_client chooses multiprocess mode when imported.
+    options = with_metrics(config, serve, gunicorn_options(serve))
     create_app(config).extensions["fhirimg.engine"].dispose()  # create the schema once, before forking
-    GunicornApplication(config, gunicorn_options(serve)).run()
+    GunicornApplication(config, options).run()
 
 
 def configure_intake(config: dict, serve: dict) -> None:

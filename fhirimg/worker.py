@@ -10,6 +10,10 @@ def connect_redis(url: str) -> Redis:
 
 
 def run_worker(config: dict, burst: bool = False) -> None:
+    from .store import create_schema, make_engine
+    engine = make_engine(config["database_url"])  # refuse at once on a schema older or newer than known
+    create_schema(engine)
+    engine.dispose()
     connection = connect_redis(config["redis_url"])
     queues = [Queue(name, connection=connection) for name in config["worker"]["queues"]]
     from .transfer.jobs import prepare_worker  # transfer: job config + reconciler (start-up, periodic)

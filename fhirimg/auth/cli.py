@@ -1,4 +1,5 @@
-"""``fhirimg clients ...`` (the client registry) and ``fhirimg token`` (a token for a client)."""
+"""``fhirimg clients ...`` (the client registry), ``fhirimg users ...`` (operator accounts for
+SMART App Launch sign-in) and ``fhirimg token`` (a token for a client)."""
 from __future__ import annotations
 
 import getpass
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .clients import Client, ClientError, add_client, client_changes, get_client, list_clients, remove_client, \
     set_disabled
 from .outbound import BackendServicesClient, TokenRequestError, load_private_key
+from .users import User, UserError, add_user, get_user, list_users, remove_user, set_password, set_user_disabled, \
+    user_changes
 
 DEV_CLIENT_ID = "fhirimg-dev"
 DEV_CLIENT_FILE = "dev-client.json"
@@ -66,7 +69,8 @@ def clients() -> None:
 
 @clients.command("add")
 @click.argument("client_id")
-@click.option("--scopes", required=True, help='The most a token may get, e.g. "system/*.rs system/Task.cu".')
+@click.option("--scopes", required=True, help='The most a token may get, e.g. "system/*.rs system/Task.cu"; '
+              'for an App Launch client e.g. "openid fhirUser online_access user/*.rs".')
 @click.option("--name", help="A name for people (default: the client_id).")
 @click.option("--jwks", "jwks_file", type=click.Path(exists=True, dir_okay=False), help="JWK Set file (public keys).")
 @click.option("--jwks-url", help="URL of the client's JWK Set (preferred: the client can rotate keys).")
@@ -76,13 +80,19 @@ def clients() -> None:
 @click.option("--patient", "patients", multiple=True, help="Limit the client to this Patient id (repeatable).")
 @click.option("--organization", "organizations", multiple=True,
               help="Limit the client to patients managed by this Organization id (repeatable).")
+@click.option("--public", "public", is_flag=True,
+              help="A browser app (SMART App Launch public client): no key, needs --redirect-uri.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True,
+              help="Where sign-in may return to (App Launch; exact match; https, or http on loopback; "
+                   "a path such as /app/callback means this server's own origin). Repeatable.")
 @click.option("--replace", is_flag=True, help="Change an existing client.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
-def add(client_id, scopes, name, jwks_file, jwks_url, key_file, kid, patients, organizations, replace, config_path):
+def add(client_id, scopes, name, jwks_file, jwks_url, key_file, kid, patients, organizations, public, redirect_uris,
+        replace, config_path):
     """Register (or with --replace, change) a client."""
     _, engine = _engine(config_path)
     client = Client(client_id, name or client_id, scopes, load_jwks_option(jwks_file, key_file, kid), jwks_url,
-                    list(patients), list(organizations))
+                    list(patients), list(organizations), public=public, redirect_uris=list(redirect_uris))
     try:
         add_client(engine, client, actor(), replace=replace)
     except ClientError as exc:
@@ -96,7 +106,8 @@ def list_(config_path):
     """One line per client: id, state, scopes."""
     _, engine = _engine(config_path)
     for client in list_clients(engine):
-        click.echo(f"{client.client_id}\t{'disabled' if client.disabled else 'enabled'}\t{client.scopes}")
+        click.echo(f"{client.client_id}\t{'disabled' if client.disabled else 'enabled'}\t{client.scopes}"
+                   + ("\tpublic" if client.public else ""))
 
 
 @clients.command("show")
@@ -169,6 +180,103 @@ def write_private_key(path: Path, key) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
+
+
+# -- operator accounts (SMART App Launch sign-in) -----------------------------------------------
+@click.group()
+def users() -> None:
+    """Operator accounts that sign in at /auth/authorize (the console, the viewer, other SMART apps)."""
+
+
+def read_password(from_stdin: bool) -> str:
+    if from_stdin:  # one line, as `docker login --password-stdin` reads it
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _user_change(change) -> None:
+    try:
+        change()
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--scopes", default="user/*.rs", show_default=True,
+              help='The most a token for this user may carry, e.g. "user/*.rs user/Task.cu".')
+@click.option("--patient", "patients", multiple=True, help="Limit the user to this Patient id (repeatable).")
+@click.option("--fhir-user", help="The FHIR resource that is this user (the id_token's fhirUser), "
+              "e.g. Practitioner/123.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (else: prompt).")
+@click.option("--replace", is_flag=True, help="Change an existing user (the password only with --password-stdin).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def users_add(username, scopes, patients, fhir_user, password_stdin, replace, config_path):
+    """Create (or with --replace, change) an account; the password is stored as an Argon2id hash."""
+    _, engine = _engine(config_path)
+    user = User(username, scopes, list(patients), fhir_user)
+    password = read_password(password_stdin) if password_stdin or not replace else None
+    _user_change(lambda: add_user(engine, user, password, actor(), replace=replace))
+    click.echo(json.dumps(user.describe(), indent=2))
+
+
+@users.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def users_list(config_path):
+    """One line per user: name, state, scopes."""
+    _, engine = _engine(config_path)
+    for user in list_users(engine):
+        click.echo(f"{user.username}\t{'disabled' if user.disabled else 'enabled'}\t{user.scopes}")
+
+
+@users.command("show")
+@click.argument("username")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def users_show(username, config_path):
+    """An account and every change made to it."""
+    _, engine = _engine(config_path)
+    user = get_user(engine, username)
+    if user is None:
+        raise click.ClickException(f"no user {username!r}")
+    click.echo(json.dumps({**user.describe(), "changes": user_changes(engine, username)}, indent=2))
+
+
+@users.command("passwd")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input (else: prompt).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def users_passwd(username, password_stdin, config_path):
+    """Set a new password (the user's refresh tokens are revoked)."""
+    _, engine = _engine(config_path)
+    password = read_password(password_stdin)
+    _user_change(lambda: set_password(engine, username, password, actor()))
+
+
+@users.command("disable")
+@click.argument("username")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def users_disable(username, config_path):
+    """Refuse sign-in and refresh (access tokens already issued expire within auth.token_lifetime)."""
+    _, engine = _engine(config_path)
+    _user_change(lambda: set_user_disabled(engine, username, True, actor()))
+
+
+@users.command("enable")
+@click.argument("username")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def users_enable(username, config_path):
+    """Let a disabled user sign in again."""
+    _, engine = _engine(config_path)
+    _user_change(lambda: set_user_disabled(engine, username, False, actor()))
+
+
+@users.command("remove")
+@click.argument("username")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+def users_remove(username, config_path):
+    """Delete an account (its change log stays)."""
+    _, engine = _engine(config_path)
+    _user_change(lambda: remove_user(engine, username, actor()))
 
 
 # -- the local development client of `fhirimg run` ----------------------------------------------

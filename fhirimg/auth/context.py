@@ -6,14 +6,24 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from ..transfer.netpolicy import HostPolicy
+from .codes import CodeStore
+from .grants import LaunchTokens
 from .jwks import KeySetCache
-from .keys import KeyRing
+from .keys import ID_TOKEN_ALG, KeyRing
+from .refresh import RefreshStore
+from .throttle import LoginThrottle
 from .tokens import TokenServer
 from .verify import TokenVerifier
 
-SMART_CAPABILITIES = ["client-confidential-asymmetric", "permission-v2", "permission-v1",
+# conformance.html: only what is done. Standalone launch of public (and asymmetric
+# confidential) clients with user/ scopes, OpenID Connect, online_access refresh tokens.
+# Not: launch-ehr, context-standalone-patient (no patient picker: a patient context comes
+# only from a user's or client's registration), permission-offline, client-confidential-symmetric.
+SMART_CAPABILITIES = ["launch-standalone", "authorize-post", "client-public", "client-confidential-asymmetric",
+                      "sso-openid-connect", "permission-user", "permission-online", "permission-v2", "permission-v1",
                       "smart-imaging-access", "http://fhir.org/argonaut/smart-imaging/capabilities/backend-services"]
 ROOT_SUFFIX = "/fhir"
+IDENTITY_SCOPES = ["openid", "fhirUser", "profile", "online_access"]
 
 
 @dataclass
@@ -23,6 +33,8 @@ class AuthContext:
     key_sets: KeySetCache
     tokens: TokenServer
     verifier_by_issuer: dict
+    launch: LaunchTokens | None = None
+    throttle: LoginThrottle | None = None
 
     @property
     def enabled(self) -> bool:
@@ -43,7 +55,8 @@ def build_auth(settings: dict, engine: Engine) -> AuthContext:
     keys = KeyRing(engine, settings["key_rotation_days"] * 86_400, settings["token_lifetime"])
     key_sets = KeySetCache(policy, settings["jwks_max_age"], settings["jwks_refresh_cooldown"])
     tokens = TokenServer(engine, keys, key_sets, settings["token_lifetime"], settings["clock_skew"])
-    return AuthContext(settings, keys, key_sets, tokens, {})
+    launch = LaunchTokens(engine, keys, CodeStore(engine), RefreshStore(engine), tokens, settings["token_lifetime"])
+    return AuthContext(settings, keys, key_sets, tokens, {}, launch, LoginThrottle(engine))
 
 
 def server_root(fhir_base: str) -> str:
@@ -58,12 +71,32 @@ def smart_configuration(fhir_base: str, scopes_supported: list[str]) -> dict:
     return {
         "issuer": f"{root}/auth",
         "jwks_uri": f"{root}/auth/jwks",
+        "authorization_endpoint": f"{root}/auth/authorize",
         "token_endpoint": f"{root}/auth/token",
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "revocation_endpoint": f"{root}/auth/revoke",
+        "userinfo_endpoint": f"{root}/auth/userinfo",
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        # "none": a public client (RFC 8414 names it so); private_key_jwt: Backend Services
+        # and confidential App Launch clients.
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384", "RS256", "ES256"],
-        "scopes_supported": scopes_supported,
-        "response_types_supported": ["token"],
+        "scopes_supported": list(dict.fromkeys(IDENTITY_SCOPES + scopes_supported)),
+        "response_types_supported": ["code"],
         "capabilities": SMART_CAPABILITIES,
         "code_challenge_methods_supported": ["S256"],
     }
+
+
+def openid_configuration(fhir_base: str, scopes_supported: list[str]) -> dict:
+    """OpenID Connect Discovery 1.0 §3, at ``{issuer}/.well-known/openid-configuration``
+    (what an OIDC client such as the OHIF Viewer reads first)."""
+    smart = smart_configuration(fhir_base, scopes_supported)
+    keep = ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri",
+            "revocation_endpoint", "scopes_supported", "response_types_supported", "grant_types_supported",
+            "token_endpoint_auth_methods_supported", "token_endpoint_auth_signing_alg_values_supported",
+            "code_challenge_methods_supported")
+    return {**{k: smart[k] for k in keep}, "response_modes_supported": ["query"],
+            "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": [ID_TOKEN_ALG],
+            "claims_supported": ["iss", "sub", "aud", "azp", "exp", "iat", "auth_time", "nonce", "fhirUser",
+                                 "preferred_username"],
+            "request_parameter_supported": False, "request_uri_parameter_supported": False}

@@ -1,8 +1,10 @@
 """The server's own signing keys: made on first use, rotated, published at ``/auth/jwks``.
 
 Keys live in the database so that every node signs and verifies with the same set. The
-newest key signs; a key stays published (and trusted) for `rotation` after its
-successor appeared plus the longest token lifetime, then it is deleted.
+newest key of an algorithm signs; a key stays published (and trusted) for `rotation` after
+its successor appeared plus the longest token lifetime, then it is deleted. Access tokens
+are signed ES256; OpenID Connect id_tokens RS256, which SMART's sso-openid-connect requires
+(and which the resource server never accepts as an access token).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
@@ -24,6 +26,7 @@ from .schema import auth_signing_key
 # P-256: a key is made in ~1 ms (an RSA key in ~50-100 ms, paid by every fresh database),
 # a token verified in ~60 us, and a verified token is cached until it expires.
 SIGNING_ALG = "ES256"
+ID_TOKEN_ALG = "RS256"
 KEY_REFRESH_SECONDS = 60.0
 UNKNOWN_KID_COOLDOWN = 5.0
 
@@ -51,15 +54,18 @@ class KeyRing:
         self._unknown_at = -1e18
         self._lock = threading.Lock()
 
-    def signing_key(self) -> SigningKey:
-        """The newest key; a new one is made when the newest is older than the rotation period."""
+    def signing_key(self, alg: str = SIGNING_ALG) -> SigningKey:
+        """The newest key of `alg`; a new one is made when it is older than the rotation period."""
         self._refresh_if_stale()
         now_ms = int(self.clock() * 1000)
-        newest = max(self._keys.values(), key=lambda k: k.created_ms, default=None)
+        newest = self._newest(alg)
         if newest is None or now_ms - newest.created_ms >= self.rotation_ms:
-            self._rotate(now_ms)
-            newest = max(self._keys.values(), key=lambda k: k.created_ms)
+            self._rotate(now_ms, alg)
+            newest = self._newest(alg)
         return newest
+
+    def _newest(self, alg: str) -> SigningKey | None:
+        return max((k for k in self._keys.values() if k.alg == alg), key=lambda k: k.created_ms, default=None)
 
     def verification_key(self, kid: str):
         """The public key named `kid`, reloading once (with a cooldown) if it is unknown."""
@@ -73,8 +79,9 @@ class KeyRing:
 
     def public_jwks(self) -> dict:
         self._refresh_if_stale()
-        if not self._keys:
-            self.signing_key()
+        for alg in (SIGNING_ALG, ID_TOKEN_ALG):  # published before the first token an app checks
+            if self._newest(alg) is None:
+                self.signing_key(alg)
         return {"keys": [k.public_jwk for k in sorted(self._keys.values(), key=lambda k: -k.created_ms)]}
 
     def _refresh_if_stale(self) -> None:
@@ -94,25 +101,31 @@ class KeyRing:
             self._keys = keys
             self._loaded_at = self.clock()
 
-    def _rotate(self, now_ms: int) -> None:
-        private = ec.generate_private_key(ec.SECP256R1())
+    def _rotate(self, now_ms: int, alg: str = SIGNING_ALG) -> None:
+        if alg == ID_TOKEN_ALG:
+            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+        else:
+            private = ec.generate_private_key(ec.SECP256R1())
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
         kid = uuid.uuid4().hex
-        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
-        jwk.update({"kid": kid, "alg": SIGNING_ALG, "use": "sig"})
+        jwk.update({"kid": kid, "alg": alg, "use": "sig"})
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         # Keys whose successor is older than the longest token lifetime sign nothing that is
         # still valid: drop them (keep at least the two newest).
         with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-            conn.execute(insert(auth_signing_key).values(kid=kid, alg=SIGNING_ALG, private_pem=pem,
+            conn.execute(insert(auth_signing_key).values(kid=kid, alg=alg, private_pem=pem,
                                                          public_jwk=json.dumps(jwk), created_ms=now_ms))
             rows = conn.execute(select(auth_signing_key.c.kid, auth_signing_key.c.created_ms)
+                                .where(auth_signing_key.c.alg == alg)
                                 .order_by(auth_signing_key.c.created_ms.desc())).all()
             for older, newer in zip(rows[2:], rows[1:]):
                 if now_ms - newer.created_ms > self.lifetime_ms + 60_000:
                     conn.execute(delete(auth_signing_key).where(auth_signing_key.c.kid == older.kid))
         self._load()
 
-    def sign(self, claims: dict) -> str:
-        key = self.signing_key()
-        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"})
+    def sign(self, claims: dict, alg: str = SIGNING_ALG, typ: str = "at+jwt") -> str:
+        """An access token (RFC 9068 ``at+jwt``), or with ``typ="JWT"`` an id_token."""
+        key = self.signing_key(alg)
+        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})

@@ -12,7 +12,10 @@ class Principal:
     scopes: ScopeSet
     issuer: str = ""
     subject: str | None = None
+    # The user as the audit trail names them (agent "who"): the token's fhirUser reference,
+    # else - for this server's own App Launch tokens - the user's name here.
     fhir_user: str | None = None
+    user: str | None = None  # the user's name at this server's authorization endpoint (own tokens)
     patient: str | None = None  # the launch context (`patient` claim)
     expires_at: float = 0.0
     token_id: str | None = None

@@ -75,6 +75,9 @@ class TokenServer:
         client = get_client(self.engine, client_id) if isinstance(client_id, str) else None
         if client is None or client.disabled:
             raise OAuthError("invalid_client", "unknown or disabled client")
+        if client.public:
+            raise OAuthError("invalid_client", f"{client.client_id} is a public client: it has no key to sign "
+                             "an assertion with")
         key = self.assertion_key(client, header)
         try:
             claims = jwt.decode(assertion, key, algorithms=[header["alg"]], audience=token_urls,

@@ -81,7 +81,7 @@ class TokenVerifier:
             return self._introspect(token, audiences, self.issuers[issuer])
         else:
             raise Unauthorized("the token's issuer is not trusted here")
-        principal = principal_from_claims(claims)
+        principal = principal_from_claims(claims, own=issuer == self.issuer)
         return principal, float(claims["exp"]) + (0 if issuer == self.issuer else self.clock_skew)
 
     def _decode(self, token: str, key, algorithms: list[str], audiences: list[str], issuer: str,
@@ -140,8 +140,9 @@ class TokenVerifier:
         return principal_from_claims(answer), until
 
 
-def principal_from_claims(claims: dict) -> Principal:
-    """SMART/RFC 9068 claims: scope (or Entra's scp), client_id (or azp), patient, fhirUser."""
+def principal_from_claims(claims: dict, own: bool = False) -> Principal:
+    """SMART/RFC 9068 claims: scope (or Entra's scp), client_id (or azp), patient, fhirUser.
+    In this server's own tokens a ``sub`` other than the client is the signed-in user."""
     scope = claims.get("scope", claims.get("scp", ""))
     if isinstance(scope, list):
         scope = " ".join(str(s) for s in scope)
@@ -150,10 +151,14 @@ def principal_from_claims(claims: dict) -> Principal:
     if patient is not None and not (isinstance(patient, str) and patient):
         raise Unauthorized("the token's patient claim is not a Patient id")
     notes = [f"scope {s!r} ignored: {why}" for s, why in scopes.rejected]
+    client_id = str(claims.get("client_id") or claims.get("azp") or claims.get("sub") or "")
+    sub = claims.get("sub")
+    user = sub if own and isinstance(sub, str) and sub and sub != client_id else None
+    fhir_user = claims.get("fhirUser")
     return Principal(
-        client_id=str(claims.get("client_id") or claims.get("azp") or claims.get("sub") or ""),
-        scopes=scopes, issuer=str(claims.get("iss", "")), subject=claims.get("sub"),
-        fhir_user=claims.get("fhirUser"), patient=str(patient) if isinstance(patient, str) and patient else None,
+        client_id=client_id, scopes=scopes, issuer=str(claims.get("iss", "")), subject=sub,
+        fhir_user=fhir_user if isinstance(fhir_user, str) and fhir_user else user, user=user,
+        patient=str(patient) if isinstance(patient, str) and patient else None,
         expires_at=float(claims.get("exp") or 0), token_id=claims.get("jti"),
         patients=string_list(claims.get("fhirimg_patients")),
         organizations=string_list(claims.get("fhirimg_organizations")), notes=notes)

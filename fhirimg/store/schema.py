@@ -12,8 +12,8 @@ from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary
 
 metadata = MetaData()
 
-# Other subsystems (search indexes, transfer, replication) define their tables on their own
-# MetaData and register it here so create_schema builds them all.
+# Other subsystems (search indexes, transfer, replication, audit, auth) define their tables on
+# their own MetaData and register it here; fhirimg.migrations.tables imports them all.
 _extra_metadata: list[MetaData] = []
 
 resource_version = Table(
@@ -57,22 +57,18 @@ def register_metadata(extra: MetaData) -> None:
         _extra_metadata.append(extra)
 
 
+def registered_metadata() -> list[MetaData]:
+    """The store's MetaData, then those registered by the capabilities imported so far."""
+    return [metadata, *_extra_metadata]
+
+
 def create_schema(engine) -> None:
-    """Create all tables (idempotent) and the single change-counter row."""
-    from .. import search  # noqa: F401  (registers the index tables)
-    from ..replicate import schema as _replication  # noqa: F401  (change origins, link cursors)
-    from ..audit import schema as _audit  # noqa: F401  (the audit trail: every write has its event)
-    from .engine import WRITE_OPTION
-    # Several processes start on a fresh database at once (gunicorn workers, `fhirimg run`'s
-    # server and worker): each would see a table missing and all but one would fail with
-    # "already exists". One write transaction, serialised by SQLite's write lock or a
-    # PostgreSQL advisory lock, makes creation happen once and the others see it done.
-    with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262436)")
-            metadata.create_all(conn)
-            for extra in _extra_metadata:
-                extra.create_all(conn)
-            if conn.execute(change_counter.select()).first() is None:
-                conn.execute(change_counter.insert().values(id=1, value=0, last_ms=0))
+    """Make sure the database holds this fhirimg's schema before anything uses it.
+
+    A new database is created and stamped at the newest migration; an older, unversioned
+    or newer schema raises fhirimg.migrations.SchemaError with one line saying what to do.
+    The versioning lives in fhirimg.migrations (it knows every capability's tables, which
+    the store must not import); every entry point still calls this name.
+    """
+    from ..migrations import ensure_schema
+    ensure_schema(engine)

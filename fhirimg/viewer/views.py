@@ -72,8 +72,12 @@ def viewer_config() -> dict:
     }
     if auth_context().enabled:
         config["oidc"] = [{
-            "authority": root + "/auth", "client_id": CLIENT_ID, "redirect_uri": "/viewer/callback",
-            "response_type": "code", "scope": SCOPES, "post_logout_redirect_uri": "/viewer/",
+            # OHIF makes these absolute below its routerBasename (<origin>/viewer/callback).
+            # It routes the sign-out page by its full path without taking the basename off:
+            # "/" would become the route /viewer, which is OHIF's own viewer page, and every
+            # study link would be "signed out" into a mangled URL (viewer??StudyInstanceUIDs=).
+            "authority": root + "/auth", "client_id": CLIENT_ID, "redirect_uri": "/callback",
+            "response_type": "code", "scope": SCOPES, "post_logout_redirect_uri": "/signed-out",
             "automaticSilentRenew": False, "revokeAccessTokenOnSignout": False,
             "extraQueryParams": {"aud": public_base()},
         }]
