@@ -171,7 +171,27 @@ def retrieve_dicom(study: str, series: str | None = None, sop: str | None = None
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>/metadata", methods=["GET"])
 def retrieve_metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
     instances = instances_or_404(study, series, sop)
-    return dicom_json([i.attributes for i in instances])
+    base = own_base()
+    return dicom_json([wado.pixel_reference(i.attributes, i, f"{base}/studies/{i.study_uid}/series/{i.series_uid}"
+                                            f"/instances/{i.sop_uid}/bulkdata/7FE00010") for i in instances])
+
+
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/bulkdata/7FE00010", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/bulkdata/7fe00010", methods=["GET"])
+def retrieve_pixel_data(study: str, series: str, sop: str) -> Response:
+    """The BulkDataURI that metadata gives for Pixel Data: multipart, or a single part when
+    the client asks for application/octet-stream alone (PS3.18 8.7.3; OHIF does)."""
+    accept = request.headers.get("Accept", "")
+    single = any(m.type == "application/octet-stream" for m in wado.parse_accept(accept))
+    if not single:
+        wado.accepted_transfer_syntax(accept, "application/octet-stream")
+    instance = instances_or_404(study, series, sop)[0]
+    data = wado.read_pixel_data(blobstore().absolute_path(instance.path), instance)
+    if single:
+        return Response(b"".join(data), status=200, content_type="application/octet-stream")
+    boundary = wado.new_boundary()
+    return Response(wado.stream_frames(data, boundary), status=200,
+                    content_type=wado.multipart_content_type(boundary, "application/octet-stream"))
 
 
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>", methods=["GET"])

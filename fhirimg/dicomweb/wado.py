@@ -67,7 +67,10 @@ def accepted_transfer_syntax(header: str, part_type: str = "application/dicom") 
     for media in ranges:
         if media.type in ("*/*", "multipart/*"):
             return None
-        if media.type == "multipart/related" and media.params.get("type", part_type) == part_type:
+        # type="*/*" is what dicomweb-client sends by default (PS3.18 8.7: the default media
+        # type of the resource then applies).
+        if media.type == "multipart/related" and media.params.get("type", part_type) in (
+                part_type, "*/*", part_type.split("/")[0] + "/*"):
             return media.params.get("transfer-syntax")
     raise NotAcceptable(f"cannot answer {header!r}: this resource is served as "
                         f'multipart/related; type="{part_type}"')
@@ -118,6 +121,27 @@ def parse_frame_list(text: str) -> list[int]:
         # 2 600 copies of 50 frames in one URL held 326 MB per request: each frame once.
         raise FhirError(400, "invalid", "the frame list names a frame more than once", ["frames"])
     return numbers
+
+
+def read_pixel_data(path: Path, instance: StoredInstance) -> Iterator[bytes]:
+    """The Pixel Data bulk data (PS3.18 8.4) of an uncompressed instance, as one part."""
+    if instance.transfer_syntax_uid not in UNCOMPRESSED:
+        raise NotAcceptable(f"pixel data bulk data is served for uncompressed data only; instance "
+                            f"{instance.sop_uid} is stored as {instance.transfer_syntax_uid}: use frames "
+                            "of an uncompressed copy or retrieve the instance")
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no pixel data")
+    yield bytes(ds.PixelData)
+
+
+def pixel_reference(attributes: dict, instance: StoredInstance, uri: str) -> dict:
+    """An image's metadata names where its Pixel Data is (BulkDataURI), as PS3.18 F.2.6 lets
+    metadata do for a value it leaves out."""
+    if "00280010" not in attributes:  # no Rows: not an image
+        return attributes
+    vr = "OW" if instance.transfer_syntax_uid in UNCOMPRESSED else "OB"
+    return {**attributes, "7FE00010": {"vr": vr, "BulkDataURI": uri}}
 
 
 def read_frames(path: Path, instance: StoredInstance, numbers: list[int]) -> Iterator[bytes]:

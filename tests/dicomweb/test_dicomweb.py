@@ -161,10 +161,43 @@ def test_metadata_is_the_dicom_json_of_each_instance_without_pixel_data(site, st
     for sop, data in series.instances.items():
         ds = pydicom.dcmread(io.BytesIO(data))
         item = by_sop[sop]
-        assert "7FE00010" not in item
+        # Pixel Data is named, not carried: a BulkDataURI that answers with its bytes.
+        bulk = item["7FE00010"]
+        assert set(bulk) == {"vr", "BulkDataURI"} and bulk["vr"] == "OW" and "InlineBinary" not in bulk
+        assert bulk["BulkDataURI"] == (f"http://localhost/dicom-web/studies/{first.study_uid}/series/"
+                                       f"{series.series_uid}/instances/{sop}/bulkdata/7FE00010")
         assert value(item, "00280010") == ds.Rows and value(item, "00100020") == ds.PatientID
         assert value(item, "00020010") == ds.file_meta.TransferSyntaxUID
     assert len(site.client.get(f"/dicom-web/studies/{first.study_uid}/metadata").json) == 6
+
+
+def test_the_pixel_data_bulkdata_uri_of_the_metadata_answers_the_pixel_data(site, stored):
+    from ..transfer.multipart_reference import reference_parts
+    first, _ = stored
+    series = first.series[0]
+    sop, data = sorted(series.instances.items())[0]
+    meta = site.client.get(f"/dicom-web/studies/{first.study_uid}/series/{series.series_uid}/instances/{sop}/metadata")
+    uri = meta.json[0]["7FE00010"]["BulkDataURI"].replace("http://localhost", "")
+    response = site.client.get(uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert response.status_code == 200
+    assert reference_parts(response.data, response.headers["Content-Type"]) == [pydicom.dcmread(io.BytesIO(data)).PixelData]
+    single = site.client.get(uri, headers={"Accept": "application/octet-stream"})
+    assert single.status_code == 200 and single.mimetype == "application/octet-stream"
+    assert single.data == pydicom.dcmread(io.BytesIO(data)).PixelData
+
+
+@pytest.mark.parametrize("accept", ['multipart/related; type="*/*"', 'multipart/related; type="application/*"',
+                                    "multipart/related", "*/*", ""])
+def test_frames_answer_the_accept_headers_clients_send_by_default(site, stored, accept):
+    """dicomweb-client's retrieve_instance_frames() sends type="*/*" (it was a 406)."""
+    first, _ = stored
+    series = first.series[0]
+    sop = sorted(series.instances)[0]
+    url = f"/dicom-web/studies/{first.study_uid}/series/{series.series_uid}/instances/{sop}/frames/1"
+    response = site.client.get(url, headers={"Accept": accept} if accept else {})
+    assert response.status_code == 200 and 'type="application/octet-stream"' in response.headers["Content-Type"]
+    refused = site.client.get(url, headers={"Accept": 'multipart/related; type="image/jpeg"'})
+    assert refused.status_code == 406
 
 
 def test_frames_of_uncompressed_pixel_data(site, stored):
