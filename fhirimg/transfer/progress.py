@@ -34,6 +34,7 @@ class ProgressSampler:
         self.thread = threading.Thread(target=self.run, name="progress", daemon=True)
 
     def __enter__(self) -> "ProgressSampler":
+        self.send()  # the first word: the run began (a chart needs a start to measure from)
         self.thread.start()
         return self
 

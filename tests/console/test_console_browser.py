@@ -156,6 +156,8 @@ def test_find_a_study_retrieve_it_and_watch_the_three_steps(page, stack):
     widths = [float(span.evaluate("s => s.getBoundingClientRect().width")) for span in done.query_selector_all(".bar > span")]
     assert all(width > 0 for width in widths)
     assert "16/16" in done.inner_text()  # instances stored / expected
+    # The pixel-data throughput over the transfer, from the worker's live samples.
+    page.wait_for_selector(".task[data-status=completed] svg[data-chart=throughput]")
     # Back on the study, fhirimg now holds the images itself.
     page.goto(f"{stack.root}/console#/study/{stack.study_id}")
     page.wait_for_selector("#local-count >> text=/^16 instances/")

@@ -337,7 +337,10 @@ async function transfersPage() {
       const {body} = await api(`${FHIR}/Task?code=${encodeURIComponent(`${TRANSFER}|retrieve`)}&_sort=-_lastUpdated&_count=20&_include=Task:focus`);
       const refs = byReference(body), tasks = resources(body, "Task");
       const progressById = {};
-      await Promise.all(tasks.filter(t => t.status === "in-progress").map(async t => {
+      // Live samples are kept for an hour: running Tasks, and the few that ended in it.
+      const hourAgo = Date.now() - 3600 * 1000;
+      const ended = tasks.filter(t => t.status !== "in-progress" && t.meta && Date.parse(t.meta.lastUpdated) > hourAgo).slice(0, 5);
+      await Promise.all(tasks.filter(t => t.status === "in-progress").concat(ended).map(async t => {
         progressById[t.id] = await api(`/console/api/transfers/${encodeURIComponent(t.id)}`).then(r => r.body).catch(() => null);
       }));
       const scale = maxTotal(tasks, progressById);
