@@ -62,7 +62,7 @@ def load_jwks_option(jwks_file: str | None, key_file: str | None, kid: str | Non
     return None
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # also when run as the root (tests)
 def clients() -> None:
     """The clients that may get tokens from this server's /auth/token (SMART Backend Services)."""
 
@@ -183,7 +183,7 @@ def write_private_key(path: Path, key) -> None:
 
 
 # -- operator accounts (SMART App Launch sign-in) -----------------------------------------------
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # also when run as the root (tests)
 def users() -> None:
     """Operator accounts that sign in at /auth/authorize (the console, the viewer, other SMART apps)."""
 

@@ -6,7 +6,7 @@ import sys
 import click
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # also when run as the root (tests)
 def db() -> None:
     """The database schema: its revision and upgrades (Alembic revisions shipped with fhirimg)."""
 

@@ -12,7 +12,7 @@ from .settings import adhoc_link, configured_links, parse_duration
 log = logging.getLogger("fhirimg.replicate")
 
 
-@click.group("replicate")
+@click.group("replicate", context_settings={"help_option_names": ["-h", "--help"]})
 def replicate() -> None:
     """Push/pull replication between FHIR servers over their _history."""
 

@@ -7,7 +7,7 @@ from . import OHIF_VERSION, dist_dir
 from . import settings as _settings  # noqa: F401  (registers the [viewer] section)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})  # also when run as the root (tests)
 def viewer() -> None:
     """The OHIF Viewer served at /viewer."""
 

@@ -79,9 +79,11 @@ def test_normal_requests_keep_answering_while_500_slow_clients_hold_connections_
     assert normal.errors == 0 and len(normal.seconds) > 500
     assert normal.percentile(99) < 1.0
     assert slow.mean_open() > 450  # the slow clients really held ~500 connections throughout
-    # Every slow connection was answered 408 at its deadline (10 s), none lived on.
+    # Every slow connection was answered 408 at its deadline (10 s), none lived on. The
+    # client notes a connection open when its event loop gets to it, which under load is
+    # later than the server's accept: a lifetime it measures can be a little short.
     assert set(slow.endings) == {"408"} and len(slow.lifetimes) >= 2000
-    assert 9.5 < min(slow.lifetimes) and max(slow.lifetimes) < 12.5
+    assert 8.5 < min(slow.lifetimes) and max(slow.lifetimes) < 12.5
 
 
 def test_a_body_dripped_a_byte_a_second_is_dropped_after_its_grace(server):
