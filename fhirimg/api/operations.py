@@ -100,15 +100,21 @@ def requested_priority() -> str:
     return priority or "routine"
 
 
+def app_redis() -> Redis:
+    """The app's one Redis connection (redis_url), made on first use with short timeouts."""
+    connection = current_app.extensions.get("fhirimg.redis")
+    if connection is None:
+        connection = current_app.extensions.setdefault("fhirimg.redis", Redis.from_url(
+            current_app.config["FHIRIMG"]["redis_url"], socket_connect_timeout=2, socket_timeout=5))
+    return connection
+
+
 def enqueue_or_defer(repo, task_id: str, priority: str) -> None:
     config = current_app.config["FHIRIMG"]
     if not config.get("redis_url"):
         log.info("Task/%s stored; no redis_url configured, a worker's reconciler will enqueue it", task_id)
         return
-    connection = current_app.extensions.get("fhirimg.redis")
-    if connection is None:
-        connection = current_app.extensions.setdefault("fhirimg.redis", Redis.from_url(config["redis_url"], socket_connect_timeout=2, socket_timeout=5))
     try:
-        enqueue_retrieve(connection, transfer_section(config), repo, task_id, priority)
+        enqueue_retrieve(app_redis(), transfer_section(config), repo, task_id, priority)
     except RedisError as exc:
         log.warning("Task/%s stored but not enqueued (Redis: %s); the reconciler will enqueue it", task_id, exc)

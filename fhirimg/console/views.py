@@ -1,6 +1,8 @@
 """/console: the page (public, it holds no data) and the JSON the page needs besides FHIR."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from flask import Blueprint, Response, current_app, render_template, request
 
 from ..auth.context import server_root
@@ -9,6 +11,7 @@ from ..errors import FhirError
 from ..resources import SUPPORTED_TYPES
 from ..api.access import auth_context, current_principal, public_base
 from ..api.negotiation import dumps
+from ..api.operations import app_redis
 from . import status
 
 blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -49,12 +52,8 @@ def workers() -> Response:
     config = current_app.config["FHIRIMG"]
     if not config.get("redis_url"):
         return json_answer({"redis": "not configured", "queues": [], "workers": []})
-    from redis.exceptions import RedisError
-    try:
-        body = status.queues_and_workers(redis_connection(config), status.queue_names(config))
-    except RedisError as exc:
-        raise FhirError(503, "transient", f"Redis cannot be reached: {type(exc).__name__}",
-                        headers={"Retry-After": "5"}) from None
+    with redis_or_503() as connection:
+        body = status.queues_and_workers(connection, status.queue_names(config))
     return json_answer({"redis": "up", **body})
 
 
@@ -70,12 +69,10 @@ def transfer_progress(task_id: str) -> Response:
     with current_app.extensions["fhirimg.repository"].reading() as uow:
         require_resource(uow.conn, current_principal(), "r", "Task", task_id)
     config = current_app.config["FHIRIMG"]
-    from redis.exceptions import RedisError
-    try:
-        found = read_progress(redis_connection(config), task_id) if config.get("redis_url") else None
-    except RedisError as exc:
-        raise FhirError(503, "transient", f"Redis cannot be reached: {type(exc).__name__}",
-                        headers={"Retry-After": "5"}) from None
+    found = None
+    if config.get("redis_url"):
+        with redis_or_503() as connection:
+            found = read_progress(connection, task_id)
     if found is None:
         raise FhirError(404, "not-found", f"no live progress for Task/{task_id}")
     return json_answer(found)
@@ -92,13 +89,15 @@ def replication() -> Response:
     return json_answer({"links": rows})
 
 
-def redis_connection(config: dict):
-    from redis import Redis
-    connection = current_app.extensions.get("fhirimg.redis")
-    if connection is None:
-        connection = current_app.extensions.setdefault(
-            "fhirimg.redis", Redis.from_url(config["redis_url"], socket_connect_timeout=2, socket_timeout=5))
-    return connection
+@contextmanager
+def redis_or_503():
+    """Redis unreachable is a 503 OperationOutcome with Retry-After, not a 500."""
+    from redis.exceptions import RedisError
+    try:
+        yield app_redis()
+    except RedisError as exc:
+        raise FhirError(503, "transient", f"Redis cannot be reached: {type(exc).__name__}",
+                        headers={"Retry-After": "5"}) from None
 
 
 def json_answer(body: dict) -> Response:
