@@ -10,6 +10,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed as WerkzeugMethodNotAllowed
 
 from .config import load_config
+from .dimse import settings as _dicom_settings  # noqa: F401  (registers [dicom])
+from .push import settings as _push_settings  # noqa: F401  (registers [push])
 from .errors import FhirError, MethodNotAllowed
 from .replicate.origin import site_id
 from .store import Repository, create_schema, make_engine

@@ -10,6 +10,8 @@ import click
 from .bench import BASE_HELP  # the package only; each benchmark is imported when registered
 from .config import ConfigError, load_config, masked
 from . import metrics as _metrics  # noqa: F401  (registers the [metrics] configuration section)
+from .push import settings as _push_settings  # noqa: F401  (registers [push])
+from .dimse import settings as _dicom_settings  # noqa: F401  (registers [dicom])
 
 
 def _load(config_path: str | None) -> dict:
