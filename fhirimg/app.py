@@ -67,6 +67,8 @@ def register_blueprints(app: Flask) -> None:
     from .api import dicomweb, operations  # transfer: $retrieve and our own DICOMweb
     app.register_blueprint(operations.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(dicomweb.blueprint, url_prefix=dicomweb.DICOMWEB_PREFIX)
+    from .api import stow
+    app.register_blueprint(stow.blueprint, url_prefix=dicomweb.DICOMWEB_PREFIX)
     from .console import views as console  # the operator console, a SMART app served here
     app.register_blueprint(console.blueprint)
     from .viewer import views as viewer  # OHIF at /viewer, once `make viewer` installed it

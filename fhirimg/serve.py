@@ -113,9 +113,11 @@ def serve_gunicorn(config: dict, serve: dict) -> None:
 def configure_intake(config: dict, serve: dict) -> None:
     """The request intake's bounds, set in the master so that every forked worker has them."""
     from .intake.worker import IntakeSettings, configure
+    from .push.settings import push_settings
     configure(IntakeSettings(header_timeout=serve["header_timeout"], body_min_rate=serve["body_min_rate"],
                              max_pending_per_client=serve["max_pending_per_client"],
-                             max_body=config["limits"]["max_body_bytes"]))
+                             max_body=config["limits"]["max_body_bytes"],
+                             upload_paths=("/dicom-web/studies",), max_upload=push_settings(config).max_stow_bytes))
 
 
 def serve_dev(config: dict, serve: dict) -> None:

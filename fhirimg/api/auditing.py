@@ -29,7 +29,7 @@ ENDPOINTS = {
     "history.history_type": "history-type", "history.history_instance": "history-instance",
     "operations.retrieve": "operation", "bundle.transaction_or_batch": "transaction", "access.token": "login",
     "auditevent.read": "read", "auditevent.search": "search-type", "auditevent.search_post": "search-type",
-    "auditevent.verify": "operation", "auditevent.refuse": "create",
+    "auditevent.verify": "operation", "auditevent.refuse": "create", "stow.store_instances": "create",
 }
 WRITES = {"create", "update", "patch", "delete"}
 # Public documents with no patient data: not audited.
@@ -121,6 +121,12 @@ def audited_transaction(repo, guard):
         yield uow
 
 
+def recorded_elsewhere() -> None:
+    """The view's act was recorded in the transaction that did it (a STOW-RS store): nothing
+    more is noted for a success."""
+    g.audit_recorded = True
+
+
 def wrote_versions() -> bool:
     return any(uow.written for uow in g.get("audit_units", ()))
 
@@ -130,7 +136,7 @@ def default_note(status: int) -> Note | None:
     interaction = ENDPOINTS.get(request.endpoint or "")
     if interaction is None:
         return Note("operation") if status in (401, 403) else None
-    if status < 400 and (interaction not in WRITES or wrote_versions()):
+    if status < 400 and (interaction not in WRITES or wrote_versions() or g.get("audit_recorded")):
         return None  # recorded with the version it wrote (or a view that chose to note nothing)
     args = request.view_args or {}
     resources = [f"{args['res_type']}/{args['res_id']}"] if "res_type" in args and "res_id" in args else []

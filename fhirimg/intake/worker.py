@@ -48,6 +48,17 @@ class IntakeSettings:
     body_min_rate: int = 4096
     max_pending_per_client: int = 64
     max_body: int = 64 * 1024 * 1024
+    # POSTs under these paths (STOW-RS) may send up to max_upload bytes: their bodies are
+    # spooled to disk here and read as a stream by the view, never held in memory.
+    upload_paths: tuple[str, ...] = ()
+    max_upload: int = 0
+
+    def max_body_for(self, request_line: bytes) -> int:
+        method, _, rest = request_line.partition(b" ")
+        target = rest.split(b" ", 1)[0].decode("latin-1")
+        if method == b"POST" and any(target.startswith(p) for p in self.upload_paths):
+            return max(self.max_body, self.max_upload)
+        return self.max_body
 
 
 SETTINGS = IntakeSettings()  # set by serve.py in the master, inherited by the forked workers
@@ -151,12 +162,13 @@ class Intake:
         return self.take_body(data)
 
     def start_body(self, raw: bytes) -> None:
-        self.head = parse_head(raw, self.settings.max_body)
+        max_body = self.settings.max_body_for(raw.split(b"\r\n", 1)[0])
+        self.head = parse_head(raw, max_body)
         self.head_done = time.monotonic()
         if self.head.body in ("length", "chunked"):
             self.body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         if self.head.body == "chunked":
-            self.chunks = ChunkedEnd(self.settings.max_body)
+            self.chunks = ChunkedEnd(max_body)
 
     def take_body(self, data: bytes):
         kind = self.head.body

@@ -132,6 +132,14 @@ class BlobStore:
         row still always names a complete file; only the directory fsyncs and the database
         commits are shared, which is most of the per-instance cost on small instances.
         """
+        placed = self.place(items)
+        self._index(placed)
+        return placed
+
+    def place(self, items: list[tuple[StagedFile, InstanceRecord]]) -> list[InstanceRecord]:
+        """Make staged files durable under their final names (no index rows): fsync the data,
+        rename, fsync each directory once. Returns the records placed, stamped with path,
+        size, hash and time; the staged files of the rest are discarded."""
         placed: list[InstanceRecord] = []
         directories: set[Path] = set()
         try:
@@ -153,7 +161,6 @@ class BlobStore:
         now = self.clock()
         for record in placed:
             record.stored_ms = now
-        self._index(placed)
         return placed
 
     def sync_files(self, files: list[StagedFile]) -> None:
@@ -176,42 +183,37 @@ class BlobStore:
     def _index(self, records: list[InstanceRecord]) -> None:
         if not records:
             return
-        rows = []
-        for record in records:
-            row = {name: getattr(record, name) for name in (
-                "sop_uid", "study_uid", "series_uid", "sop_class_uid", "transfer_syntax_uid",
-                "instance_number", "size", "sha256", "path", "stored_ms")}
-            row["attributes"] = orjson.dumps(record.attributes)
-            rows.append(row)
-        old = self._replace_rows(rows)
-        paths = {r["sop_uid"]: r["path"] for r in rows}
-        for row in old:
-            if row.path != paths[row.sop_uid]:
-                # The same SOP Instance UID arrived under another study/series: keep one copy only.
-                self.absolute_path(row.path).unlink(missing_ok=True)
-
-    def _replace_rows(self, rows: list[dict]) -> list:
-        """Delete-then-insert the rows in one transaction; returns the (sop_uid, path) replaced.
-
-        Two workers placing the same instance at once (a duplicated job) can both find no
-        row and both insert on PostgreSQL: the loser's unique violation is retried once.
-        """
-        table = dicom_instance
-        sop_uids = [r["sop_uid"] for r in rows]
         for attempt in range(2):
             try:
                 # A write transaction must take SQLite's write lock at BEGIN (see store.engine).
                 with self.engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
-                    old = conn.execute(select(table.c.sop_uid, table.c.path)
-                                       .where(table.c.sop_uid.in_(sop_uids))).all()
-                    if old:
-                        conn.execute(delete(table).where(table.c.sop_uid.in_([r.sop_uid for r in old])))
-                    conn.execute(table.insert(), rows)
-                return old
+                    old = self.index_rows(conn, records)
+                break
             except IntegrityError:
+                # Two workers placing the same instance at once (a duplicated job) can both
+                # find no row and both insert on PostgreSQL: the loser's retry replaces.
                 if attempt:
                     raise
-        return []
+        self.remove_moved(old, records)
+
+    def index_rows(self, conn, records: list[InstanceRecord]) -> list:
+        """Delete-then-insert the records' rows in the caller's transaction; returns the
+        (sop_uid, path) rows replaced, for ``remove_moved`` once that transaction committed."""
+        table = dicom_instance
+        rows = [row_of(record) for record in records]
+        sop_uids = [r["sop_uid"] for r in rows]
+        old = conn.execute(select(table.c.sop_uid, table.c.path).where(table.c.sop_uid.in_(sop_uids))).all()
+        if old:
+            conn.execute(delete(table).where(table.c.sop_uid.in_([r.sop_uid for r in old])))
+        conn.execute(table.insert(), rows)
+        return old
+
+    def remove_moved(self, old: list, records: list[InstanceRecord]) -> None:
+        """The same SOP Instance UID arrived under another study/series: keep one copy only."""
+        paths = {record.sop_uid: record.path for record in records}
+        for row in old:
+            if row.path != paths[row.sop_uid]:
+                self.absolute_path(row.path).unlink(missing_ok=True)
 
     def stored_sop_uids(self, study_uid: str, series_uid: str | None = None) -> set[str]:
         """SOP Instance UIDs already held for a study (or one of its series)."""
@@ -234,6 +236,14 @@ class BlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def row_of(record: InstanceRecord) -> dict:
+    row = {name: getattr(record, name) for name in (
+        "sop_uid", "study_uid", "series_uid", "sop_class_uid", "transfer_syntax_uid",
+        "instance_number", "size", "sha256", "path", "stored_ms")}
+    row["attributes"] = orjson.dumps(record.attributes)
+    return row
 
 
 def fsync_directory(directory: Path) -> None:

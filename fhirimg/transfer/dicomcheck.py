@@ -61,7 +61,7 @@ class Expectation:
     sop_uids: frozenset[str]
 
 
-def inspect_part10(path: str | os.PathLike, expected: Expectation) -> InstanceRecord:
+def inspect_part10(path: str | os.PathLike, expected: Expectation | None) -> InstanceRecord:
     """Parse and check one staged file; return its index record or raise RejectedPart."""
     size = os.path.getsize(path)
     require_part10_header(path, size)
@@ -134,7 +134,10 @@ def instance_number_of(ds: Dataset) -> int | None:
         return None
 
 
-def require_expected_uids(record: InstanceRecord, expected: Expectation) -> None:
+def require_expected_uids(record: InstanceRecord, expected: Expectation | None) -> None:
+    """What a retrieve asked for; a push (``expected`` None) may send any instance."""
+    if expected is None:
+        return
     if record.study_uid != expected.study_uid or record.series_uid != expected.series_uid:
         raise RejectedPart("unexpected-uid", f"part belongs to study {record.study_uid} series "
                            f"{record.series_uid}, not the one asked for", record.sop_uid)
@@ -195,7 +198,7 @@ class NotCovered(Exception):
     """The fast path cannot decide this part exactly; the file-based check will."""
 
 
-def inspect_staged(staged, expected: Expectation, cache: ElementJsonCache) -> InstanceRecord:
+def inspect_staged(staged, expected: Expectation | None, cache: ElementJsonCache) -> InstanceRecord:
     """Check a staged part from its in-memory head when possible, else from its file."""
     try:
         return inspect_head(staged.head, staged.size, staged.tail, expected, cache)
@@ -203,7 +206,7 @@ def inspect_staged(staged, expected: Expectation, cache: ElementJsonCache) -> In
         return inspect_part10(staged.path, expected)
 
 
-def inspect_head(head: bytes, size: int, tail: bytes, expected: Expectation,
+def inspect_head(head: bytes, size: int, tail: bytes, expected: Expectation | None,
                  cache: ElementJsonCache) -> InstanceRecord:
     """The fast path of ``inspect_part10``: same checks, same record, or NotCovered."""
     if size < 132 or head[128:132] != b"DICM":
