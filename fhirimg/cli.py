@@ -184,6 +184,8 @@ def _register_bench_commands() -> None:
     bench.add_command(retrieve.command)
     from .bench import ingest  # push: transaction-Bundle ingest vs raw store
     bench.add_command(ingest.command)
+    from .bench import push as push_bench  # image push: STOW-RS / C-STORE vs Orthanc's ingest
+    bench.add_command(push_bench.command)
     from .bench import search as search_bench  # search: seeded population, EXPLAIN, query mix
     bench.add_command(search_bench.command)
     from .bench import slowloris  # hardening: normal latency while slow clients hold connections

@@ -92,6 +92,7 @@ def take_part(ingest: Ingest, part, received: Received, study_uid: str | None) -
         if declared != DICOM:
             raise Refused(CANNOT_UNDERSTAND, f"the part is {declared!r}, not {DICOM}")
         received.accepted.append((staged, ingest.check(staged, study_uid)))
+        ingest.blobstore.start_sync(staged)  # durable while the next part arrives
     except Refused as exc:
         staged.discard()
         received.refused.append((received.parts, exc))
