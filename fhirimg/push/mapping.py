@@ -15,6 +15,7 @@ same resource and the unit of work writes no new version.
 """
 from __future__ import annotations
 
+import datetime
 from typing import Iterable
 
 from ..transfer.blobstore import InstanceRecord
@@ -73,9 +74,12 @@ def items(attributes: dict, tag: str) -> list[dict]:
 def fhir_date(da: str) -> str | None:
     """DICOM DA (YYYYMMDD) to a FHIR date; None when it is not one."""
     da = da.strip()
-    if len(da) != 8 or not da.isdigit() or da[4:6] == "00" or da[6:] == "00":
+    if len(da) != 8 or not da.isdigit():
         return None
-    return f"{da[:4]}-{da[4:6]}-{da[6:]}"
+    try:
+        return datetime.date(int(da[:4]), int(da[4:6]), int(da[6:])).isoformat()
+    except ValueError:
+        return None
 
 
 def fhir_datetime(da: str, tm: str, offset: str) -> str | None:
