@@ -228,6 +228,8 @@ def test_a_malformed_request_is_refused_whole(app, body, content_type, status):
     assert response.json["resourceType"] == "OperationOutcome"
     assert response.json["issue"][0]["diagnostics"]
     assert_nothing_stored(app, client)
+    refused = client.get("/fhir/AuditEvent", query_string={"outcome": "4"}).json.get("entry", [])
+    assert [e["resource"]["code"]["coding"][0]["code"] for e in refused] == ["create"]
 
 
 def test_a_body_cut_short_after_good_parts_stores_none_of_them(app):
