@@ -9,6 +9,7 @@ from flask import Flask, g, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed as WerkzeugMethodNotAllowed
 
+from .blobs import settings as _blobs_settings  # noqa: F401  (registers [blobs])
 from .config import load_config
 from .dimse import settings as _dicom_settings  # noqa: F401  (registers [dicom])
 from .push import settings as _push_settings  # noqa: F401  (registers [push])

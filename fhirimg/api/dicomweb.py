@@ -12,9 +12,11 @@ from ..auth.imaging import require_study, study_filter
 from ..dicomweb import index, qido, wado
 from ..dicomweb.owners import study_owners
 from ..errors import NotAcceptable, NotFound
+from ..blobs.settings import blobs_section
+from ..blobs.store import make_blobstore
 from ..transfer.blobstore import BlobStore
 from ..transfer.schema import create_transfer_schema
-from ..transfer.settings import blob_root, transfer_section
+from ..transfer.settings import transfer_section
 from ..transfer.uids import require_uid
 from .access import current_principal
 from .auditing import note, raw_query
@@ -37,7 +39,7 @@ def engine():
 def blobstore() -> BlobStore:
     store = current_app.extensions.get("fhirimg.blobstore")
     if store is None:
-        store = BlobStore(blob_root(current_app.config["FHIRIMG"]), engine())
+        store = make_blobstore(current_app.config["FHIRIMG"], engine())
         current_app.extensions["fhirimg.blobstore"] = store
     return store
 
@@ -159,10 +161,9 @@ def retrieve_dicom(study: str, series: str | None = None, sop: str | None = None
     wanted_syntax = wado.accepted_transfer_syntax(request.headers.get("Accept", ""))
     instances = instances_or_404(study, series, sop)
     wado.check_transfer_syntax(instances, wanted_syntax)
-    store = blobstore()
-    paths = [store.absolute_path(i.path) for i in instances]
     boundary = wado.new_boundary()
-    return Response(wado.stream_instances(instances, paths, boundary), status=200,
+    verify = blobs_section(current_app.config["FHIRIMG"])["verify_on_read"]
+    return Response(wado.stream_instances(instances, blobstore().open, boundary, verify), status=200,
                     content_type=wado.multipart_content_type(boundary))
 
 
@@ -186,7 +187,7 @@ def retrieve_pixel_data(study: str, series: str, sop: str) -> Response:
     if not single:
         wado.accepted_transfer_syntax(accept, "application/octet-stream")
     instance = instances_or_404(study, series, sop)[0]
-    data = wado.read_pixel_data(blobstore().absolute_path(instance.path), instance)
+    data = wado.read_pixel_data(blobstore().open, instance)
     if single:
         return Response(b"".join(data), status=200, content_type="application/octet-stream")
     boundary = wado.new_boundary()
@@ -199,7 +200,7 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str) -> Response:
     wado.accepted_transfer_syntax(request.headers.get("Accept", ""), "application/octet-stream")
     numbers = wado.parse_frame_list(frames)
     instance = instances_or_404(study, series, sop)[0]
-    data = wado.read_frames(blobstore().absolute_path(instance.path), instance, numbers)
+    data = wado.read_frames(blobstore().open, instance, numbers)
     boundary = wado.new_boundary()
     return Response(wado.stream_frames(data, boundary), status=200,
                     content_type=wado.multipart_content_type(boundary, "application/octet-stream"))

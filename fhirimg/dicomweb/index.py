@@ -49,6 +49,7 @@ class StoredInstance:
     transfer_syntax_uid: str
     instance_number: int | None
     attributes: dict
+    sha256: str = ""
 
 
 def series_summaries(engine: Engine, study_uid: str | None = None,
@@ -105,4 +106,4 @@ def stored_instances(engine: Engine, study_uid: str, series_uid: str | None = No
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     return [StoredInstance(r.study_uid, r.series_uid, r.sop_uid, r.path, r.size, r.transfer_syntax_uid,
-                           r.instance_number, orjson.loads(r.attributes)) for r in rows]
+                           r.instance_number, orjson.loads(r.attributes), r.sha256) for r in rows]

@@ -7,10 +7,10 @@ is random per response (a fixed one can occur inside pixel data).
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import pydicom
 
@@ -19,6 +19,7 @@ from fhirimg.errors import FhirError, NotAcceptable
 from .index import StoredInstance
 
 READ_BLOCK = 1 << 20
+Opener = Callable[[str], BinaryIO]  # an index row's key -> its stored object, readable and seekable
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
@@ -94,20 +95,36 @@ def multipart_content_type(boundary: str, part_type: str = "application/dicom") 
     return f'multipart/related; type="{part_type}"; boundary={boundary}'
 
 
-def stream_instances(instances: Iterable[StoredInstance], paths: Iterable[Path], boundary: str) -> Iterator[bytes]:
-    """The multipart body, one file at a time in blocks: memory stays bounded by READ_BLOCK."""
-    for instance, path in zip(instances, paths):
-        with open(path, "rb") as fh:
-            size = path.stat().st_size
+def stream_instances(instances: Iterable[StoredInstance], open_object: Opener, boundary: str,
+                     verify: bool = False) -> Iterator[bytes]:
+    """The multipart body, one object at a time in blocks: memory stays bounded by READ_BLOCK.
+
+    With ``verify`` each object's SHA-256 is compared with the index as it is sent; on a
+    mismatch the stream stops before its closing delimiter, so the client sees a broken
+    answer rather than silently corrupt data (the log names the instance)."""
+    for instance in instances:
+        hasher = hashlib.sha256() if verify and instance.sha256 else None
+        with open_object(instance.path) as fh:
             yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
-                   f"{instance.transfer_syntax_uid}\r\nContent-Length: {size}\r\n\r\n").encode()
-            while True:
-                block = fh.read(READ_BLOCK)
+                   f"{instance.transfer_syntax_uid}\r\nContent-Length: {instance.size}\r\n\r\n").encode()
+            sent = 0
+            while sent < instance.size:
+                block = fh.read(min(READ_BLOCK, instance.size - sent))
                 if not block:
-                    break
+                    raise CorruptObject(f"instance {instance.sop_uid}: the stored object ends after {sent} of "
+                                        f"{instance.size} bytes")
+                if hasher is not None:
+                    hasher.update(block)
+                sent += len(block)
                 yield block
+        if hasher is not None and hasher.hexdigest() != instance.sha256:
+            raise CorruptObject(f"instance {instance.sop_uid}: the stored object's SHA-256 differs from the index")
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+class CorruptObject(Exception):
+    """A stored object that is not what the index recorded (found while streaming it)."""
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -123,16 +140,16 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-def read_pixel_data(path: Path, instance: StoredInstance) -> Iterator[bytes]:
+def read_pixel_data(open_object: Opener, instance: StoredInstance) -> Iterator[bytes]:
     """The Pixel Data bulk data (PS3.18 8.4) of an uncompressed instance, as one part."""
     if instance.transfer_syntax_uid not in UNCOMPRESSED:
         raise NotAcceptable(f"pixel data bulk data is served for uncompressed data only; instance "
                             f"{instance.sop_uid} is stored as {instance.transfer_syntax_uid}: use frames "
                             "of an uncompressed copy or retrieve the instance")
-    ds = pydicom.dcmread(path)
-    if "PixelData" not in ds:
-        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no pixel data")
-    yield bytes(ds.PixelData)
+    with open_object(instance.path) as fh:
+        layout = pixel_layout(fh, instance)
+        fh.seek(layout.offset)
+        yield fh.read(layout.length)
 
 
 def pixel_reference(attributes: dict, instance: StoredInstance, uri: str) -> dict:
@@ -144,26 +161,55 @@ def pixel_reference(attributes: dict, instance: StoredInstance, uri: str) -> dic
     return {**attributes, "7FE00010": {"vr": vr, "BulkDataURI": uri}}
 
 
-def read_frames(path: Path, instance: StoredInstance, numbers: list[int]) -> Iterator[bytes]:
+@dataclass
+class PixelLayout:
+    offset: int  # where the Pixel Data value starts in the object
+    length: int
+    frame_size: int
+    frames: int
+    bits: int
+
+
+def pixel_layout(fh: BinaryIO, instance: StoredInstance) -> PixelLayout:
+    """Where an uncompressed object's Pixel Data lies, read from its header only (pydicom
+    defers the value): frames are then read as byte ranges, from a file or an S3 object."""
+    ds = pydicom.dcmread(fh, defer_size=1024)
+    if "PixelData" not in ds:
+        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no pixel data")
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    if getattr(raw, "value_tell", None) is None or raw.length in (None, 0xFFFFFFFF):
+        raise NotAcceptable(f"instance {instance.sop_uid}: its pixel data is not stored natively")
+    bits = int(ds.BitsAllocated)
+    frame_size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+    return PixelLayout(raw.value_tell, raw.length, frame_size, int(ds.get("NumberOfFrames", 1) or 1), bits)
+
+
+def read_frames(open_object: Opener, instance: StoredInstance, numbers: list[int]) -> Iterator[bytes]:
     """Frames of uncompressed pixel data; compressed data would need a codec, so it is a 406."""
     if instance.transfer_syntax_uid not in UNCOMPRESSED:
         raise NotAcceptable(f"frames are served for uncompressed data only; instance {instance.sop_uid} is "
                             f"stored as {instance.transfer_syntax_uid}: retrieve the instance instead")
-    ds = pydicom.dcmread(path)
-    if "PixelData" not in ds:
-        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no pixel data")
-    bits = int(ds.BitsAllocated)
-    frame_size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
-    count = int(ds.get("NumberOfFrames", 1) or 1)
-    if bits < 8 or frame_size <= 0:
-        raise NotAcceptable(f"frames of {bits}-bit pixel data are not served; retrieve the instance")
-    missing = [n for n in numbers if n > count]
-    if missing:
-        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has {count} frame(s); "
-                                          f"no frame {missing[0]}")
-    data = memoryview(ds.PixelData)
-    # One frame copied at a time, as the answer is sent (the pixel data is held once).
-    return (bytes(data[(n - 1) * frame_size:n * frame_size]) for n in numbers)
+    fh = open_object(instance.path)
+    try:
+        layout = pixel_layout(fh, instance)
+        if layout.bits < 8 or layout.frame_size <= 0:
+            raise NotAcceptable(f"frames of {layout.bits}-bit pixel data are not served; retrieve the instance")
+        missing = [n for n in numbers if n > layout.frames or n * layout.frame_size > layout.length]
+        if missing:
+            raise FhirError(404, "not-found", f"instance {instance.sop_uid} has {layout.frames} frame(s); "
+                                              f"no frame {missing[0]}")
+    except BaseException:
+        fh.close()
+        raise
+    return frames_of(fh, layout, numbers)
+
+
+def frames_of(fh: BinaryIO, layout: PixelLayout, numbers: list[int]) -> Iterator[bytes]:
+    """One frame read (a byte range) at a time, as the answer is sent."""
+    with fh:
+        for n in numbers:
+            fh.seek(layout.offset + (n - 1) * layout.frame_size)
+            yield fh.read(layout.frame_size)
 
 
 def stream_frames(frames: Iterable[bytes], boundary: str) -> Iterator[bytes]:

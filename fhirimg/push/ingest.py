@@ -38,7 +38,8 @@ from ..store.engine import make_engine
 from ..transfer.blobstore import BlobStore, InstanceRecord, StagedFile
 from ..transfer.dicomcheck import ElementJsonCache, RejectedPart, inspect_staged
 from ..transfer.schema import dicom_instance
-from ..transfer.settings import blob_root, own_dicomweb_base
+from ..transfer.settings import own_dicomweb_base
+from ..blobs.store import make_blobstore
 from ..transfer.studyupdate import OWN_ENDPOINT_ID, own_endpoint_resource
 from .mapping import merged_study, study_criteria
 from .patients import PatientUnmatched, match_patient, patient_key
@@ -97,7 +98,7 @@ class Ingest:
     @classmethod
     def from_config(cls, config: dict, engine=None, role: str = "fhirimg-push") -> "Ingest":
         engine = engine or make_engine(config["database_url"])
-        return cls(Repository(engine, role=role), BlobStore(blob_root(config), engine), push_settings(config),
+        return cls(Repository(engine, role=role), make_blobstore(config, engine), push_settings(config),
                    own_dicomweb_base(config))
 
     def open_staging(self) -> StagedFile:
@@ -303,4 +304,4 @@ class StudyStore:
             staged.discard()
         if not self.committed:
             for path in self.new_paths:
-                self.ingest.blobstore.absolute_path(path).unlink(missing_ok=True)
+                self.ingest.blobstore.delete(path)

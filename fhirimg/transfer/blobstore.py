@@ -24,6 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from fhirimg.blobs.objects import FileObjects, Placement, fsync_directory  # noqa: F401 (fsync_directory: re-exported)
 from fhirimg.store.engine import WRITE_OPTION
 
 from .schema import dicom_instance
@@ -96,10 +97,15 @@ class StagedFile:
 
 
 class BlobStore:
-    """DICOM files under a root directory plus their index rows; paths come from UIDs only."""
+    """DICOM objects plus their index rows; keys come from UIDs only.
 
-    def __init__(self, root: str | os.PathLike, engine: Engine, clock: Callable[[], int] | None = None):
+    ``root`` is on this machine and always holds the staging directory; the objects
+    themselves are under it too (FileObjects, the default) or in a bucket (S3Objects)."""
+
+    def __init__(self, root: str | os.PathLike, engine: Engine, clock: Callable[[], int] | None = None,
+                 objects=None):
         self.root = Path(root).resolve()
+        self.objects = objects or FileObjects(self.root)
         self.engine = engine
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
         self.staging = self.root / STAGING_DIR
@@ -118,11 +124,18 @@ class BlobStore:
         return f"{parts[0]}/{parts[1]}/{parts[2]}.dcm"
 
     def absolute_path(self, relative: str) -> Path:
-        """Resolve a stored relative path, refusing anything that escapes the root."""
-        path = (self.root / relative).resolve()
-        if self.root not in path.parents:
-            raise ValueError(f"blob path {relative!r} escapes the blob root")
-        return path
+        """The file of a stored key (file-system objects only), refusing anything that
+        escapes the root."""
+        if self.objects.kind != "file":
+            raise ValueError(f"objects are in {self.objects.describe()}, not files")
+        return self.objects.path_of(relative)
+
+    def open(self, relative: str):
+        """A stored object, readable and seekable, wherever it is kept."""
+        return self.objects.open(relative)
+
+    def delete(self, relative: str) -> None:
+        self.objects.delete(relative)
 
     def commit(self, staged: StagedFile, record: InstanceRecord) -> InstanceRecord:
         """Move a checked staging file into place atomically, then index it."""
@@ -139,32 +152,38 @@ class BlobStore:
         self._index(placed)
         return placed
 
-    def place(self, items: list[tuple[StagedFile, InstanceRecord]]) -> list[InstanceRecord]:
-        """Make staged files durable under their final names (no index rows): fsync the data,
-        rename, fsync each directory once. Returns the records placed, stamped with path,
-        size, hash and time; the staged files of the rest are discarded."""
-        placed: list[InstanceRecord] = []
-        directories: set[Path] = set()
+    def place(self, items: list[tuple[StagedFile, InstanceRecord]], replace: bool = True) -> list[InstanceRecord]:
+        """Make staged files durable under their keys (no index rows): on the file system,
+        fsync the data, rename, fsync each directory once; in a bucket, upload (a conditional
+        create). Returns the records placed, stamped with path, size, hash and time. The
+        staged files are gone afterwards, placed or not; on an error nothing counts as placed
+        (an object that did get stored has no row, and the next arrival of it finds it)."""
+        records = [record for _, record in items]
         try:
-            self.sync_files([staged for staged, _ in items])
+            if self.objects.kind == "file":
+                self.sync_files([staged for staged, _ in items])
+            else:  # the bucket makes it durable; the local copy only has to be complete
+                self.close_files([staged for staged, _ in items])
+            placements = []
             for staged, record in items:
                 record.path = self.relative_path(record.study_uid, record.series_uid, record.sop_uid)
                 record.size, record.sha256 = staged.size, staged.sha256
-                target = self.root / record.path  # built from validated UIDs only: no resolve() needed
-                if target.parent not in directories:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    directories.add(target.parent)
-                os.replace(staged.path, target)
-                placed.append(record)
+                placements.append(Placement(staged.path, record.path, record.sha256, record.size, replace))
+            self.objects.put_many(placements)
         finally:
-            for staged, _ in items[len(placed):]:
-                staged.discard()
-        for directory in directories:
-            fsync_directory(directory)
+            for staged, _ in items:
+                staged.discard()  # a renamed file is no longer at its staging path: nothing to remove
         now = self.clock()
-        for record in placed:
+        for record in records:
             record.stored_ms = now
-        return placed
+        return records
+
+    def close_files(self, files: list[StagedFile]) -> None:
+        for staged in files:
+            if staged.syncing is not None:
+                staged.syncing.result()
+            elif not staged.file.closed:
+                staged.file.close()
 
     def sync_files(self, files: list[StagedFile]) -> None:
         """fsync and close a group of staged files, several at once.
@@ -228,7 +247,7 @@ class BlobStore:
         paths = {record.sop_uid: record.path for record in records}
         for row in old:
             if row.path != paths[row.sop_uid]:
-                self.absolute_path(row.path).unlink(missing_ok=True)
+                self.objects.delete(row.path)
 
     def stored_sop_uids(self, study_uid: str, series_uid: str | None = None) -> set[str]:
         """SOP Instance UIDs already held for a study (or one of its series)."""
@@ -259,15 +278,6 @@ def row_of(record: InstanceRecord) -> dict:
         "instance_number", "size", "sha256", "path", "stored_ms")}
     row["attributes"] = orjson.dumps(record.attributes)
     return row
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename durable: fsync the directory that holds the new name (POSIX)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:

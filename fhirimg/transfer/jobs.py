@@ -21,13 +21,13 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 
+from fhirimg.blobs.store import make_blobstore
 from fhirimg.store import Repository, create_schema, make_engine
 
-from .blobstore import BlobStore
 from .client import TransferClient
 from .rules import apply_rules
 from .schema import active_retrieve
-from .settings import (blob_root, client_settings, own_dicomweb_base, queue_for, retrieve_options,
+from .settings import (client_settings, own_dicomweb_base, queue_for, retrieve_options,
                        transfer_section)
 from .tasks import ACTIVE_STATUSES, TransferContext, release_active, run_retrieve
 
@@ -88,7 +88,7 @@ def worker_context(config: dict) -> TransferContext:
     section = transfer_section(config)
     engine = process_engine(config)
     return TransferContext(repo=Repository(engine, role="fhirimg-worker"), client=TransferClient(client_settings(section)),
-                           blobstore=BlobStore(blob_root(config), engine), options=retrieve_options(section),
+                           blobstore=make_blobstore(config, engine), options=retrieve_options(section),
                            own_dicomweb_base=own_dicomweb_base(config),
                            qido_page_size=section["qido_page_size"], lease_seconds=section["lease_seconds"],
                            max_runs=section["max_runs"])
@@ -171,7 +171,7 @@ class Reconciler:
     def run_once(self) -> list[str]:
         try:
             engine = process_engine(self.config)
-            blobstore = BlobStore(blob_root(self.config), engine)
+            blobstore = make_blobstore(self.config, engine)
             blobstore.sweep_staging(self.section["staging_max_age"])
             repo = Repository(engine, role="fhirimg-worker")
             # New Tasks from the auto-retrieve rules have no job yet: reconcile enqueues them.
