@@ -28,6 +28,9 @@ class S3Schema(Schema):
     virtual_hosted = fields.Boolean(load_default=False)  # bucket.host URLs instead of host/bucket
     timeout = fields.Float(load_default=120.0, validate=validate.Range(1, 3600))
     max_retries = fields.Integer(load_default=5, validate=validate.Range(0, 50))
+    # Objects up to this size are one conditional PUT (atomic never-overwrite); larger ones a
+    # HEAD then a streamed multipart upload (see fhirimg/blobs/s3.py for why).
+    single_put_max = fields.Integer(load_default=64 << 20, validate=validate.Range(1 << 20, 5 << 30))
 
 
 class BlobsSchema(Schema):

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import orjson
-from sqlalchemy import delete, select
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -237,9 +239,11 @@ class BlobStore:
         rows = [row_of(record) for record in records]
         sop_uids = [r["sop_uid"] for r in rows]
         old = conn.execute(select(table.c.sop_uid, table.c.path).where(table.c.sop_uid.in_(sop_uids))).all()
-        if old:
-            conn.execute(delete(table).where(table.c.sop_uid.in_([r.sop_uid for r in old])))
-        conn.execute(table.insert(), rows)
+        # An upsert: writers placing the same instance at once (a duplicated job, racing
+        # uploads) both find no row; the later one replaces the row instead of failing.
+        insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+        updated = {c.name: insert.excluded[c.name] for c in table.columns if c.name != "sop_uid"}
+        conn.execute(insert.on_conflict_do_update(index_elements=[table.c.sop_uid], set_=updated), rows)
         return old
 
     def remove_moved(self, old: list, records: list[InstanceRecord]) -> None:
