@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 
 from fhirimg.blobs.store import make_blobstore
+from fhirimg.dimse.scu import scu_settings
 from fhirimg.store import Repository, create_schema, make_engine
 
 from .client import TransferClient
@@ -89,7 +90,7 @@ def worker_context(config: dict) -> TransferContext:
     engine = process_engine(config)
     return TransferContext(repo=Repository(engine, role="fhirimg-worker"), client=TransferClient(client_settings(section)),
                            blobstore=make_blobstore(config, engine), options=retrieve_options(section),
-                           own_dicomweb_base=own_dicomweb_base(config),
+                           own_dicomweb_base=own_dicomweb_base(config), dimse=scu_settings(config),
                            qido_page_size=section["qido_page_size"], lease_seconds=section["lease_seconds"],
                            max_runs=section["max_runs"])
 

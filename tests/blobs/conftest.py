@@ -38,3 +38,26 @@ def private_seaweed(tmp_path):
     server = SeaweedS3(tmp_path / "seaweed")
     yield server
     server.stop(grace=0)
+
+
+@pytest.fixture(params=["file", "s3"])
+def kept_in(request) -> str:
+    """Where the objects are kept ("backend" names the database in tests/conftest.py)."""
+    return request.param
+
+
+@pytest.fixture
+def store_factory(kept_in, tmp_path, engine, request):
+    """BlobStores on the backend under test (each call: the same objects, a new store)."""
+    from fhirimg.blobs.s3 import S3Objects
+    from fhirimg.transfer.blobstore import BlobStore
+
+    from .test_backends import s3_settings
+
+    def make(**s3_extra) -> BlobStore:
+        if kept_in == "file":
+            return BlobStore(tmp_path / "blobs", engine)
+        seaweed, bucket = request.getfixturevalue("seaweed"), request.getfixturevalue("bucket")
+        return BlobStore(tmp_path / "blobs", engine,
+                         objects=S3Objects.from_settings(s3_settings(seaweed, bucket, **s3_extra)["s3"]))
+    return make

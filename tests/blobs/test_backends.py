@@ -11,7 +11,6 @@ import pytest
 
 from fhirimg.app import create_app
 from fhirimg.blobs.objects import ObjectConflict, Placement
-from fhirimg.blobs.s3 import S3Objects
 from fhirimg.blobs.settings import BlobsSchema
 from fhirimg.config import load_config
 from fhirimg.transfer.blobstore import BlobStore
@@ -21,31 +20,10 @@ from ..auth_support import ANONYMOUS
 from ..stow.conftest import multipart
 from ..transfer.dicomfactory import make_study
 
-BACKENDS = ["file", "s3"]
-
-
 def s3_settings(seaweed, bucket: str, **extra) -> dict:
     return BlobsSchema().load({"backend": "s3", "s3": {
         "endpoint": seaweed.endpoint, "bucket": bucket, "region": seaweed.region, "prefix": "archive",
         "access_key": seaweed.access_key, "secret_key": seaweed.secret_key, **extra}})
-
-
-@pytest.fixture(params=BACKENDS)
-def kept_in(request) -> str:
-    """Where the objects are kept ("backend" names the database in tests/conftest.py)."""
-    return request.param
-
-
-@pytest.fixture
-def store_factory(kept_in, tmp_path, engine, request):
-    """BlobStores on the backend under test (each call: the same objects, a new store)."""
-    def make(**s3_extra) -> BlobStore:
-        if kept_in == "file":
-            return BlobStore(tmp_path / "blobs", engine)
-        seaweed, bucket = request.getfixturevalue("seaweed"), request.getfixturevalue("bucket")
-        return BlobStore(tmp_path / "blobs", engine,
-                         objects=S3Objects.from_settings(s3_settings(seaweed, bucket, **s3_extra)["s3"]))
-    return make
 
 
 def staged(store: BlobStore, data: bytes, study: str, series: str, sop: str):

@@ -15,7 +15,7 @@ from fhirimg.transfer.blobstore import BlobStore
 from fhirimg.transfer.schema import active_retrieve, dicom_instance
 
 from ..transfer.dicomfactory import make_study
-from .test_backends import kept_in, s3_settings, store_factory, study_items  # noqa: F401 (fixtures)
+from .test_backends import s3_settings, study_items
 
 
 def overwrite(store: BlobStore, key: str, data: bytes, tmp_path) -> None:
