@@ -52,13 +52,23 @@ class HostPolicy:
         return scheme, host, port
 
     def check_host(self, host: str, port: int) -> None:
+        self.checked_addresses(host, port)
+
+    def checked_addresses(self, host: str, port: int) -> list[str]:
+        """Check a host and port; return the addresses it resolves to, every one allowed.
+
+        A client that cannot check the socket it connected (pynetdicom's DIMSE associations)
+        connects to one of these instead of the name, so DNS cannot answer differently later.
+        """
         if host in METADATA_HOSTS:
             raise HostRefused(f"host {host} is a cloud metadata service")
         if not self.is_listed(host, port):
             raise HostRefused(f"host {host}:{port} is not on the {self.list_name}")
         # A literal loopback host:port the operator listed is allowed even without allow_loopback.
-        for address in self.resolve_addresses(host, port):
+        addresses = self.resolve_addresses(host, port)
+        for address in addresses:
             self.check_connected(address, host, port)
+        return addresses
 
     def check_connected(self, address: str, host: str, port: int) -> None:
         """An address `host` resolved to, or a socket to it connected to."""

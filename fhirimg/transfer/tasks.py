@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import threading
 
@@ -32,6 +32,9 @@ from .schema import active_retrieve, dicom_instance
 from .sources import SourcePlan, TaskFailure, plan_source
 from .studyupdate import ensure_own_endpoint, reconciled_imaging_study
 from .taskoutput import business_status, report_outputs, retrieve_task_resource, status_reason
+
+if TYPE_CHECKING:
+    from fhirimg.dimse.scu import ScuSettings
 
 log = logging.getLogger("fhirimg.transfer")
 
@@ -54,6 +57,8 @@ class TransferContext:
     clock: Callable[[], int] | None = None  # epoch milliseconds; defaults to the repository's
     # Live progress for the console (task id -> where snapshots go); None: nobody listens.
     progress: Callable[[str], Callable[[dict], None]] | None = None
+    # Our DICOM node for sources reached over DIMSE ([dicom] section); None: its defaults.
+    dimse: ScuSettings | None = None
 
     def now_ms(self) -> int:
         return (self.clock or self.repo.clock)()
@@ -107,9 +112,12 @@ def run_started_retrieve(task_id: str, task: dict, ctx: TransferContext) -> str:
     try:
         set_task(ctx, task_id, lambda t: mark_in_progress(t, ctx.now_ms()))
         plan = plan_source(ctx.repo, task, ctx.own_dicomweb_base)
-        for address in {plan.base_url, *plan.series_bases.values()}:
-            ctx.client.policy.check_url(address)  # before any request: refused hosts get none
-        report = transfer_with_status(ctx, task_id, plan)
+        if plan.is_dimse:
+            report = transfer_with_status_dimse(ctx, task_id, plan)
+        else:
+            for address in {plan.base_url, *plan.series_bases.values()}:
+                ctx.client.policy.check_url(address)  # before any request: refused hosts get none
+            report = transfer_with_status(ctx, task_id, plan)
         return finish_transfer(ctx, task_id, plan, report)
     except Cancelled:
         return finish(ctx, task_id, "cancelled", "cancelled by request", None)
@@ -127,16 +135,33 @@ def run_started_retrieve(task_id: str, task: dict, ctx: TransferContext) -> str:
 
 
 def transfer_with_status(ctx: TransferContext, task_id: str, plan: SourcePlan) -> TransferReport:
-    checker = CancellationCheck(ctx.repo, task_id)
+    return transfer_study(ctx.client, ctx.blobstore, plan.base_url, plan.study_uid, ctx.options,
+                          ctx.qido_page_size, should_stop=CancellationCheck(ctx.repo, task_id),
+                          on_step=step_recorder(ctx, task_id), series_bases=plan.series_bases,
+                          on_progress=ctx.progress(task_id) if ctx.progress else None)
 
+
+def transfer_with_status_dimse(ctx: TransferContext, task_id: str, plan: SourcePlan) -> TransferReport:
+    """The three steps over DIMSE; every node is checked by the allow-list before any association."""
+    from fhirimg.dimse.scu import ScuSettings, parse_dimse_address
+    from fhirimg.dimse.source import DimseSource, checked_peer, transfer_study_dimse
+
+    policy = ctx.client.policy
+    peer = checked_peer(policy, parse_dimse_address(plan.dimse_address))
+    series_peers = {uid: checked_peer(policy, parse_dimse_address(address))
+                    for uid, address in plan.series_dimse.items()}
+    source = DimseSource(peer, ctx.dimse or ScuSettings(), series_peers)
+    return transfer_study_dimse(source, ctx.blobstore, plan.study_uid, ctx.options,
+                                should_stop=CancellationCheck(ctx.repo, task_id), on_step=step_recorder(ctx, task_id),
+                                on_progress=ctx.progress(task_id) if ctx.progress else None)
+
+
+def step_recorder(ctx: TransferContext, task_id: str) -> Callable[[str], None]:
+    """Writes the step a transfer enters into Task.businessStatus."""
     def on_step(step: str) -> None:
         set_task(ctx, task_id, lambda t: {**t, "businessStatus": business_status(step),
                                           "lastModified": format_instant(ctx.now_ms())})
-
-    return transfer_study(ctx.client, ctx.blobstore, plan.base_url, plan.study_uid, ctx.options,
-                          ctx.qido_page_size, should_stop=checker, on_step=on_step,
-                          series_bases=plan.series_bases,
-                          on_progress=ctx.progress(task_id) if ctx.progress else None)
+    return on_step
 
 
 def finish_transfer(ctx: TransferContext, task_id: str, plan: SourcePlan, report: TransferReport) -> str:
