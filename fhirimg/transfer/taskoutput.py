@@ -91,6 +91,9 @@ def report_outputs(report: TransferReport, retries: int = 0) -> list[dict]:
             outputs.append(seconds_output(f"duration-{step}", report.durations[step]))
     total = sum(report.durations.values())
     outputs.append(seconds_output("duration-total", total))
+    if outcome is not None and outcome.store_seconds:
+        # Making objects durable (fsync + rename, or the upload) and indexing them: beside step 3.
+        outputs.append(seconds_output("duration-store", outcome.store_seconds))
     if report.time_to_first_instance is not None:
         outputs.append(seconds_output("time-to-first-instance", report.time_to_first_instance))
     retrieve_seconds = report.durations.get("retrieve", 0.0)
