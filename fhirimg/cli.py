@@ -198,6 +198,10 @@ _register_bench_commands()
 def _register_transfer_commands() -> None:
     from .transfer import cli as transfer_cli  # also registers the [transfer] config section
     main.add_command(transfer_cli.transfer_report)
+    from .blobs import cli as blobs_cli  # verify, fsck, migrate; registers [blobs]
+    main.add_command(blobs_cli.blobs)
+    from .dimse import cli as dimse_cli  # the DICOM listener (C-STORE and C-ECHO SCP)
+    main.add_command(dimse_cli.dicom_listener)
 
 
 _register_transfer_commands()

@@ -1,4 +1,5 @@
-"""`fhirimg run`: a private Redis under var/, one RQ worker and the server, as child processes.
+"""`fhirimg run`: a private Redis under var/, one RQ worker and the server, as child processes
+(and the DICOM listener when ``[dicom] listener = true``).
 
 For a laptop or a demo: nothing to install or configure. Ctrl-C (or SIGTERM) stops all
 three; if one of them dies the others are stopped too, so nothing is left half running.
@@ -110,6 +111,12 @@ def run_embedded(config: dict, config_path: str | None) -> int:
     children.append(("server", subprocess.Popen(base_cmd + ["serve", *extra], env=env, preexec_fn=die_with_parent)))
     serve = config["serve"]
     log.info("fhirimg is starting at http://%s:%s/fhir (Ctrl-C stops it)", serve["host"], serve["port"])
+    from .dimse.settings import dicom_section
+    dicom = dicom_section(config)
+    if dicom["listener"]:  # its address is [dicom] host: loopback unless configured otherwise
+        children.append(("dicom-listener", subprocess.Popen(base_cmd + ["dicom-listener", *extra], env=env,
+                                                            preexec_fn=die_with_parent)))
+        log.info("DICOM listener %s at %s:%s", dicom["ae_title"], dicom["host"], dicom["port"])
     return supervise(children)
 
 
