@@ -135,7 +135,7 @@ def run_started_retrieve(task_id: str, task: dict, ctx: TransferContext) -> str:
 
 
 def transfer_with_status(ctx: TransferContext, task_id: str, plan: SourcePlan) -> TransferReport:
-    return transfer_study(ctx.client, ctx.blobstore, plan.base_url, plan.study_uid, ctx.options,
+    return transfer_study(ctx.client, following(ctx, plan), plan.base_url, plan.study_uid, ctx.options,
                           ctx.qido_page_size, should_stop=CancellationCheck(ctx.repo, task_id),
                           on_step=step_recorder(ctx, task_id), series_bases=plan.series_bases,
                           on_progress=ctx.progress(task_id) if ctx.progress else None)
@@ -151,9 +151,15 @@ def transfer_with_status_dimse(ctx: TransferContext, task_id: str, plan: SourceP
     series_peers = {uid: checked_peer(policy, parse_dimse_address(address))
                     for uid, address in plan.series_dimse.items()}
     source = DimseSource(peer, ctx.dimse or ScuSettings(), series_peers)
-    return transfer_study_dimse(source, ctx.blobstore, plan.study_uid, ctx.options,
+    return transfer_study_dimse(source, following(ctx, plan), plan.study_uid, ctx.options,
                                 should_stop=CancellationCheck(ctx.repo, task_id), on_step=step_recorder(ctx, task_id),
                                 on_progress=ctx.progress(task_id) if ctx.progress else None)
+
+
+def following(ctx: TransferContext, plan: SourcePlan):
+    """The blob store, with the Task's ImagingStudy updated in each group's transaction."""
+    from .follow import StudyFollowingStore
+    return StudyFollowingStore(ctx.blobstore, ctx.repo, plan.study_id)
 
 
 def step_recorder(ctx: TransferContext, task_id: str) -> Callable[[str], None]:

@@ -203,7 +203,10 @@ def test_cancel_mid_transfer_stops_the_worker_at_the_next_instance(site_env, fau
     assert site.task(task_id)["status"] == "cancelled"
     assert len(index_rows(site)) < 18
     assert not list(site.context().blobstore.staging.iterdir())
-    assert site.client.get(f"/fhir/ImagingStudy/{study_id}").json["meta"]["versionId"] == "1"
+    imaging = site.client.get(f"/fhir/ImagingStudy/{study_id}").json  # followed what was stored, no more
+    listed = {i["uid"] for s in imaging.get("series", []) for i in s.get("instance", [])}
+    assert {row.sop_uid for row in index_rows(site)} <= listed
+    assert not any(e["reference"] == "Endpoint/fhirimg-dicomweb" for e in imaging.get("endpoint", []))
 
 
 def test_auto_retrieve_rule_fetches_a_pushed_study_without_a_request(make_env, orthanc, small_study):
