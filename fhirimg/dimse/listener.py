@@ -78,6 +78,9 @@ class Listener:
         """Store what the last run acknowledged, then listen (the configured address by default)."""
         self.inbox.start()
         self.pacer = Pacer()
+        self.watchdog = threading.Thread(target=self.watch_rates, name="dimse-rate-watch", daemon=True)
+        self.watching = threading.Event()
+        self.watchdog.start()
         ae = build_ae(self.section)
         address = (host or self.section["host"], self.section["port"] if port is None else port)
         try:
@@ -85,10 +88,24 @@ class Listener:
         except OSError:  # the port is taken: give the inbox back
             self.inbox.close()
             self.pacer.stop()
+            self.watching.set()
             raise
         bound = self.server.server_address[:2]
         log.info("DICOM listener %s at %s:%s", self.section["ae_title"], *bound)
         return bound
+
+    def watch_rates(self) -> None:
+        """Abort associations whose PDU in progress arrives slower than [dicom] min_rate."""
+        minimum, grace = self.section["min_rate"], self.section["min_rate_grace"]
+        while minimum and not self.watching.wait(min(1.0, grace / 2)):
+            with self.lock:
+                receiving = list(self.receiving.items())
+            now = time.monotonic()
+            for assoc, incoming in receiving:
+                slow = incoming.deadline.too_slow(now)
+                if slow and not incoming.failed:
+                    log.warning("DICOM association from %s aborted: %s", assoc.requestor.ae_title, slow)
+                    incoming.fail(DataTooSlow(slow))
 
     def handlers(self) -> list:
         return [(evt.EVT_CONN_OPEN, self.on_connection), (evt.EVT_REQUESTED, self.on_association_request),
@@ -113,6 +130,7 @@ class Listener:
         self.inbox.close()
         if self.pacer is not None:
             self.pacer.stop()
+            self.watching.set()
 
     # -- association events --------------------------------------------------------------------
     def on_connection(self, event) -> None:
@@ -123,6 +141,8 @@ class Listener:
             assoc.unbind(event_type, handler)
         incoming = ListenerMessages(assoc, self.target, meter=lambda size: None,
                                     on_error=lambda exc: abort_later(assoc, exc))
+        incoming.deadline = PduDeadline(self.section["min_rate"], self.section["min_rate_grace"])
+        assoc.dul.socket.recv = incoming.deadline.wrap(assoc.dul.socket.recv)
         incoming.install()
         with self.lock:
             self.receiving[assoc] = incoming
@@ -175,6 +195,38 @@ class Listener:
         """The inbox could not store an acknowledged instance: audited like any refusal."""
         instance_refused(self.ingest.repo.engine, actor, code, reason, record.sop_uid if record else "",
                          record.sop_class_uid if record else "")
+
+
+class DataTooSlow(Exception):
+    """A PDU arriving slower than [dicom] min_rate."""
+
+
+class PduDeadline:
+    """When the PDU being read must be complete: once its header has come, a PDU of n bytes
+    has min_rate_grace + n / min_rate seconds (pynetdicom reads a PDU whole before handing it
+    on, so a drip inside one PDU is only visible here, at the socket)."""
+
+    def __init__(self, minimum: int, grace: float):
+        self.minimum, self.grace = minimum, grace
+        self.deadline: float | None = None
+        self.length = 0
+
+    def wrap(self, recv):
+        def recv_in_time(nr_bytes: int):
+            if nr_bytes > 6 and self.minimum:  # a PDU body (the 6-byte header comes first)
+                self.length, self.deadline = nr_bytes, time.monotonic() + self.grace + nr_bytes / self.minimum
+            try:
+                return recv(nr_bytes)
+            finally:
+                self.deadline = None
+        return recv_in_time
+
+    def too_slow(self, now: float) -> str | None:
+        deadline = self.deadline
+        if deadline is None or now <= deadline:
+            return None
+        return (f"a PDU of {self.length} bytes did not arrive within {self.grace:.0f} s + its size at "
+                f"[dicom] min_rate {self.minimum} bytes/s")
 
 
 def abort_later(assoc, exc: BaseException) -> None:

@@ -39,6 +39,11 @@ class DicomSchema(Schema):
     dimse_timeout = fields.Float(load_default=30.0, validate=validate.Range(0.1, 3600))
     network_timeout = fields.Float(load_default=60.0, validate=validate.Range(0.1, 3600))
     max_pdu = fields.Integer(load_default=262_144, validate=validate.Range(0, 1 << 26))
+    # Once a PDU's header has come, its n bytes must arrive within min_rate_grace + n / min_rate
+    # seconds, else the association is aborted: a peer dripping bytes just inside
+    # network_timeout would otherwise hold one of max_associations for ever.
+    min_rate = fields.Integer(load_default=4096, validate=validate.Range(0, 1 << 30))
+    min_rate_grace = fields.Float(load_default=10.0, validate=validate.Range(0.1, 3600))
 
 
 def dicom_section(config: dict) -> dict:

@@ -531,3 +531,67 @@ def test_orthanc_stores_a_study_into_the_listener(listener, tmp_path):
     assert set(files) == set(study.instances)
     assert all(dataset_of(files[sop]) == dataset_of(sent) for sop, sent in study.instances.items())
     assert imaging_study(listener, study.study_uid)["numberOfInstances"] == 4
+
+
+# -- a peer that drips its data set ---------------------------------------------------------------
+class DripRelay:
+    """A TCP relay to the listener that lets the first ``quick`` bytes through, then forwards
+    the sender's bytes ``rate`` per second: an association that stays just inside the
+    network timeout while it holds a slot."""
+
+    def __init__(self, target: tuple[str, int], quick: int, rate: int):
+        import socket
+        self.target, self.quick, self.rate = target, quick, rate
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.closed_at: float | None = None
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        import socket
+        client, _ = self.server.accept()
+        upstream = socket.create_connection(self.target)
+        threading.Thread(target=self.pipe, args=(upstream, client, None), daemon=True).start()
+        self.pipe(client, upstream, self.quick)
+
+    def pipe(self, source, sink, quick: int | None) -> None:
+        sent = 0
+        try:
+            while True:
+                size = 65536 if quick is None or sent < quick else self.rate
+                data = source.recv(size)
+                if not data:
+                    break
+                sink.sendall(data)
+                sent += len(data)
+                if quick is not None and sent >= quick:
+                    time.sleep(1.0)
+        except OSError:
+            pass
+        finally:
+            if quick is not None and self.closed_at is None:
+                self.closed_at = time.monotonic()
+            for sock in (source, sink):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+def test_a_data_set_dripped_slower_than_the_minimum_rate_is_aborted(make_listener, tmp_path):
+    require_dcmtk()
+    listener = make_listener(dicom={"min_rate": 50_000, "min_rate_grace": 2.0})
+    study = make_study(series=1, instances=1, rows=256, columns=256, seed=91)  # 128 KiB
+    [(sop, data)] = study.instances.items()
+    path = tmp_path / "drip.dcm"
+    path.write_bytes(data)
+    relay = DripRelay(listener.address, quick=4096, rate=2000)  # association + command, then 2 kB/s
+    started = time.monotonic()
+    result = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", AE_TITLE, "127.0.0.1", str(relay.port),
+                             str(path)], capture_output=True, text=True, timeout=25)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0  # the association was aborted, storescu says so
+    assert elapsed < 10, f"the dripping association lasted {elapsed:.1f} s"
+    time.sleep(0.5)
+    assert stored_rows(listener) == [] and leftovers(listener) == []
