@@ -69,7 +69,11 @@ class PrivateSeaweed:
         env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = "1"
         self.log = open(workdir / "weed.log", "ab")  # noqa: SIM115 - open while weed runs
         self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_until_ready()
+        try:
+            self.wait_until_ready()
+        except BaseException:  # never leave a weed behind
+            self.stop()
+            raise
 
     def settings(self) -> dict:
         """The [blobs] section pointing at this server."""
