@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from fhirimg.errors import Conflict, FhirError
+from fhirimg.errors import Conflict, FhirError, PreconditionFailed
 from fhirimg.resources import validate_resource
 from fhirimg.store import Repository
 
@@ -45,7 +45,7 @@ class StudyFollowingStore:
                     old = self.blobstore.index_rows(uow.conn, placed)
                     self.follow(uow, placed)
                 break
-            except Conflict:  # the ImagingStudy was written meanwhile (an EHR's PUT): again
+            except (Conflict, PreconditionFailed):  # the ImagingStudy was written meanwhile (an EHR's PUT): again
                 if attempt == ATTEMPTS - 1:
                     raise
         self.blobstore.remove_moved(old, placed)
