@@ -126,14 +126,14 @@ def test_a_study_retrieved_by_one_machines_worker_is_served_by_another_machines_
 
 
 def test_seaweedfs_killed_during_a_transfer_and_restarted(shared, orthanc, seaweed, bucket, database):  # noqa: F811
-    study = make_study(series=4, instances=50, rows=128, columns=128, seed=72)  # 200 x 32 KiB
+    study = make_study(series=4, instances=250, rows=64, columns=64, seed=72)  # 1 000 x 8 KiB
     orthanc.upload_study(study)
     api = shared("machine-1").serve().work()
     task_id = retrieve(api, orthanc.dicomweb, study.study_uid)
     engine = make_engine(database_url_of(database))
     objects = S3Objects.from_settings(s3_settings(seaweed, bucket, max_retries=2)["s3"])
     objects.prefix = ""
-    wait_for(lambda: sum(1 for _ in objects.keys()) >= 20 or None, 60, what="the transfer under way")
+    wait_for(lambda: sum(1 for _ in objects.keys()) >= 100 or None, 120, what="the transfer under way")
     seaweed.kill()
     time.sleep(2)
     seaweed.restart()
@@ -142,4 +142,4 @@ def test_seaweedfs_killed_during_a_transfer_and_restarted(shared, orthanc, seawe
     store = BlobStore(api.workdir / "fsck", engine, objects=objects)
     report = tools.fsck(store, Repository(engine))
     assert report.clean, report.problems
-    assert tools.verify(store, study.study_uid).ok == 200
+    assert tools.verify(store, study.study_uid).ok == 1000
