@@ -16,7 +16,6 @@ Ratios are fhirimg throughput / peer throughput (above 1.0: fhirimg is faster).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -33,7 +32,7 @@ import click
 import requests
 
 from .retrieve import baseline_durable_writes
-from .retrieve_source import PLUGIN, free_port, synthetic_instance
+from .retrieve_source import PrivateOrthanc, free_port, synthetic_instance
 
 BENCH_AET = "FHIRIMGBENCH"
 
@@ -128,46 +127,22 @@ def stow_push(url: str, paths: list[Path], batch: int, clients: int) -> Push:
 
 
 # -- Orthanc ---------------------------------------------------------------------------------------
-class Orthanc:
-    def __init__(self, workdir: Path):
-        binary = shutil.which("Orthanc")
-        if binary is None:
-            raise click.ClickException("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
-        self.port, self.dicom_port = free_port(), free_port()
-        config = {"Name": "bench-peer", "HttpPort": self.port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
-                  "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomServerEnabled": True,
-                  "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "HttpCompressionEnabled": False,
-                  "StorageCompression": False, "SyncStorageArea": True, "UnknownSopClassAccepted": True,
-                  "Plugins": [str(PLUGIN)] if PLUGIN.exists() else []}
-        (workdir / "orthanc.json").write_text(json.dumps(config))
-        self.log = open(workdir / "orthanc.log", "wb")
-        self.process = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=self.log,
-                                        stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"})
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(f"{self.url}/system", self.process)
+def start_orthanc(workdir: Path):
+    """The peer: its DICOM port open, every file fsynced (SyncStorageArea) as fhirimg's are,
+    and TCP_NODELAY=1 (see storescu_push)."""
+    try:
+        return PrivateOrthanc(workdir, dicom=True, sync=True, env={"TCP_NODELAY": "1"})
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
 
-    def post_instances(self, paths: list[Path], clients: int) -> Push:
-        datas = [p.read_bytes() for p in paths]
-        session = requests.Session()
-        session.trust_env = False
 
-        def send(data: bytes) -> None:
-            session.post(f"{self.url}/instances", data=data, timeout=600,
-                         headers={"Content-Type": "application/dicom"}).raise_for_status()
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(send, datas))
-        return Push(time.perf_counter() - started, sum(len(d) for d in datas), len(datas))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+def orthanc_post_instances(orthanc, paths: list[Path], clients: int) -> Push:
+    """Orthanc's native ingest: one file per ``POST /instances``, ``clients`` at a time."""
+    datas = [p.read_bytes() for p in paths]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(orthanc.upload, datas))
+    return Push(time.perf_counter() - started, sum(len(d) for d in datas), len(datas))
 
 
 def storescu_push(port: int, called: str, paths: list[Path]) -> Push:
@@ -260,11 +235,11 @@ def command(source, instances, rows, series, repeat, batch, clients) -> None:
             run_dir = workdir / f"run{run}"
             (run_dir / "fhirimg").mkdir(parents=True)
             (run_dir / "orthanc").mkdir()
-            server, orthanc = Fhirimg(run_dir / "fhirimg", listener=source == "cstore"), Orthanc(run_dir / "orthanc")
+            server, orthanc = Fhirimg(run_dir / "fhirimg", listener=source == "cstore"), start_orthanc(run_dir / "orthanc")
             try:
                 if source == "stow":
                     mine = lambda: stow_push(server.url, paths, batch, clients)  # noqa: E731
-                    theirs = lambda: orthanc.post_instances(paths, clients)  # noqa: E731
+                    theirs = lambda: orthanc_post_instances(orthanc, paths, clients)  # noqa: E731
                 else:
                     mine = lambda: storescu_push(server.dicom_port, "FHIRIMG", paths)  # noqa: E731
                     theirs = lambda: storescu_push(orthanc.dicom_port, "ORTHANC", paths)  # noqa: E731

@@ -32,7 +32,11 @@ def free_port() -> int:
 
 
 class PrivateOrthanc:
-    def __init__(self, workdir: Path):
+    """``dicom``: its DICOM server on a loopback port too (``dicom_port``, AE ORTHANC);
+    ``sync``: fsync every file it stores (SyncStorageArea), for comparisons with fhirimg's
+    durable writes; ``env``: extra environment (bench push gives TCP_NODELAY=1)."""
+
+    def __init__(self, workdir: Path, dicom: bool = False, sync: bool | None = None, env: dict | None = None):
         binary = shutil.which("Orthanc")
         if binary is None or not PLUGIN.exists():
             raise RuntimeError("Orthanc with its DICOMweb plugin is not installed "
@@ -40,15 +44,22 @@ class PrivateOrthanc:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dicomweb = self.url + "/dicom-web"
+        self.dicom_port = free_port() if dicom else None
         config = {"Name": "fhirimg-bench", "HttpPort": self.port, "StorageDirectory": str(workdir / "storage"),
                   "IndexDirectory": str(workdir / "index"), "Plugins": [str(PLUGIN)],
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomServerEnabled": False,
                   "HttpCompressionEnabled": False, "StorageCompression": False,
                   "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{self.port}"}}
+        if dicom:
+            config.update({"DicomServerEnabled": True, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
+                           "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+                           "UnknownSopClassAccepted": True})
+        if sync is not None:
+            config["SyncStorageArea"] = sync
         (workdir / "orthanc.json").write_text(json.dumps(config))
         self.log = open(workdir / "orthanc.log", "wb")
         self.process = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.session = requests.Session()
         self.session.trust_env = False
         self.wait_until_ready()

@@ -117,17 +117,23 @@ def study_uid_of(study: dict) -> str:
     raise TaskFailure("ImagingStudy.identifier has no valid Study Instance UID (system urn:dicom:uid)")
 
 
-def dicomweb_addresses(uow, references: list[dict], own_base: str) -> Iterator[str]:
-    """Normalised addresses of the live DICOMweb Endpoints these references name, in order,
-    leaving out this server's own DICOMweb base."""
+def live_endpoints(uow, references: list[dict], kind_of) -> Iterator[tuple[str, dict]]:
+    """(id, resource) of the stored, undeleted Endpoints these references name, in order,
+    that ``kind_of`` accepts."""
     for reference in references:
         kind, _, endpoint_id = (reference.get("reference") or "").partition("/")
         if kind != "Endpoint" or not endpoint_id:
             continue
         stored = uow.read("Endpoint", endpoint_id)
-        if stored is None or stored.is_deleted or not is_dicomweb_endpoint(stored.resource):
-            continue
-        address = normalise_address(stored.resource.get("address", ""))
+        if stored is not None and not stored.is_deleted and kind_of(stored.resource):
+            yield endpoint_id, stored.resource
+
+
+def dicomweb_addresses(uow, references: list[dict], own_base: str) -> Iterator[str]:
+    """Normalised addresses of the live DICOMweb Endpoints these references name, in order,
+    leaving out this server's own DICOMweb base."""
+    for _, endpoint in live_endpoints(uow, references, is_dicomweb_endpoint):
+        address = normalise_address(endpoint.get("address", ""))
         if address and address != normalise_address(own_base):
             yield address
 
@@ -158,15 +164,9 @@ def first_dimse_address(uow, references: list[dict]) -> str | None:
     An address that does not parse fails the Task (and $retrieve, with 422) and says which
     Endpoint: skipping it would fetch from the next one without anyone knowing why.
     """
-    for reference in references:
-        kind, _, endpoint_id = (reference.get("reference") or "").partition("/")
-        if kind != "Endpoint" or not endpoint_id:
-            continue
-        stored = uow.read("Endpoint", endpoint_id)
-        if stored is None or stored.is_deleted or not is_dimse_endpoint(stored.resource):
-            continue
+    for endpoint_id, endpoint in live_endpoints(uow, references, is_dimse_endpoint):
         try:
-            return str(parse_dimse_address(stored.resource.get("address", "")))
+            return str(parse_dimse_address(endpoint.get("address", "")))
         except InvalidDimseAddress as exc:
             raise TaskFailure(f"Endpoint/{endpoint_id} (dicom-dimse): address {exc}") from None
     return None
