@@ -13,6 +13,7 @@ from .blobs import settings as _blobs_settings  # noqa: F401  (registers [blobs]
 from .config import load_config
 from .dimse import settings as _dicom_settings  # noqa: F401  (registers [dicom])
 from .push import settings as _push_settings  # noqa: F401  (registers [push])
+from .subscriptions import settings as _subscription_settings  # noqa: F401  (registers [subscriptions])
 from .errors import FhirError, MethodNotAllowed
 from .replicate.origin import site_id
 from .store import Repository, create_schema, make_engine
@@ -38,6 +39,8 @@ def create_app(config: dict | None = None, engine=None) -> Flask:
     site = site_id(engine, (config.get("sections", {}).get("replicate") or {}).get("site_id"))
     app.extensions["fhirimg.site"] = site
     app.extensions["fhirimg.repository"] = Repository(engine, audit=config["audit"]["enabled"], site=site)
+    from .subscriptions.rules import EXTENSION, subscription_rules
+    app.extensions[EXTENSION] = subscription_rules(config)
     register_request_id(app)
     from .metrics import register_metrics  # before access: /healthz, /readyz, /metrics authenticate on their own terms
     register_metrics(app)
@@ -62,6 +65,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auditevent.blueprint, url_prefix=FHIR_PREFIX)
     from .api import history
     app.register_blueprint(history.blueprint, url_prefix=FHIR_PREFIX)
+    from .api import subscriptions  # topics, $status, $events (before /<type>/<id>)
+    app.register_blueprint(subscriptions.blueprint, url_prefix=FHIR_PREFIX)
     app.register_blueprint(rest.blueprint, url_prefix=FHIR_PREFIX)
     from .api import bundle  # push: POST [base] transaction/batch
     app.register_blueprint(bundle.blueprint, url_prefix=FHIR_PREFIX)

@@ -33,7 +33,9 @@ from .narrative import narrative_issues
 from .errors import MAX_ISSUES, Invalid, Issue, Unprocessable
 from .requestlimits import MAX_JSON_DEPTH
 
-SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task")
+SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task", "Subscription")
+# Types whose content depends on this server's configuration (checked per request, never remembered).
+CONFIGURED_TYPES = frozenset({"Subscription"})
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 _REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
 _CONDITIONAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)\?")
@@ -85,12 +87,25 @@ VALID_CONTENTS = ValidContents()
 
 def validate_resource(resource: Any, expected_type: str | None = None) -> None:
     """Validate JSON content as an R5 resource; raise a 400/422 naming every bad element."""
+    if isinstance(resource, dict) and resource.get("resourceType") in CONFIGURED_TYPES:
+        check_resource(resource, expected_type)
+        configured_rules(resource)
+        return
     key = VALID_CONTENTS.key_of(resource, expected_type)
     if key is not None and key in VALID_CONTENTS:
         return
     check_resource(resource, expected_type)
     if key is not None:
         VALID_CONTENTS.add(key)
+
+
+def configured_rules(resource: dict) -> None:
+    """The rules that depend on this server's configuration (a Subscription's endpoint must
+    pass the allow-list): 422 naming the element."""
+    from .subscriptions.validate import configured_issues
+    issues = configured_issues(resource)
+    if issues:
+        raise Unprocessable(issues[0].diagnostics, code=issues[0].code, issues=issues)
 
 
 def check_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstractModel:
@@ -113,7 +128,7 @@ def check_resource(resource: Any, expected_type: str | None = None) -> FHIRAbstr
     if issues:
         raise Invalid(issues[0].diagnostics, issues=issues)
     model = _parse_model(resource, res_type)
-    issues = list(find_rule_violations(model, res_type))
+    issues = list(find_rule_violations(model, res_type)) + type_rules(resource, res_type)
     if issues:
         raise Unprocessable(issues[0].diagnostics, code="code-invalid", issues=issues)
     return model
@@ -205,6 +220,14 @@ def _loc_to_path(root: str, loc: tuple) -> str:
             # pydantic adds union/function tags (e.g. "function-after[...]"); keep element names only
             path += f".{part}"
     return path
+
+
+def type_rules(resource: dict, res_type: str) -> list[Issue]:
+    """Rules of one type beyond its structure (what this server can honour)."""
+    if res_type == "Subscription":
+        from .subscriptions.validate import content_issues
+        return content_issues(resource)
+    return []
 
 
 def find_rule_violations(model: FHIRAbstractModel, path: str) -> Iterator[Issue]:

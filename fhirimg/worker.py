@@ -22,4 +22,6 @@ def run_worker(config: dict, burst: bool = False) -> None:
     prepare_replication(config, connection)
     from .audit.forward import prepare_forwarding  # audit trail: copies to external audit repositories
     prepare_forwarding(config)
+    from .subscriptions.jobs import prepare_worker as prepare_subscriptions  # matcher + delivery scheduling
+    prepare_subscriptions(config, connection)
     Worker(queues, connection=connection).work(burst=burst, with_scheduler=True)

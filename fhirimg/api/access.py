@@ -53,7 +53,7 @@ def current_principal() -> Principal:
 
 
 def write_guard() -> WriteGuard:
-    return WriteGuard(g.principal)
+    return WriteGuard(g.principal, current_app.extensions.get("fhirimg.subscriptions"))
 
 
 def public_base() -> str:

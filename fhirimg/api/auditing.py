@@ -30,6 +30,9 @@ ENDPOINTS = {
     "operations.retrieve": "operation", "bundle.transaction_or_batch": "transaction", "access.token": "login",
     "auditevent.read": "read", "auditevent.search": "search-type", "auditevent.search_post": "search-type",
     "auditevent.verify": "operation", "auditevent.refuse": "create", "stow.store_instances": "create",
+    "subscriptions.search_topics": "search-type", "subscriptions.search_topics_post": "search-type",
+    "subscriptions.read_topic": "read", "subscriptions.status": "operation", "subscriptions.events": "operation",
+    "subscriptions.refuse_topic_write": "create",
 }
 WRITES = {"create", "update", "patch", "delete"}
 # Public documents with no patient data: not audited.

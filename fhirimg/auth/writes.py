@@ -24,8 +24,11 @@ GUARDED_TARGETS = ("Patient", "ImagingStudy", "Task")
 
 
 class WriteGuard:
-    def __init__(self, principal: Principal):
+    def __init__(self, principal: Principal, subscriptions=None):
         self.principal = principal
+        # subscriptions.SubscriptionRules of the app: a Subscription written here gets its
+        # state (who it acts for) in the same transaction; None where none can be written.
+        self.subscriptions = subscriptions
 
     def before_change(self, uow, res_type: str, res_id: str, letter: str) -> None:
         access = require_resource(uow.conn, self.principal, letter, res_type, res_id)
@@ -59,6 +62,8 @@ class WriteGuard:
         for stored in uow.written:
             if stored.res_type == "Task" and not stored.created:  # the worker's writes have no guard
                 check_client_task_change(stored.res_id, uow.previous.get(("Task", stored.res_id)), stored.resource)
+            if stored.res_type == "Subscription":
+                self.subscription_written(uow, stored)
             letter = METHOD_LETTERS.get(stored.method, "u")
             access = decide(self.principal, letter, stored.res_type).require()
             if stored.is_deleted or not access.is_narrowed:
@@ -70,6 +75,13 @@ class WriteGuard:
             self.check_references(uow, stored)
             if stored.res_type == "ImagingStudy":
                 self.check_study_uids(uow, stored)
+
+    def subscription_written(self, uow, stored) -> None:
+        from ..subscriptions.rules import app_rules
+        from ..subscriptions.writes import subscription_written
+        rules = self.subscriptions or app_rules()
+        limit = rules.settings.max_subscriptions if rules else 10_000
+        subscription_written(uow, stored, self.principal, limit)
 
     def check_references(self, uow, stored) -> None:
         """A narrowed write may point only at patients, studies and Tasks the token reaches:

@@ -19,6 +19,7 @@ def all_metadata() -> list[MetaData]:
     from ..auth import schema as _auth  # noqa: F401  (clients, signing keys, assertion jti)
     from ..replicate import schema as _replication  # noqa: F401  (change origins, link cursors)
     from ..store.schema import registered_metadata
+    from ..subscriptions import schema as _subscriptions  # noqa: F401  (matcher cursor, state, events)
     from ..transfer import schema as _transfer  # noqa: F401  (DICOM instance index, retrieve state)
     return registered_metadata()
 

@@ -1,0 +1,332 @@
+"""Delivering one subscription's notifications over rest-hook: at least once, in order.
+
+``deliver`` does what is due for one subscription and returns: the handshake of a
+``requested`` subscription, then its undelivered events one notification each, oldest
+first, each only after the one before was acknowledged (2xx), or a heartbeat when nothing
+was sent for ``heartbeatPeriod``. Progress (``delivered``) is written after the subscriber
+acknowledged, with a compare-and-set on the number before it: a crash between the POST and
+that write re-sends the same event with the same eventNumber, never skips one, and two
+deliverers (a lock lost with Redis) cannot move it backwards or past a gap.
+
+A failure sets the next attempt after an exponential backoff with full jitter (or the
+subscriber's Retry-After, bounded), and once the deliveries have failed for
+``max_error_seconds`` the subscription's status becomes ``error``; events keep being
+numbered and kept, heartbeats carry the error, retries continue at the longest backoff, and
+the first success sets it ``active`` again and carries on from the first undelivered event.
+Every attempt is an AuditEvent (who received which patient's data, when, with what result).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlsplit
+
+import orjson
+import requests
+from sqlalchemy import and_, select, update
+
+from ..audit.chain import append_events
+from ..audit.events import Act, event_rows
+from ..errors import Conflict, PreconditionFailed
+from ..replicate.links import writing
+from ..store.repository import Repository
+from ..store.schema import resource_current, resource_version
+from ..transfer.client import make_session, parse_retry_after
+from ..transfer.netpolicy import HostPolicy, HostRefused
+from . import notify
+from .grants import subscriber
+from .notify import Event
+from .schema import subscription_event, subscription_state
+from .settings import SubscriptionSettings
+from .validate import channel_code
+
+log = logging.getLogger("fhirimg.subscriptions")
+BATCH = 100
+USER_AGENT = "fhirimg-subscriptions"
+
+
+@dataclass
+class Delivery:
+    """What one call of ``deliver`` did."""
+
+    sent: int = 0  # notifications acknowledged
+    events: int = 0  # events acknowledged
+    failed: bool = False
+    error: str | None = None
+    next_attempt_ms: int | None = None
+    kinds: list[str] = field(default_factory=list)
+
+
+class Failed(Exception):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+@dataclass
+class Deliverer:
+    repo: Repository
+    settings: SubscriptionSettings
+    policy: HostPolicy
+    base: str  # this server's FHIR base, for fullUrls
+    clock: Callable[[], float] = time.time
+    session: requests.Session | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self):
+        self.session = self.session or make_session(self.policy)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- one subscription ---------------------------------------------------------------
+    def deliver(self, sub_id: str, max_events: int = 10_000) -> Delivery:
+        done = Delivery()
+        loaded = self.load(sub_id)
+        if loaded is None:
+            return done
+        version, sub, state = loaded
+        if channel_code(sub) != "rest-hook" or sub.get("status") not in ("requested", "active", "error"):
+            return done
+        if self.ended(sub_id, version, sub):
+            return done
+        if state.next_attempt_ms > self.now_ms():
+            done.next_attempt_ms = state.next_attempt_ms
+            return done
+        try:
+            if sub.get("status") == "requested" or state.handshake_version is None:
+                self.send(sub_id, sub, state, notify.handshake(sub_id, sub, state.events, self.now_ms()), "handshake")
+                self.acknowledged(sub_id, version, sub, state, handshake=True)
+                done.kinds.append("handshake")
+                version, sub, state = self.load(sub_id) or (version, sub, state)
+            while done.events < max_events:
+                events = self.pending(sub_id, state.delivered)
+                if not events:
+                    break
+                for event in events:
+                    self.send_event(sub_id, sub, state, event)
+                    state = self.advance(sub_id, version, sub, state, event)
+                    done.sent += 1
+                    done.events += 1
+                    done.kinds.append("event-notification")
+                    fresh = self.load_sub(sub_id)
+                    if fresh is None:
+                        return done
+                    version, sub = fresh.pop("_version"), fresh
+            if not done.events and not done.kinds and self.heartbeat_due(sub, state):
+                self.send(sub_id, sub, state, notify.heartbeat(sub_id, sub, state.events, self.now_ms(),
+                                                                state.last_error if sub.get("status") == "error"
+                                                                else None), "heartbeat")
+                self.acknowledged(sub_id, version, sub, state)
+                done.kinds.append("heartbeat")
+        except Failed as exc:
+            done.failed, done.error = True, str(exc)
+            done.next_attempt_ms = self.failed(sub_id, version, sub, state, exc)
+        return done
+
+    def send_event(self, sub_id: str, sub: dict, state, event: Event) -> None:
+        with self.repo.engine.connect() as conn:
+            principal = subscriber(conn, state)
+            body = notify.event_notification(conn, sub_id, sub, principal, state.events, [event], self.base,
+                                             self.now_ms())
+        self.send(sub_id, sub, state, body, "event-notification", event)
+
+    def send(self, sub_id: str, sub: dict, state, body: dict, kind: str, event: Event | None = None) -> None:
+        """POST one notification; Failed unless the subscriber answered 2xx. Audited either way."""
+        url = sub["endpoint"]
+        headers = {"Content-Type": "application/fhir+json", "User-Agent": USER_AGENT}
+        for param in sub.get("parameter") or []:
+            headers[param["name"]] = param["value"]
+        timeout = min(float(sub.get("timeout") or self.settings.timeout), self.settings.timeout)
+        status, error, retry_after = None, None, None
+        try:
+            self.policy.check_url(url)
+            response = self.session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout,
+                                         allow_redirects=False, stream=True)
+            try:
+                status = response.status_code
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock())
+                response.raw.read(64 * 1024, decode_content=False)  # enough to reuse the connection; bounded
+            finally:
+                response.close()
+            if not 200 <= status < 300:
+                error = f"the endpoint answered HTTP {status} to the {kind}"
+        except HostRefused as exc:
+            error = f"the endpoint is refused: {exc}"
+        except requests.RequestException as exc:
+            error = f"{kind} not delivered: {type(exc).__name__}"
+        self.audit(sub_id, sub, state, kind, event, status, error)
+        if error:
+            raise Failed(error, status, retry_after)
+
+    # -- state ----------------------------------------------------------------------------
+    def load(self, sub_id: str):
+        sub = self.load_sub(sub_id)
+        if sub is None:
+            return None
+        with self.repo.engine.connect() as conn:
+            state = conn.execute(select(subscription_state).where(subscription_state.c.sub_id == sub_id)).first()
+        if state is None:
+            return None
+        return sub.pop("_version"), sub, state
+
+    def load_sub(self, sub_id: str) -> dict | None:
+        stored = self.repo.read("Subscription", sub_id)
+        if stored is None or stored.is_deleted:
+            return None
+        return {**stored.resource, "_version": stored.version}
+
+    def pending(self, sub_id: str, delivered: int) -> list[Event]:
+        ev = subscription_event
+        with self.repo.engine.connect() as conn:
+            rows = conn.execute(select(ev).where(ev.c.sub_id == sub_id, ev.c.number > delivered)
+                                .order_by(ev.c.number).limit(BATCH)).all()
+        return [Event(r.number, r.seq, r.res_type, r.res_id, r.version, r.occurred_ms) for r in rows]
+
+    def advance(self, sub_id: str, version: int, sub: dict, state, event: Event):
+        """The event was acknowledged: `delivered` moves to it, if it was the next one."""
+        st = subscription_state
+        now = self.now_ms()
+        with writing(self.repo.engine) as conn:
+            conn.execute(update(st).where(st.c.sub_id == sub_id, st.c.delivered == event.number - 1)
+                         .values(delivered=event.number, last_delivered_ms=now, last_sent_ms=now, attempts=0,
+                                 failing_since_ms=None, next_attempt_ms=0))
+            state = conn.execute(select(st).where(st.c.sub_id == sub_id)).first()
+        if sub.get("status") == "error":
+            self.set_status(sub_id, "active")
+        return state
+
+    def acknowledged(self, sub_id: str, version: int, sub: dict, state, handshake: bool = False) -> None:
+        st = subscription_state
+        now = self.now_ms()
+        values = {"last_sent_ms": now, "attempts": 0, "failing_since_ms": None, "next_attempt_ms": 0}
+        if handshake:
+            values["handshake_version"] = version
+        with writing(self.repo.engine) as conn:
+            conn.execute(update(st).where(st.c.sub_id == sub_id).values(**values))
+        if sub.get("status") in ("requested", "error"):
+            self.set_status(sub_id, "active")
+
+    def failed(self, sub_id: str, version: int, sub: dict, state, exc: Failed) -> int:
+        st = subscription_state
+        now = self.now_ms()
+        attempts = state.attempts + 1
+        since = state.failing_since_ms or now
+        delay = self.backoff(attempts, exc.retry_after)
+        next_ms = now + int(delay * 1000)
+        with writing(self.repo.engine) as conn:
+            conn.execute(update(st).where(st.c.sub_id == sub_id)
+                         .values(attempts=attempts, failing_since_ms=since, last_error=str(exc)[:1000],
+                                 last_error_ms=now, next_attempt_ms=next_ms))
+        log.warning("subscription %s: %s (attempt %d, next in %.1fs)", sub_id, exc, attempts, delay)
+        status = sub.get("status")
+        if status == "requested" or (status == "active" and now - since >= self.settings.max_error_seconds * 1000):
+            self.set_status(sub_id, "error")  # a failed handshake, or failing for too long
+        return next_ms
+
+    def backoff(self, attempts: int, retry_after: float | None) -> float:
+        """Full jitter over an exponential ceiling; a Retry-After is a floor (bounded)."""
+        ceiling = min(self.settings.max_backoff, self.settings.first_backoff * 2 ** min(attempts - 1, 30))
+        delay = self.rng.uniform(self.settings.first_backoff / 2, max(ceiling, self.settings.first_backoff / 2))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.settings.max_backoff))
+        return delay
+
+    def heartbeat_due(self, sub: dict, state) -> bool:
+        period = sub.get("heartbeatPeriod")
+        if not period:
+            return False
+        last = state.last_sent_ms or 0
+        return self.now_ms() - last >= period * 1000
+
+    def ended(self, sub_id: str, version: int, sub: dict) -> bool:
+        """A subscription past its `end` is turned off (R5: the server stops it then)."""
+        end = sub.get("end")
+        if not end:
+            return False
+        from ..search.dates import BadDate, date_range
+        try:
+            end_ms = date_range(end)[0]
+        except (BadDate, ValueError, TypeError):
+            return False
+        if end_ms > self.now_ms():
+            return False
+        self.set_status(sub_id, "off")
+        return True
+
+    def set_status(self, sub_id: str, status: str) -> None:
+        """A new version of the Subscription with `status`, written as this server (retried on
+        a concurrent client write; a client's own status change wins)."""
+        for _ in range(3):
+            stored = self.repo.read("Subscription", sub_id)
+            if stored is None or stored.is_deleted or stored.resource.get("status") in ("off", "entered-in-error"):
+                return
+            if stored.resource.get("status") == status:
+                return
+            resource = {k: v for k, v in stored.resource.items() if k != "meta"}
+            resource["status"] = status
+            try:
+                self.repo.update("Subscription", sub_id, resource, if_match=stored.version)
+                log.info("subscription %s: status %s", sub_id, status)
+                return
+            except (Conflict, PreconditionFailed):
+                continue
+
+    def audit(self, sub_id: str, sub: dict, state, kind: str, event: Event | None, status: int | None,
+              error: str | None) -> None:
+        if self.repo.auditor is None:
+            return
+        host = urlsplit(sub.get("endpoint") or "").hostname or ""
+        resources = [f"Subscription/{sub_id}"]
+        details = {"notification": kind, "endpoint-host": host}
+        patient = None
+        if event is not None:
+            resources.append(f"{event.res_type}/{event.res_id}/_history/{event.version}")
+            details["eventNumber"] = str(event.number)
+            patient = self.patient_of(event)
+        act = Act("operation", self.now_ms(), state.client_id, self.repo.site, status=status or 502,
+                  network=host or None, resources=resources, details=details, reason=error)
+        with writing(self.repo.engine) as conn:
+            append_events(conn, event_rows(act, [patient]))
+
+    def patient_of(self, event: Event) -> str | None:
+        if event.res_type == "Patient":
+            return event.res_id
+        with self.repo.engine.connect() as conn:
+            content = conn.execute(select(resource_version.c.content)
+                                   .where(resource_version.c.seq == event.seq)).scalar()
+        resource = orjson.loads(content) if content else {}
+        ref = (resource.get("subject") or resource.get("for") or {}).get("reference") or ""
+        return ref[8:] if ref.startswith("Patient/") else None
+
+
+def due_subscriptions(engine, now_ms: int) -> list[str]:
+    """Live rest-hook subscriptions with something to do now: events not yet delivered, a
+    handshake pending, or a heartbeat period configured (deliver decides if one is due)."""
+    st, cur, rv = subscription_state, resource_current, resource_version
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(st.c.sub_id, st.c.events, st.c.delivered, st.c.handshake_version, st.c.next_attempt_ms,
+                   st.c.last_sent_ms, rv.c.content)
+            .select_from(st.join(cur, and_(cur.c.res_type == "Subscription", cur.c.res_id == st.c.sub_id))
+                         .join(rv, and_(rv.c.res_type == cur.c.res_type, rv.c.res_id == cur.c.res_id,
+                                        rv.c.version == cur.c.version)))
+            .where(cur.c.is_deleted.is_(False), st.c.next_attempt_ms <= now_ms)).all()
+    due = []
+    for row in rows:
+        sub = orjson.loads(row.content)
+        if channel_code(sub) != "rest-hook" or sub.get("status") not in ("requested", "active", "error"):
+            continue
+        beat = sub.get("heartbeatPeriod")
+        heartbeat = beat and now_ms - (row.last_sent_ms or 0) >= beat * 1000
+        if row.events > row.delivered or row.handshake_version is None or sub.get("status") == "requested" \
+                or heartbeat or sub.get("end"):
+            due.append(row.sub_id)
+    return due
+
