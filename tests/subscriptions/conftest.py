@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import fhirimg.transfer.settings  # noqa: F401 - registers [transfer]
 from fhirimg.app import create_app
 from fhirimg.config import load_config
 
@@ -98,3 +99,59 @@ def subs_app(subs_config, engine):
 @pytest.fixture
 def subs_client(subs_app):
     return authorized(subs_app)
+
+
+CHANNEL = {"system": "http://terminology.hl7.org/CodeSystem/subscription-channel-type", "code": "rest-hook"}
+TOPIC_BASE = "http://fhirimg.org/fhir/SubscriptionTopic"
+
+
+def subscription(endpoint: str, topic: str = "imagingstudy-changed", **extra) -> dict:
+    return {"resourceType": "Subscription", "status": "requested", "topic": f"{TOPIC_BASE}/{topic}",
+            "channelType": CHANNEL, "endpoint": endpoint, "content": "id-only", **extra}
+
+
+def study(patient: str, modality: str = "CT", **extra) -> dict:
+    return {"resourceType": "ImagingStudy", "status": "available", "subject": {"reference": f"Patient/{patient}"},
+            "series": [{"uid": "1.2.3", "modality": {"coding": [
+                {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality}]}}], **extra}
+
+
+class Driver:
+    """The worker's two halves run in the test's thread: the matcher, then a delivery of one
+    subscription (what the dispatcher and one RQ job do), as often as asked."""
+
+    def __init__(self, engine, config):
+        import time
+
+        from fhirimg.store import Repository
+        from fhirimg.subscriptions.deliver import Deliverer
+        from fhirimg.subscriptions.rules import subscription_rules
+        self.engine, self.time = engine, time
+        rules = subscription_rules(config)
+        self.deliverer = Deliverer(Repository(engine, role="fhirimg-subscriptions"), rules.settings, rules.policy,
+                                   "http://fhirimg.test/fhir")
+
+    def match(self):
+        from fhirimg.subscriptions.matcher import match_all
+        return match_all(self.engine, int(self.time.time() * 1000))
+
+    def run(self, sub_id: str):
+        self.match()
+        return self.deliverer.deliver(sub_id)
+
+    def until(self, sub_id: str, predicate, timeout: float = 30.0, pause: float = 0.02):
+        deadline = self.time.monotonic() + timeout
+        while self.time.monotonic() < deadline:
+            self.run(sub_id)
+            if predicate():
+                return
+            self.time.sleep(pause)
+        raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def driver(engine, subs_config, subs_app):
+    d = Driver(engine, subs_config)
+    d.match()  # the matcher's place is taken before the test's subscriptions are written
+    yield d
+    d.deliverer.close()
