@@ -11,6 +11,7 @@ from .bench import BASE_HELP  # the package only; each benchmark is imported whe
 from .config import ConfigError, load_config, masked
 from . import metrics as _metrics  # noqa: F401  (registers the [metrics] configuration section)
 from .push import settings as _push_settings  # noqa: F401  (registers [push])
+from .subscriptions import settings as _subscription_settings  # noqa: F401  (registers [subscriptions])
 from .dimse import settings as _dicom_settings  # noqa: F401  (registers [dicom])
 
 

@@ -55,7 +55,7 @@ def test_metadata_is_a_valid_r5_resource(client):
 def test_metadata_lists_each_supported_type_once(client):
     types = [r["type"] for r in statement(client)["rest"][0]["resource"]]
     assert sorted(types) == sorted(SUPPORTED_TYPES + ("AuditEvent", "SubscriptionTopic"))  # the audit trail: read and search
-    assert set(types) == {"Patient", "ImagingStudy", "Endpoint", "Task", "AuditEvent"}
+    assert set(types) == {"Patient", "ImagingStudy", "Endpoint", "Task", "Subscription", "AuditEvent", "SubscriptionTopic"}
 
 
 @pytest.mark.parametrize("res_type", ["Patient", "ImagingStudy", "Endpoint", "Task"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -24,6 +25,7 @@ class Receiver:
         self.status = 200
         self.retry_after: str | None = None
         self.down = False
+        self.delay = 0.0  # seconds each acknowledged POST takes (a backlog for crash tests)
         self.lock = threading.Lock()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -49,6 +51,8 @@ class Receiver:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 with receiver.lock:
                     receiver.received.append(json.loads(body))
                     receiver.headers.append(dict(self.headers))
