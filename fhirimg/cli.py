@@ -165,6 +165,14 @@ def _register_replicate_commands() -> None:
 _register_replicate_commands()
 
 
+def _register_subscription_commands() -> None:
+    from .subscriptions import cli as subscriptions_cli  # status, the websocket listener
+    main.add_command(subscriptions_cli.subscriptions)
+
+
+_register_subscription_commands()
+
+
 @main.group()
 @click.option("--token", envvar="FHIRIMG_TOKEN", help="Bearer token the benchmarks send to a server of yours "
               "(or FHIRIMG_TOKEN); servers a benchmark starts itself get tokens on their own.")

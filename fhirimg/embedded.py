@@ -117,6 +117,12 @@ def run_embedded(config: dict, config_path: str | None) -> int:
         children.append(("dicom-listener", subprocess.Popen(base_cmd + ["dicom-listener", *extra], env=env,
                                                             preexec_fn=die_with_parent)))
         log.info("DICOM listener %s at %s:%s", dicom["ae_title"], dicom["host"], dicom["port"])
+    from .subscriptions.settings import subscription_settings
+    subs = subscription_settings(config)
+    if subs.websocket_listener:  # the websocket channel of subscriptions
+        children.append(("websocket-listener", subprocess.Popen(base_cmd + ["subscriptions", "websocket", *extra],
+                                                                env=env, preexec_fn=die_with_parent)))
+        log.info("subscriptions websocket listener at ws://%s:%s", subs.websocket_host, subs.websocket_port)
     return supervise(children)
 
 

@@ -32,7 +32,7 @@ ENDPOINTS = {
     "auditevent.verify": "operation", "auditevent.refuse": "create", "stow.store_instances": "create",
     "subscriptions.search_topics": "search-type", "subscriptions.search_topics_post": "search-type",
     "subscriptions.read_topic": "read", "subscriptions.status": "operation", "subscriptions.events": "operation",
-    "subscriptions.refuse_topic_write": "create",
+    "subscriptions.refuse_topic_write": "create", "subscriptions.ws_binding_token": "operation",
 }
 WRITES = {"create", "update", "patch", "delete"}
 # Public documents with no patient data: not audited.

@@ -199,3 +199,47 @@ def integer_parameter(params: dict, name: str, default: int) -> int:
     if not str(text).isdigit() or len(str(text)) > 18:
         raise Invalid(f"{name} must be a non-negative integer", [name], code="value")
     return int(text)
+
+
+# -- websocket binding ---------------------------------------------------------------------
+WS_DEFINITION = "http://hl7.org/fhir/OperationDefinition/Subscription-get-ws-binding-token"
+register_operation("get-ws-binding-token", WS_DEFINITION, ["Subscription"],
+                   "A token to bind a websocket connection to one or more websocket Subscriptions "
+                   "(send 'bind-with-token: <token>' to websocket-url).")
+MAX_BINDINGS = 100
+
+
+@blueprint.route("/Subscription/$get-ws-binding-token", methods=["GET", "POST"])
+@blueprint.route("/Subscription/<res_id>/$get-ws-binding-token", methods=["GET", "POST"])
+def ws_binding_token(res_id: str | None = None) -> Response:
+    from ..subscriptions.validate import channel_code
+    from ..subscriptions.websocket import issue_token, websocket_url
+    ids = [res_id] if res_id else [v for k, v in request.args.items(multi=True) if k == "id"]
+    if request.method == "POST" and request.content_length:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+            raise Invalid("POST $get-ws-binding-token takes a Parameters resource", ["Parameters"])
+        ids += [p.get("valueId") or p.get("valueString") for p in body.get("parameter") or [] if p.get("name") == "id"]
+    ids = list(dict.fromkeys(i for i in ids if i))
+    if not ids:
+        raise Invalid("name the websocket Subscription(s): id (this server binds named subscriptions only)", ["id"])
+    if len(ids) > MAX_BINDINGS:
+        raise Invalid(f"at most {MAX_BINDINGS} subscriptions per token", ["id"], code="too-costly")
+    for sub_id in ids:
+        stored, _ = readable_subscription(sub_id)
+        if channel_code(stored.resource) != "websocket":
+            raise Invalid(f"Subscription/{sub_id} is not a websocket subscription (channelType "
+                          f"{channel_code(stored.resource)})", ["id"], code="business-rule")
+    rules = current_app.extensions["fhirimg.subscriptions"]
+    repo = current_app.extensions["fhirimg.repository"]
+    token, expires = issue_token(engine(), current_principal().client_id, ids, rules.settings.ws_token_seconds,
+                                 repo.clock())
+    from ..store.records import format_instant
+    parameters = [{"name": "token", "valueString": token}, {"name": "expiration", "valueDateTime": format_instant(expires)},
+                  *({"name": "subscription", "valueString": sub_id} for sub_id in ids),
+                  {"name": "websocket-url", "valueUrl": websocket_url(current_app.config["FHIRIMG"])}]
+    note("operation", resources=[f"Subscription/{sub_id}" for sub_id in ids],
+         details={"operation": "Subscription/$get-ws-binding-token"})
+    response = json_response({"resourceType": "Parameters", "parameter": parameters})
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -261,49 +261,59 @@ class Deliverer:
         return True
 
     def set_status(self, sub_id: str, status: str) -> None:
-        """A new version of the Subscription with `status`, written as this server (retried on
-        a concurrent client write; a client's own status change wins)."""
-        for _ in range(3):
-            stored = self.repo.read("Subscription", sub_id)
-            if stored is None or stored.is_deleted or stored.resource.get("status") in ("off", "entered-in-error"):
-                return
-            if stored.resource.get("status") == status:
-                return
-            resource = {k: v for k, v in stored.resource.items() if k != "meta"}
-            resource["status"] = status
-            try:
-                self.repo.update("Subscription", sub_id, resource, if_match=stored.version)
-                log.info("subscription %s: status %s", sub_id, status)
-                return
-            except (Conflict, PreconditionFailed):
-                continue
+        set_status(self.repo, sub_id, status)
 
     def audit(self, sub_id: str, sub: dict, state, kind: str, event: Event | None, status: int | None,
               error: str | None) -> None:
-        if self.repo.auditor is None:
-            return
         host = urlsplit(sub.get("endpoint") or "").hostname or ""
-        resources = [f"Subscription/{sub_id}"]
-        details = {"notification": kind, "endpoint-host": host}
-        patient = None
-        if event is not None:
-            resources.append(f"{event.res_type}/{event.res_id}/_history/{event.version}")
-            details["eventNumber"] = str(event.number)
-            patient = self.patient_of(event)
-        act = Act("operation", self.now_ms(), state.client_id, self.repo.site, status=status or 502,
-                  network=host or None, resources=resources, details=details, reason=error)
-        with writing(self.repo.engine) as conn:
-            append_events(conn, event_rows(act, [patient]))
+        audit_notification(self.repo, sub_id, state.client_id, kind, event, status, error, host, self.now_ms())
 
-    def patient_of(self, event: Event) -> str | None:
-        if event.res_type == "Patient":
-            return event.res_id
-        with self.repo.engine.connect() as conn:
-            content = conn.execute(select(resource_version.c.content)
-                                   .where(resource_version.c.seq == event.seq)).scalar()
-        resource = orjson.loads(content) if content else {}
-        ref = (resource.get("subject") or resource.get("for") or {}).get("reference") or ""
-        return ref[8:] if ref.startswith("Patient/") else None
+def set_status(repo: Repository, sub_id: str, status: str) -> None:
+    """A new version of the Subscription with `status`, written as this server (retried on a
+    concurrent client write; a client's own off or entered-in-error wins)."""
+    for _ in range(3):
+        stored = repo.read("Subscription", sub_id)
+        if stored is None or stored.is_deleted or stored.resource.get("status") in ("off", "entered-in-error"):
+            return
+        if stored.resource.get("status") == status:
+            return
+        resource = {k: v for k, v in stored.resource.items() if k != "meta"}
+        resource["status"] = status
+        try:
+            repo.update("Subscription", sub_id, resource, if_match=stored.version)
+            log.info("subscription %s: status %s", sub_id, status)
+            return
+        except (Conflict, PreconditionFailed):
+            continue
+
+
+def audit_notification(repo: Repository, sub_id: str, client_id: str, kind: str, event: Event | None,
+                       status: int | None, error: str | None, network: str, now_ms: int) -> None:
+    """One AuditEvent per notification sent or attempted (the recipient, the event's patient,
+    the outcome); never the endpoint's path or its headers, which may carry secrets."""
+    if repo.auditor is None:
+        return
+    resources = [f"Subscription/{sub_id}"]
+    details = {"notification": kind, "endpoint-host": network}
+    patient = None
+    if event is not None:
+        resources.append(f"{event.res_type}/{event.res_id}/_history/{event.version}")
+        details["eventNumber"] = str(event.number)
+        patient = patient_of(repo.engine, event)
+    act = Act("operation", now_ms, client_id, repo.site, status=status or 502, network=network or None,
+              resources=resources, details=details, reason=error)
+    with writing(repo.engine) as conn:
+        append_events(conn, event_rows(act, [patient]))
+
+
+def patient_of(engine, event: Event) -> str | None:
+    if event.res_type == "Patient":
+        return event.res_id
+    with engine.connect() as conn:
+        content = conn.execute(select(resource_version.c.content).where(resource_version.c.seq == event.seq)).scalar()
+    resource = orjson.loads(content) if content else {}
+    ref = (resource.get("subject") or resource.get("for") or {}).get("reference") or ""
+    return ref[8:] if ref.startswith("Patient/") else None
 
 
 def due_subscriptions(engine, now_ms: int) -> list[str]:

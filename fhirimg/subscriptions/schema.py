@@ -59,4 +59,14 @@ subscription_event = Table(
     Index("ix_subscription_event_occurred", "occurred_ms"),
 )
 
+# websocket binding tokens ($get-ws-binding-token): kept hashed, good until they expire.
+subscription_ws_token = Table(
+    "subscription_ws_token", metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("client_id", String(128), nullable=False),
+    Column("sub_ids", Text, nullable=False),  # space-separated
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_subscription_ws_token_expiry", "expires_ms"),
+)
+
 register_metadata(metadata)

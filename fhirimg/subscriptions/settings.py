@@ -33,8 +33,11 @@ class SubscriptionsSchema(Schema):
     max_subscriptions = fields.Integer(load_default=10_000, validate=validate.Range(1))
     min_heartbeat = fields.Integer(load_default=10, validate=validate.Range(1))
     max_events_per_request = fields.Integer(load_default=1000, validate=validate.Range(1, 100_000))
-    # websocket channel: the listener's address as clients reach it (ws[s]://host:port/path)
-    # and the lifetime of a binding token.
+    # websocket channel: `make run` starts the listener when websocket_listener is true (in
+    # production run `fhirimg subscriptions websocket`); websocket_url is its address as
+    # clients reach it (behind a TLS proxy: wss://...), else ws://websocket_host:websocket_port;
+    # a binding token is good for ws_token_seconds.
+    websocket_listener = fields.Boolean(load_default=True)
     websocket_url = fields.String(load_default=None, allow_none=True,
                                   validate=validate.Regexp(r"^wss?://\S+$", error="must be a ws:// or wss:// URL"))
     websocket_host = fields.String(load_default="127.0.0.1")
@@ -53,6 +56,7 @@ class SubscriptionSettings:
     max_subscriptions: int = 10_000
     min_heartbeat: int = 10
     max_events_per_request: int = 1000
+    websocket_listener: bool = True
     websocket_url: str | None = None
     websocket_host: str = "127.0.0.1"
     websocket_port: int = 8081

@@ -1,5 +1,5 @@
 """Subscriptions: the matcher's place in the change sequence, each subscription's delivery
-state and its numbered events (fhirimg/subscriptions/schema.py).
+state, its numbered events and websocket binding tokens (fhirimg/subscriptions/schema.py).
 
 Tables only, created empty: nothing existing changes. The matcher starts at the change
 sequence's value when it first runs, so an upgraded server numbers no old change.
@@ -42,7 +42,13 @@ def upgrade() -> None:
                     PrimaryKeyConstraint("sub_id", "number", name="pk_subscription_event"),
                     Index("ix_subscription_event_occurred", "occurred_ms"))
 
+    op.create_table("subscription_ws_token",
+                    Column("token_hash", String(64), primary_key=True),
+                    Column("client_id", String(128), nullable=False), Column("sub_ids", Text, nullable=False),
+                    Column("expires_ms", BigInteger, nullable=False),
+                    Index("ix_subscription_ws_token_expiry", "expires_ms"))
+
 
 def downgrade() -> None:
-    for table in ("subscription_event", "subscription_state", "subscription_matcher"):
+    for table in ("subscription_ws_token", "subscription_event", "subscription_state", "subscription_matcher"):
         op.drop_table(table)
