@@ -197,6 +197,8 @@ def _register_bench_commands() -> None:
     bench.add_command(push_bench.command)
     from .bench import search as search_bench  # search: seeded population, EXPLAIN, query mix
     bench.add_command(search_bench.command)
+    from .bench import subscriptions as subscriptions_bench  # commit -> rest-hook delivery latency
+    bench.add_command(subscriptions_bench.command)
     from .bench import slowloris  # hardening: normal latency while slow clients hold connections
     bench.add_command(slowloris.command)
 

@@ -34,6 +34,9 @@ from .errors import MAX_ISSUES, Invalid, Issue, Unprocessable
 from .requestlimits import MAX_JSON_DEPTH
 
 SUPPORTED_TYPES = ("Patient", "ImagingStudy", "Endpoint", "Task", "Subscription")
+# What replication carries when a link names no types: a Subscription names this server's own
+# subscribers (a copy elsewhere would notify them twice, and carry their endpoints' headers).
+REPLICATED_BY_DEFAULT = tuple(t for t in SUPPORTED_TYPES if t != "Subscription")
 # Types whose content depends on this server's configuration (checked per request, never remembered).
 CONFIGURED_TYPES = frozenset({"Subscription"})
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from ..errors import FhirError
-from ..resources import SUPPORTED_TYPES, is_valid_id, validate_resource
+from ..resources import REPLICATED_BY_DEFAULT, SUPPORTED_TYPES, is_valid_id, validate_resource
 from ..store.records import StoredVersion
 from ..store.repository import UnitOfWork, same_content
 from .links import record_event
@@ -117,7 +117,7 @@ def _ms_of(instant) -> int | None:
 def apply_change(uow: UnitOfWork, ctx: ApplyContext, change: Change, outcome: PageOutcome) -> str:
     """Apply one change; returns what happened (applied, echo, not-replicated, already, conflict-*, rejected)."""
     origin = change.origin or ctx.peer_site
-    if change.res_type not in SUPPORTED_TYPES or (ctx.types and change.res_type not in ctx.types):
+    if change.res_type not in SUPPORTED_TYPES or change.res_type not in (ctx.types or REPLICATED_BY_DEFAULT):
         outcome.skipped += 1
         return "not-replicated"
     current = uow.read(change.res_type, change.res_id)

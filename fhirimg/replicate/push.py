@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from ..history import visible_watermark
+from ..resources import REPLICATED_BY_DEFAULT
 from ..store.repository import Repository, row_to_version, strip_server_meta
 from ..store.schema import resource_version
 from .client import PeerClient, PeerError
@@ -63,8 +64,7 @@ def read_changes(conn: Connection, after: int, types: list[str], limit: int) -> 
     rv = resource_version
     stmt = (select(rv, change_origin.c.origin).select_from(rv.outerjoin(change_origin, change_origin.c.seq == rv.c.seq))
             .where(rv.c.seq > after, rv.c.seq <= watermark).order_by(rv.c.seq).limit(limit))
-    if types:
-        stmt = stmt.where(rv.c.res_type.in_(types))
+    stmt = stmt.where(rv.c.res_type.in_(types or REPLICATED_BY_DEFAULT))
     out = []
     for row in conn.execute(stmt):
         v = row_to_version(row)

@@ -124,3 +124,29 @@ def test_the_audit_trail_examples_answer_and_find_what_the_interactions_did(serv
     assert len(readers["entry"]) >= 2 and all(e["resource"]["action"] == "R" for e in readers["entry"])
     assert refusals["resourceType"] == "Bundle"
     assert verified["parameter"][0] == {"name": "result", "valueBoolean": True}
+
+
+SUBSCRIPTION_SECTION = ("Notifications: FHIR R5 Subscriptions", ".. END readme-subscriptions")
+
+
+def test_the_subscription_example_is_stored_and_its_operations_answer(served, token):
+    """The "new CT for patient X" example as written, its endpoint swapped for a loopback
+    one (the example's host does not resolve here), then its $status and $events."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    create, operations = curl_blocks(README.read_text(), SUBSCRIPTION_SECTION)
+    assert "filterBy" in create and "DCM|CT" in create and "Patient/anna" in create
+    create = re.sub(r"^HOOK=.*$", "HOOK=http://127.0.0.1:9/hook", create, flags=re.M).replace(" -i ", " -sS ")
+    env = {**served.env, "FHIR": served.base, "TOKEN": token}
+    made = subprocess.run(["bash", "-c", "set -e\n" + create], env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    subscription = json.loads(made.stdout)
+    assert subscription["resourceType"] == "Subscription" and subscription["status"] == "requested", subscription
+    script = "set -e\n" + operations.replace("curl ", "curl -sS -w '\\n' ")
+    ran = subprocess.run(["bash", "-c", script], env={**env, "SUB": subscription["id"]}, capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    status, events = [json.loads(line) for line in ran.stdout.splitlines() if line.strip()]
+    assert status["type"] == "subscription-notification"
+    assert status["entry"][0]["resource"]["type"] == "query-status"
+    assert events["entry"][0]["resource"]["type"] == "query-event"
