@@ -69,7 +69,7 @@ class WorkerSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    queues = fields.List(fields.String(), load_default=lambda: ["fhirimg-urgent", "fhirimg"])
+    queues = fields.List(fields.String(), load_default=lambda: ["fhirimg-notify", "fhirimg-urgent", "fhirimg"])
     embedded = fields.Boolean(load_default=True)
 
 

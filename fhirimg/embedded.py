@@ -108,6 +108,10 @@ def run_embedded(config: dict, config_path: str | None) -> int:
     if config["worker"]["embedded"]:
         children.append(("worker", subprocess.Popen(base_cmd + ["worker", *extra], env=env,
                                                     preexec_fn=die_with_parent)))
+        # Notifications get a worker of their own: they must not wait behind a retrieval.
+        children.append(("notify-worker", subprocess.Popen(
+            base_cmd + ["worker", *extra], env={**env, "FHIRIMG_WORKER__QUEUES": "fhirimg-notify"},
+            preexec_fn=die_with_parent)))
     children.append(("server", subprocess.Popen(base_cmd + ["serve", *extra], env=env, preexec_fn=die_with_parent)))
     serve = config["serve"]
     log.info("fhirimg is starting at http://%s:%s/fhir (Ctrl-C stops it)", serve["host"], serve["port"])

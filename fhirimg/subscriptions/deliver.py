@@ -75,6 +75,7 @@ class Deliverer:
     clock: Callable[[], float] = time.time
     session: requests.Session | None = None
     rng: random.Random = field(default_factory=random.Random)
+    on_progress: Callable[[], object] | None = None  # after each notification acknowledged (lock renewal)
 
     def __post_init__(self):
         self.session = self.session or make_session(self.policy)
@@ -162,6 +163,8 @@ class Deliverer:
         except requests.RequestException as exc:
             error = f"{kind} not delivered: {type(exc).__name__}"
         self.audit(sub_id, sub, state, kind, event, status, error)
+        if self.on_progress is not None:
+            self.on_progress()
         if error:
             raise Failed(error, status, retry_after)
 
@@ -247,15 +250,7 @@ class Deliverer:
 
     def ended(self, sub_id: str, version: int, sub: dict) -> bool:
         """A subscription past its `end` is turned off (R5: the server stops it then)."""
-        end = sub.get("end")
-        if not end:
-            return False
-        from ..search.dates import BadDate, date_range
-        try:
-            end_ms = date_range(end)[0]
-        except (BadDate, ValueError, TypeError):
-            return False
-        if end_ms > self.now_ms():
+        if not ended(sub, self.now_ms()):
             return False
         self.set_status(sub_id, "off")
         return True
@@ -267,6 +262,17 @@ class Deliverer:
               error: str | None) -> None:
         host = urlsplit(sub.get("endpoint") or "").hostname or ""
         audit_notification(self.repo, sub_id, state.client_id, kind, event, status, error, host, self.now_ms())
+
+def ended(sub: dict, now_ms: int) -> bool:
+    """Whether the subscription's `end` has passed."""
+    from ..search.dates import BadDate, date_range
+    if not sub.get("end"):
+        return False
+    try:
+        return date_range(sub["end"])[0] <= now_ms
+    except (BadDate, ValueError, TypeError):
+        return False
+
 
 def set_status(repo: Repository, sub_id: str, status: str) -> None:
     """A new version of the Subscription with `status`, written as this server (retried on a
@@ -336,7 +342,7 @@ def due_subscriptions(engine, now_ms: int) -> list[str]:
         beat = sub.get("heartbeatPeriod")
         heartbeat = beat and now_ms - (row.last_sent_ms or 0) >= beat * 1000
         if row.events > row.delivered or row.handshake_version is None or sub.get("status") == "requested" \
-                or heartbeat or sub.get("end"):
+                or heartbeat or ended(sub, now_ms):
             due.append(row.sub_id)
     return due
 

@@ -30,7 +30,9 @@ from .rules import subscription_rules
 from .schema import subscription_event
 
 log = logging.getLogger("fhirimg.subscriptions")
-QUEUE = "fhirimg"
+# Their own queue, first in a worker's list: a notification is short (bounded by its timeout)
+# and must not wait behind a retrieval; `make run` also starts a worker for this queue alone.
+QUEUE = "fhirimg-notify"
 PRUNE_EVERY = 600.0
 _runtime: dict = {}
 
@@ -50,13 +52,15 @@ def deliver_job(sub_id: str) -> str:
     try:
         connection.delete(queued_key(sub_id))
         rules = subscription_rules(config)
-        lease = int(rules.settings.timeout * 3 + 60)
+        lease = lease_seconds(rules.settings.timeout)
         if not connection.set(running_key(sub_id), os.getpid(), nx=True, ex=lease):
             return f"subscription {sub_id} is being delivered elsewhere"
         try:
             engine = process_engine(config)
+            # The lock is renewed after every notification: a killed job frees it within a lease.
             deliverer = Deliverer(Repository(engine, role="fhirimg-subscriptions"), rules.settings, rules.policy,
-                                  own_base(config))
+                                  own_base(config),
+                                  on_progress=lambda: connection.expire(running_key(sub_id), lease))
             try:
                 return repr(deliverer.deliver(sub_id))
             finally:
@@ -67,6 +71,11 @@ def deliver_job(sub_id: str) -> str:
         connection.close()
 
 
+def lease_seconds(timeout: float) -> int:
+    """How long a delivery's lock lives without renewal: one POST's time limit and a margin."""
+    return int(timeout * 2 + 10)
+
+
 def enqueue_due(engine, connection: Redis, now_ms: int, timeout: float) -> list[str]:
     """A delivery job for each due subscription that has none queued; returns their ids."""
     queue = Queue(QUEUE, connection=connection)
@@ -74,9 +83,9 @@ def enqueue_due(engine, connection: Redis, now_ms: int, timeout: float) -> list[
     for sub_id in due_subscriptions(engine, now_ms):
         if connection.exists(running_key(sub_id)):
             continue
-        if not connection.set(queued_key(sub_id), "1", nx=True, ex=int(timeout * 3 + 60)):
+        if not connection.set(queued_key(sub_id), "1", nx=True, ex=lease_seconds(timeout) + 60):
             continue
-        queue.enqueue(deliver_job, sub_id, result_ttl=60, failure_ttl=86_400, job_timeout=int(timeout * 3 + 120))
+        queue.enqueue(deliver_job, sub_id, result_ttl=60, failure_ttl=86_400, job_timeout=3600)
         enqueued.append(sub_id)
     return enqueued
 
@@ -130,6 +139,9 @@ class Dispatcher:
 def prepare_worker(config: dict, connection: Redis) -> Dispatcher:
     """Called by the worker process before it starts taking jobs."""
     _runtime["config"] = config
+    if QUEUE not in config["worker"]["queues"]:
+        log.warning("this worker does not take %s jobs: subscriptions are matched here but delivered only by "
+                    "workers that do (worker.queues)", QUEUE)
     return Dispatcher(config, Redis.from_url(config["redis_url"])).start()
 
 

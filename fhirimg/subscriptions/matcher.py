@@ -56,6 +56,10 @@ class MatchReport:
 
 def match_once(engine: Engine, now_ms: int, limit: int = 1000) -> MatchReport:
     """Match the next `limit` changes at most; returns what was done."""
+    with engine.connect() as conn:  # a look first: SQLite's write lock only when there is work
+        cursor = conn.execute(select(subscription_matcher.c.seq).where(subscription_matcher.c.id == 1)).scalar()
+        if cursor is not None and visible_watermark(conn)[0] <= cursor:
+            return MatchReport(cursor=int(cursor), caught_up=True)
     with writing(engine) as conn:
         cursor = lock_cursor(conn, now_ms)
         watermark, _ = visible_watermark(conn)

@@ -29,7 +29,8 @@ class Running:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self.env = env = fhirimg_env(var_dir=self.var, database_url=f"sqlite:///{self.var / 'fhirimg.db'}",
-                          serve__port=self.port, serve__workers=1, log_level="INFO")
+                          serve__port=self.port, serve__workers=1, log_level="INFO",
+                          subscriptions__websocket_port=free_port())
         self.process = start_fhirimg(["run"], workdir, env, start_new_session=True)
         wait_for_http(f"{self.base}/metadata", self.process, timeout=90, log=workdir / "fhirimg.log")
         self.children = descendants(self.process.pid)
@@ -48,14 +49,15 @@ class Running:
     def redis(self) -> Redis:
         return Redis(unix_socket_path=str(self.socket))
 
-    def registered_workers(self, timeout: float = 30.0) -> list[Worker]:
+    def registered_workers(self, timeout: float = 30.0, count: int = 1) -> list[Worker]:
         deadline = time.monotonic() + timeout
+        workers: list[Worker] = []
         while time.monotonic() < deadline:
             workers = Worker.all(connection=self.redis())
-            if workers:
+            if len(workers) >= count:
                 return workers
             time.sleep(0.2)
-        return []
+        return workers
 
     def redis_servers(self) -> list[psutil.Process]:
         found = []
@@ -90,9 +92,10 @@ def assert_all_stopped(run: Running, within: float) -> None:
 def test_run_serves_the_api_with_embedded_redis_and_a_worker(running):
     assert running.socket.is_socket()
     assert running.redis().ping()
-    workers = running.registered_workers()
-    assert len(workers) == 1
-    assert workers[0].queue_names() == ["fhirimg-urgent", "fhirimg"]
+    workers = running.registered_workers(count=2)
+    assert len(workers) == 2  # one for everything, one for notifications alone
+    assert sorted(w.queue_names() for w in workers) == [["fhirimg-notify"],
+                                                        ["fhirimg-notify", "fhirimg-urgent", "fhirimg"]]
     names = {" ".join(p.cmdline()) for p in running.children}
     assert any("redis-server" in n for n in names) and any(" worker" in n for n in names)
     assert requests.get(f"{running.base}/Patient", timeout=10).status_code == 401  # smart mode
