@@ -71,6 +71,7 @@ class WorkerSchema(Schema):
 
     queues = fields.List(fields.String(), load_default=lambda: ["fhirimg-notify", "fhirimg-urgent", "fhirimg"])
     embedded = fields.Boolean(load_default=True)
+    fork = fields.Boolean(load_default=True)
 
 
 # The two backends fhirimg/store speaks (psycopg 3 is the only PostgreSQL driver installed);

@@ -106,11 +106,16 @@ def run_embedded(config: dict, config_path: str | None) -> int:
     base_cmd = [sys.executable, "-m", "fhirimg.cli"]
     extra = ["--config", config_path] if config_path else []
     if config["worker"]["embedded"]:
-        children.append(("worker", subprocess.Popen(base_cmd + ["worker", *extra], env=env,
-                                                    preexec_fn=die_with_parent)))
-        # Notifications get a worker of their own: they must not wait behind a retrieval.
+        # Notifications get a worker of their own, without a fork per job: they must not wait
+        # behind a retrieval, and a fork per notification cost more than the notification.
+        others = ",".join(q for q in config["worker"]["queues"] if q != "fhirimg-notify")
+        if others:
+            children.append(("worker", subprocess.Popen(base_cmd + ["worker", *extra],
+                                                        env={**env, "FHIRIMG_WORKER__QUEUES": others},
+                                                        preexec_fn=die_with_parent)))
         children.append(("notify-worker", subprocess.Popen(
-            base_cmd + ["worker", *extra], env={**env, "FHIRIMG_WORKER__QUEUES": "fhirimg-notify"},
+            base_cmd + ["worker", *extra], env={**env, "FHIRIMG_WORKER__QUEUES": "fhirimg-notify",
+                                                "FHIRIMG_WORKER__FORK": "false"},
             preexec_fn=die_with_parent)))
     children.append(("server", subprocess.Popen(base_cmd + ["serve", *extra], env=env, preexec_fn=die_with_parent)))
     serve = config["serve"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 
 
 def connect_redis(url: str) -> Redis:
@@ -24,4 +24,5 @@ def run_worker(config: dict, burst: bool = False) -> None:
     prepare_forwarding(config)
     from .subscriptions.jobs import prepare_worker as prepare_subscriptions  # matcher + delivery scheduling
     prepare_subscriptions(config, connection)
-    Worker(queues, connection=connection).work(burst=burst, with_scheduler=True)
+    worker_class = Worker if config["worker"]["fork"] else SimpleWorker
+    worker_class(queues, connection=connection).work(burst=burst, with_scheduler=True)

@@ -1,7 +1,7 @@
 """`fhirimg bench subscriptions`: commit-to-delivery latency of rest-hook notifications.
 
 A private stack (SQLite or a PostgreSQL schema of its own, a private Redis, `fhirimg serve`,
-`fhirimg worker`) and a subscriber endpoint in this process. First the write load alone
+`fhirimg worker`s as `make run` starts them) and a subscriber endpoint in this process. First the write load alone
 (ImagingStudy creates at --rate per second for --seconds), the baseline; then --subscriptions
 rest-hook subscriptions, one per patient, and the same load, each write matching exactly one
 subscription. Printed: write latency in both phases and their ratio (what subscriptions cost
@@ -34,52 +34,69 @@ CHANNEL = {"system": "http://terminology.hl7.org/CodeSystem/subscription-channel
 
 
 class Subscriber:
-    """Receives notifications; notes each event's arrival time (first arrival) and repeats."""
+    """The subscriber's endpoint, in a process of its own (receiving must not share the
+    writers' interpreter lock: their latency is what is measured). It appends one line per
+    notification (arrival time, type, subscription, events) to a file read at the end."""
 
-    def __init__(self):
-        self.arrivals: dict[tuple[str, int], float] = {}
-        self.focus: dict[tuple[str, int], str] = {}
-        self.repeats = 0
-        self.handshakes: set[str] = set()
-        self.lock = threading.Lock()
-        subscriber = self
+    def __init__(self, workdir: Path):
+        import multiprocessing
+        self.path = workdir / "arrivals.jsonl"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/hook"
+        self.process = multiprocessing.get_context("fork").Process(target=receive, args=(port, str(self.path)),
+                                                                   daemon=True)
+        self.process.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):  # noqa: N802
-                now = time.time()
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                subscriber.note(body, now)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def note(self, body: dict, now: float) -> None:
-        status = body["entry"][0]["resource"]
-        sub = status["subscription"]["reference"].split("/", 1)[1]
-        with self.lock:
-            if status["type"] == "handshake":
-                self.handshakes.add(sub)
-            for event in status.get("notificationEvent", []):
-                key = (sub, int(event["eventNumber"]))
-                if key in self.arrivals:
-                    self.repeats += 1
+    def read(self):
+        """(arrivals {(sub, number): first arrival}, focus {(sub, number): reference}, repeats, handshakes)."""
+        arrivals, focus, repeats, handshakes = {}, {}, 0, set()
+        if not self.path.exists():
+            return arrivals, focus, repeats, handshakes
+        for line in self.path.read_text().splitlines():
+            try:
+                when, kind, sub, events = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if kind == "handshake":
+                handshakes.add(sub)
+            for number, ref in events:
+                if (sub, number) in arrivals:
+                    repeats += 1
                 else:
-                    self.arrivals[key] = now
-                    self.focus[key] = (event.get("focus") or {}).get("reference", "")
+                    arrivals[(sub, number)], focus[(sub, number)] = when, ref
+        return arrivals, focus, repeats, handshakes
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.process.terminate()
+        self.process.join(10)
+
+
+def receive(port: int, path: str) -> None:
+    out = open(path, "a", buffering=1)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802
+            now = time.time()
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            status = body["entry"][0]["resource"]
+            events = [(int(e["eventNumber"]), (e.get("focus") or {}).get("reference", ""))
+                      for e in status.get("notificationEvent", [])]
+            with lock:
+                out.write(json.dumps([now, status["type"], status["subscription"]["reference"].split("/", 1)[1],
+                                      events]) + "\n")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
 
 
 def instant_seconds(text: str) -> float:
@@ -130,8 +147,13 @@ def write_load(base: str, patients: list[str], rate: float, seconds: float) -> t
     return latencies, committed
 
 
-def start_worker(env: dict, workdir: Path) -> subprocess.Popen:
+def start_worker(env: dict, workdir: Path, notify_only: bool = False) -> subprocess.Popen:
+    """A `fhirimg worker`; `notify_only`: one for fhirimg-notify alone, without forks (as `make run`)."""
     log = open(workdir / "worker.log", "ab")
+    if notify_only:
+        env = {**env, "FHIRIMG_WORKER__QUEUES": "fhirimg-notify", "FHIRIMG_WORKER__FORK": "false"}
+    else:
+        env = {**env, "FHIRIMG_WORKER__QUEUES": "fhirimg-urgent,fhirimg"}
     return subprocess.Popen([sys.executable, "-m", "fhirimg.cli", "worker"], env=env, cwd=workdir, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -144,7 +166,7 @@ def run(subscriptions: int, rate: float, seconds: float, database: str | None, w
     database_url = pair.private_database()
     (work / "redis").mkdir()
     redis_proc, redis_url = start_redis(work / "redis")
-    subscriber = Subscriber()
+    subscriber = Subscriber(work)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRIMG_")}
     env.update({"FHIRIMG_DATABASE_URL": database_url, "FHIRIMG_VAR_DIR": str(work), "FHIRIMG_LOG_LEVEL": "WARNING",
                 "FHIRIMG_REDIS_URL": redis_url, "FHIRIMG_TRANSFER__ALLOW_LOOPBACK": "true"})
@@ -154,7 +176,7 @@ def run(subscriptions: int, rate: float, seconds: float, database: str | None, w
         processes.append(server)
         client = BenchClient(database_url, work, base)
         use_token_source(client.token)
-        processes += [start_worker(env, work) for _ in range(workers)]
+        processes += [start_worker(env, work, notify_only=i > 0) for i in range(max(workers, 2))]
         patients = [f"bench-{i}" for i in range(subscriptions)]
         baseline, _ = write_load(base, patients, rate, seconds)
         session = http_session()
@@ -165,24 +187,25 @@ def run(subscriptions: int, rate: float, seconds: float, database: str | None, w
                 "filterBy": [{"filterParameter": "patient", "value": f"Patient/{patient}"}]}, timeout=30)
             response.raise_for_status()
         deadline = time.monotonic() + 120
-        while len(subscriber.handshakes) < subscriptions and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while len(subscriber.read()[3]) < subscriptions and time.monotonic() < deadline:
+            time.sleep(0.2)
         loaded, committed = write_load(base, patients, rate, seconds)
         deadline = time.monotonic() + 120
-        while len(subscriber.arrivals) < len(committed) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while len(subscriber.read()[0]) < len(committed) and time.monotonic() < deadline:
+            time.sleep(0.2)
         time.sleep(1.0)  # late repeats, if any
-        by_focus = {focus: key for key, focus in subscriber.focus.items()}
+        arrivals, focus, repeats, handshakes = subscriber.read()
+        by_focus = {ref.rsplit("/_history/", 1)[0] + "/_history/1" if ref else ref: key for key, ref in focus.items()}
         delivery = Latencies("delivery")
         for ref, commit in committed.items():
             key = by_focus.get(ref)
             if key is not None:
-                delivery.seconds.append(subscriber.arrivals[key] - commit)
+                delivery.seconds.append(arrivals[key] - commit)
         return {"subscriptions": subscriptions, "rate": rate, "seconds": seconds, "workers": workers,
                 "database": "postgresql" if database_url.startswith("postgresql") else "sqlite",
-                "handshakes": len(subscriber.handshakes), "baseline": baseline, "loaded": loaded,
+                "handshakes": len(handshakes), "baseline": baseline, "loaded": loaded,
                 "delivery": delivery, "events": len(committed), "delivered": len(delivery.seconds),
-                "repeats": subscriber.repeats}
+                "repeats": repeats}
     finally:
         subscriber.close()
         for process in processes:
@@ -191,7 +214,8 @@ def run(subscriptions: int, rate: float, seconds: float, database: str | None, w
         if pair.schema is not None:
             pair.processes = []
             pair.__exit__(None, None, None)
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("FHIRIMG_BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def report(result: dict) -> str:
@@ -221,7 +245,9 @@ def report(result: dict) -> str:
 @click.option("--subscriptions", "count", default=100, show_default=True, help="Subscriptions (one per patient).")
 @click.option("--rate", default=50.0, show_default=True, help="Writes per second.")
 @click.option("--seconds", default=30.0, show_default=True, help="Length of each phase.")
-@click.option("--workers", default=1, show_default=True, help="`fhirimg worker` processes.")
+@click.option("--workers", default=2, show_default=True,
+              help="`fhirimg worker` processes (at least 2): one for retrievals, the others for "
+                   "fhirimg-notify alone, without forks (as `make run`).")
 @click.option("--database", default=None, help="A PostgreSQL URL (a private schema is made); default SQLite.")
 def command(count: int, rate: float, seconds: float, workers: int, database: str | None) -> None:
     """Commit-to-delivery latency of rest-hook notifications under a write load."""

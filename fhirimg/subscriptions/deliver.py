@@ -100,52 +100,53 @@ class Deliverer:
         if state.next_attempt_ms > self.now_ms():
             done.next_attempt_ms = state.next_attempt_ms
             return done
+        kind, event = "handshake", None
         try:
             if sub.get("status") == "requested" or state.handshake_version is None:
-                self.send(sub_id, sub, state, notify.handshake(sub_id, sub, state.events, self.now_ms()), "handshake")
-                self.acknowledged(sub_id, version, sub, state, handshake=True)
+                self.send(sub, notify.handshake(sub_id, sub, state.events, self.now_ms()), "handshake")
+                self.acknowledged(sub_id, version, sub, state, "handshake")
                 done.kinds.append("handshake")
                 version, sub, state = self.load(sub_id) or (version, sub, state)
+            kind = "event-notification"
             while done.events < max_events:
                 events = self.pending(sub_id, state.delivered)
                 if not events:
                     break
+                with self.repo.engine.connect() as conn:
+                    principal = subscriber(conn, state)
                 for event in events:
-                    self.send_event(sub_id, sub, state, event)
-                    state = self.advance(sub_id, version, sub, state, event)
+                    with self.repo.engine.connect() as conn:
+                        body = notify.event_notification(conn, sub_id, sub, principal, state.events, [event],
+                                                         self.base, self.now_ms())
+                    self.send(sub, body, kind, event)
+                    state = self.advance(sub_id, sub, state, event)
                     done.sent += 1
                     done.events += 1
-                    done.kinds.append("event-notification")
-                    fresh = self.load_sub(sub_id)
-                    if fresh is None:
-                        return done
-                    version, sub = fresh.pop("_version"), fresh
+                    done.kinds.append(kind)
+                event = None
+                fresh = self.load(sub_id)  # a client may have turned it off meanwhile
+                if fresh is None or fresh[1].get("status") not in ("active", "error"):
+                    return done
+                version, sub, state = fresh
+            kind = "heartbeat"
             if not done.events and not done.kinds and self.heartbeat_due(sub, state):
-                self.send(sub_id, sub, state, notify.heartbeat(sub_id, sub, state.events, self.now_ms(),
-                                                                state.last_error if sub.get("status") == "error"
-                                                                else None), "heartbeat")
-                self.acknowledged(sub_id, version, sub, state)
-                done.kinds.append("heartbeat")
+                error = state.last_error if sub.get("status") == "error" else None
+                self.send(sub, notify.heartbeat(sub_id, sub, state.events, self.now_ms(), error), kind)
+                self.acknowledged(sub_id, version, sub, state, kind)
+                done.kinds.append(kind)
         except Failed as exc:
             done.failed, done.error = True, str(exc)
-            done.next_attempt_ms = self.failed(sub_id, version, sub, state, exc)
+            done.next_attempt_ms = self.failed(sub_id, version, sub, state, exc, kind, event)
         return done
 
-    def send_event(self, sub_id: str, sub: dict, state, event: Event) -> None:
-        with self.repo.engine.connect() as conn:
-            principal = subscriber(conn, state)
-            body = notify.event_notification(conn, sub_id, sub, principal, state.events, [event], self.base,
-                                             self.now_ms())
-        self.send(sub_id, sub, state, body, "event-notification", event)
-
-    def send(self, sub_id: str, sub: dict, state, body: dict, kind: str, event: Event | None = None) -> None:
-        """POST one notification; Failed unless the subscriber answered 2xx. Audited either way."""
+    def send(self, sub: dict, body: dict, kind: str, event: Event | None = None) -> None:
+        """POST one notification; Failed unless the subscriber answered 2xx."""
         url = sub["endpoint"]
         headers = {"Content-Type": "application/fhir+json", "User-Agent": USER_AGENT}
         for param in sub.get("parameter") or []:
             headers[param["name"]] = param["value"]
         timeout = min(float(sub.get("timeout") or self.settings.timeout), self.settings.timeout)
-        status, error, retry_after = None, None, None
+        status, retry_after = None, None
         try:
             self.policy.check_url(url)
             response = self.session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout,
@@ -156,17 +157,15 @@ class Deliverer:
                 response.raw.read(64 * 1024, decode_content=False)  # enough to reuse the connection; bounded
             finally:
                 response.close()
-            if not 200 <= status < 300:
-                error = f"the endpoint answered HTTP {status} to the {kind}"
         except HostRefused as exc:
-            error = f"the endpoint is refused: {exc}"
+            raise Failed(f"the endpoint is refused: {exc}") from None
         except requests.RequestException as exc:
-            error = f"{kind} not delivered: {type(exc).__name__}"
-        self.audit(sub_id, sub, state, kind, event, status, error)
-        if self.on_progress is not None:
-            self.on_progress()
-        if error:
-            raise Failed(error, status, retry_after)
+            raise Failed(f"{kind} not delivered: {type(exc).__name__}") from None
+        finally:
+            if self.on_progress is not None:
+                self.on_progress()
+        if not 200 <= status < 300:
+            raise Failed(f"the endpoint answered HTTP {status} to the {kind}", status, retry_after)
 
     # -- state ----------------------------------------------------------------------------
     def load(self, sub_id: str):
@@ -192,41 +191,50 @@ class Deliverer:
                                 .order_by(ev.c.number).limit(BATCH)).all()
         return [Event(r.number, r.seq, r.res_type, r.res_id, r.version, r.occurred_ms) for r in rows]
 
-    def advance(self, sub_id: str, version: int, sub: dict, state, event: Event):
-        """The event was acknowledged: `delivered` moves to it, if it was the next one."""
+    def advance(self, sub_id: str, sub: dict, state, event: Event):
+        """The event was acknowledged: `delivered` moves to it (if it was the next one), and
+        the delivery is audited, in one transaction."""
         st = subscription_state
         now = self.now_ms()
+        rows = self.audit_rows(sub_id, sub, state, "event-notification", event, 200, None)
         with writing(self.repo.engine) as conn:
             conn.execute(update(st).where(st.c.sub_id == sub_id, st.c.delivered == event.number - 1)
                          .values(delivered=event.number, last_delivered_ms=now, last_sent_ms=now, attempts=0,
                                  failing_since_ms=None, next_attempt_ms=0))
+            append_events(conn, rows)
             state = conn.execute(select(st).where(st.c.sub_id == sub_id)).first()
         if sub.get("status") == "error":
             self.set_status(sub_id, "active")
+            sub["status"] = "active"
         return state
 
-    def acknowledged(self, sub_id: str, version: int, sub: dict, state, handshake: bool = False) -> None:
+    def acknowledged(self, sub_id: str, version: int, sub: dict, state, kind: str) -> None:
         st = subscription_state
         now = self.now_ms()
         values = {"last_sent_ms": now, "attempts": 0, "failing_since_ms": None, "next_attempt_ms": 0}
-        if handshake:
+        if kind == "handshake":
             values["handshake_version"] = version
+        rows = self.audit_rows(sub_id, sub, state, kind, None, 200, None)
         with writing(self.repo.engine) as conn:
             conn.execute(update(st).where(st.c.sub_id == sub_id).values(**values))
+            append_events(conn, rows)
         if sub.get("status") in ("requested", "error"):
             self.set_status(sub_id, "active")
 
-    def failed(self, sub_id: str, version: int, sub: dict, state, exc: Failed) -> int:
+    def failed(self, sub_id: str, version: int, sub: dict, state, exc: Failed, kind: str,
+               event: Event | None) -> int:
         st = subscription_state
         now = self.now_ms()
         attempts = state.attempts + 1
         since = state.failing_since_ms or now
         delay = self.backoff(attempts, exc.retry_after)
         next_ms = now + int(delay * 1000)
+        rows = self.audit_rows(sub_id, sub, state, kind, event, exc.status or 502, str(exc))
         with writing(self.repo.engine) as conn:
             conn.execute(update(st).where(st.c.sub_id == sub_id)
                          .values(attempts=attempts, failing_since_ms=since, last_error=str(exc)[:1000],
                                  last_error_ms=now, next_attempt_ms=next_ms))
+            append_events(conn, rows)
         log.warning("subscription %s: %s (attempt %d, next in %.1fs)", sub_id, exc, attempts, delay)
         status = sub.get("status")
         if status == "requested" or (status == "active" and now - since >= self.settings.max_error_seconds * 1000):
@@ -258,10 +266,11 @@ class Deliverer:
     def set_status(self, sub_id: str, status: str) -> None:
         set_status(self.repo, sub_id, status)
 
-    def audit(self, sub_id: str, sub: dict, state, kind: str, event: Event | None, status: int | None,
-              error: str | None) -> None:
+    def audit_rows(self, sub_id: str, sub: dict, state, kind: str, event: Event | None, status: int,
+                   error: str | None) -> list:
         host = urlsplit(sub.get("endpoint") or "").hostname or ""
-        audit_notification(self.repo, sub_id, state.client_id, kind, event, status, error, host, self.now_ms())
+        return notification_audit_rows(self.repo, sub_id, state.client_id, kind, event, status, error, host,
+                                       self.now_ms())
 
 def ended(sub: dict, now_ms: int) -> bool:
     """Whether the subscription's `end` has passed."""
@@ -295,10 +304,19 @@ def set_status(repo: Repository, sub_id: str, status: str) -> None:
 
 def audit_notification(repo: Repository, sub_id: str, client_id: str, kind: str, event: Event | None,
                        status: int | None, error: str | None, network: str, now_ms: int) -> None:
+    """``notification_audit_rows``, appended in a transaction of their own."""
+    rows = notification_audit_rows(repo, sub_id, client_id, kind, event, status, error, network, now_ms)
+    if rows:
+        with writing(repo.engine) as conn:
+            append_events(conn, rows)
+
+
+def notification_audit_rows(repo: Repository, sub_id: str, client_id: str, kind: str, event: Event | None,
+                            status: int | None, error: str | None, network: str, now_ms: int) -> list:
     """One AuditEvent per notification sent or attempted (the recipient, the event's patient,
     the outcome); never the endpoint's path or its headers, which may carry secrets."""
     if repo.auditor is None:
-        return
+        return []
     resources = [f"Subscription/{sub_id}"]
     details = {"notification": kind, "endpoint-host": network}
     patient = None
@@ -308,8 +326,7 @@ def audit_notification(repo: Repository, sub_id: str, client_id: str, kind: str,
         patient = patient_of(repo.engine, event)
     act = Act("operation", now_ms, client_id, repo.site, status=status or 502, network=network or None,
               resources=resources, details=details, reason=error)
-    with writing(repo.engine) as conn:
-        append_events(conn, event_rows(act, [patient]))
+    return event_rows(act, [patient])
 
 
 def patient_of(engine, event: Event) -> str | None:
@@ -324,19 +341,20 @@ def patient_of(engine, event: Event) -> str | None:
 
 def due_subscriptions(engine, now_ms: int) -> list[str]:
     """Live rest-hook subscriptions with something to do now: events not yet delivered, a
-    handshake pending, or a heartbeat period configured (deliver decides if one is due)."""
-    st, cur, rv = subscription_state, resource_current, resource_version
+    handshake pending, a heartbeat due, or an end passed. Contents come from the matcher's
+    per-version cache: a scan reads state rows, not JSON."""
+    from .matcher import parsed_versions
+    st, cur = subscription_state, resource_current
     with engine.connect() as conn:
         rows = conn.execute(
-            select(st.c.sub_id, st.c.events, st.c.delivered, st.c.handshake_version, st.c.next_attempt_ms,
-                   st.c.last_sent_ms, rv.c.content)
-            .select_from(st.join(cur, and_(cur.c.res_type == "Subscription", cur.c.res_id == st.c.sub_id))
-                         .join(rv, and_(rv.c.res_type == cur.c.res_type, rv.c.res_id == cur.c.res_id,
-                                        rv.c.version == cur.c.version)))
+            select(st.c.sub_id, st.c.events, st.c.delivered, st.c.handshake_version, st.c.last_sent_ms,
+                   cur.c.version)
+            .select_from(st.join(cur, and_(cur.c.res_type == "Subscription", cur.c.res_id == st.c.sub_id)))
             .where(cur.c.is_deleted.is_(False), st.c.next_attempt_ms <= now_ms)).all()
+        parsed = parsed_versions(conn, [(row.sub_id, row.version) for row in rows])
     due = []
     for row in rows:
-        sub = orjson.loads(row.content)
+        sub = parsed[(row.sub_id, row.version)][0]
         if channel_code(sub) != "rest-hook" or sub.get("status") not in ("requested", "active", "error"):
             continue
         beat = sub.get("heartbeatPeriod")
@@ -345,4 +363,3 @@ def due_subscriptions(engine, now_ms: int) -> list[str]:
                 or heartbeat or ended(sub, now_ms):
             due.append(row.sub_id)
     return due
-

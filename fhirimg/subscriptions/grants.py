@@ -24,13 +24,15 @@ def grant_values(principal: Principal) -> dict:
             "issuer": (principal.issuer or "")[:1024], "anonymous": bool(principal.anonymous)}
 
 
-def subscriber(conn, state) -> Principal:
-    """The principal of a subscription_state row, with the client's registration of now."""
+def subscriber(conn, state, registrations: dict | None = None) -> Principal:
+    """The principal of a subscription_state row, with the client's registration of now
+    (`registrations`: those of ``registrations_of``, read once for many subscriptions)."""
     if state.anonymous:
         return anonymous_principal()
     principal = Principal(state.client_id, parse_scopes(state.scopes), issuer=state.issuer, patient=state.patient)
-    row = conn.execute(select(auth_client.c.disabled, auth_client.c.patients, auth_client.c.organizations)
-                       .where(auth_client.c.client_id == state.client_id)).first()
+    if registrations is None:
+        registrations = registrations_of(conn, [state.client_id])
+    row = registrations.get(state.client_id)
     if row is None:
         return principal
     if row.disabled:
@@ -38,6 +40,16 @@ def subscriber(conn, state) -> Principal:
     principal.patients = tuple(row.patients.split())
     principal.organizations = tuple(row.organizations.split())
     return principal
+
+
+def registrations_of(conn, client_ids) -> dict:
+    """client_id -> (disabled, patients, organizations) of the registered ones among them."""
+    ids = sorted(set(client_ids))
+    if not ids:
+        return {}
+    query = select(auth_client.c.client_id, auth_client.c.disabled, auth_client.c.patients,
+                   auth_client.c.organizations).where(auth_client.c.client_id.in_(ids))
+    return {row.client_id: row for row in conn.execute(query)}
 
 
 def may_read(conn, principal: Principal, res_type: str, res_id: str, resource: dict | None) -> bool:

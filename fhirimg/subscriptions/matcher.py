@@ -25,7 +25,7 @@ from ..history import visible_watermark
 from ..replicate.links import writing
 from ..store.schema import resource_current, resource_version
 from .filters import filters_of, matches
-from .grants import may_read, subscriber
+from .grants import may_read, registrations_of, subscriber
 from .schema import subscription_event, subscription_matcher, subscription_state
 from .topics import RESOURCE_TYPES, Change, Topic, topic_for
 
@@ -150,22 +150,41 @@ def previous_contents(conn: Connection, keys: list[tuple[str, str, int]]) -> dic
 
 def load_live(conn: Connection) -> dict[str, Live]:
     """Every subscription that may have events now (requested, active or error), as it is
-    now, with its state and its subscriber."""
-    cur, rv, st = resource_current, resource_version, subscription_state
-    rows = conn.execute(
-        select(rv.c.res_id, rv.c.content, st).select_from(
-            cur.join(rv, and_(rv.c.res_type == cur.c.res_type, rv.c.res_id == cur.c.res_id,
-                              rv.c.version == cur.c.version))
-            .join(st, st.c.sub_id == cur.c.res_id))
-        .where(cur.c.res_type == "Subscription", cur.c.is_deleted.is_(False))).all()
+    now, with its state and its subscriber (whose registration is read again every time).
+    Contents are parsed once per version (``_PARSED``): a pass reads 100 subscriptions' state
+    rows, not their JSON."""
+    cur, st = resource_current, subscription_state
+    rows = conn.execute(select(cur.c.res_id, cur.c.version, st)
+                        .select_from(cur.join(st, st.c.sub_id == cur.c.res_id))
+                        .where(cur.c.res_type == "Subscription", cur.c.is_deleted.is_(False))).all()
+    parsed = parsed_versions(conn, [(row.res_id, row.version) for row in rows])
+    registrations = registrations_of(conn, [row.client_id for row in rows if not row.anonymous])
     live = {}
     for row in rows:
-        resource = orjson.loads(row.content)
-        topic = topic_for(resource.get("topic"))
+        resource, topic, filters = parsed[(row.res_id, row.version)]
         if topic is None or resource.get("status") not in LIVE_STATUSES or row.started_seq is None:
             continue
-        live[row.res_id] = Live(row.res_id, resource, topic, row, subscriber(conn, row), filters_of(resource))
+        live[row.res_id] = Live(row.res_id, resource, topic, row, subscriber(conn, row, registrations), filters)
     return live
+
+
+_PARSED: dict[tuple[str, int], tuple] = {}
+
+
+def parsed_versions(conn: Connection, keys: list[tuple[str, int]]) -> dict[tuple[str, int], tuple]:
+    """(content, topic, filters) of Subscription versions, parsed once per process."""
+    missing = [key for key in keys if key not in _PARSED]
+    rv = resource_version
+    for start in range(0, len(missing), 300):
+        chunk = [("Subscription", sub_id, version) for sub_id, version in missing[start:start + 300]]
+        for row in conn.execute(select(rv.c.res_id, rv.c.version, rv.c.content)
+                                .where(tuple_(rv.c.res_type, rv.c.res_id, rv.c.version).in_(chunk))):
+            resource = orjson.loads(row.content) if row.content else {}
+            _PARSED[(row.res_id, row.version)] = (resource, topic_for(resource.get("topic")), filters_of(resource))
+    if len(_PARSED) > 100_000:
+        _PARSED.clear()  # bounded; refilled from the next pass's rows
+        return parsed_versions(conn, keys)
+    return {key: _PARSED.get(key, ({}, None, [])) for key in keys}
 
 
 def start_subscription(conn: Connection, change: Change, live: dict[str, Live]) -> None:

@@ -17,7 +17,7 @@ class SubscriptionsSchema(Schema):
         unknown = RAISE
 
     # How often the worker's dispatcher looks for committed changes and due deliveries.
-    poll_interval = fields.Float(load_default=0.2, validate=validate.Range(0.01, 60))
+    poll_interval = fields.Float(load_default=0.1, validate=validate.Range(0.01, 60))
     # A subscription whose deliveries have failed for this long turns to status "error";
     # its events keep being numbered and kept, and it is still retried (at max_backoff).
     max_error_seconds = fields.Float(load_default=600.0, validate=validate.Range(1, 30 * 86_400))
@@ -47,7 +47,7 @@ class SubscriptionsSchema(Schema):
 
 @dataclass(frozen=True)
 class SubscriptionSettings:
-    poll_interval: float = 0.2
+    poll_interval: float = 0.1
     max_error_seconds: float = 600.0
     first_backoff: float = 1.0
     max_backoff: float = 300.0

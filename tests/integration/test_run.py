@@ -94,8 +94,7 @@ def test_run_serves_the_api_with_embedded_redis_and_a_worker(running):
     assert running.redis().ping()
     workers = running.registered_workers(count=2)
     assert len(workers) == 2  # one for everything, one for notifications alone
-    assert sorted(w.queue_names() for w in workers) == [["fhirimg-notify"],
-                                                        ["fhirimg-notify", "fhirimg-urgent", "fhirimg"]]
+    assert sorted(w.queue_names() for w in workers) == [["fhirimg-notify"], ["fhirimg-urgent", "fhirimg"]]
     names = {" ".join(p.cmdline()) for p in running.children}
     assert any("redis-server" in n for n in names) and any(" worker" in n for n in names)
     assert requests.get(f"{running.base}/Patient", timeout=10).status_code == 401  # smart mode
