@@ -212,6 +212,11 @@ class Deliverer:
         st = subscription_state
         now = self.now_ms()
         values = {"last_sent_ms": now, "attempts": 0, "failing_since_ms": None, "next_attempt_ms": 0}
+        period = sub.get("heartbeatPeriod")
+        if kind == "heartbeat" and period and state.last_sent_ms and now - state.last_sent_ms < 2 * period * 1000:
+            # The beat counts from when it was due, not from when it went out: dispatch and POST
+            # times do not add up from one beat to the next (heartbeats keep their period).
+            values["last_sent_ms"] = state.last_sent_ms + period * 1000
         if kind == "handshake":
             values["handshake_version"] = version
         rows = self.audit_rows(sub_id, sub, state, kind, None, 200, None)
@@ -340,26 +345,36 @@ def patient_of(engine, event: Event) -> str | None:
 
 
 def due_subscriptions(engine, now_ms: int) -> list[str]:
-    """Live rest-hook subscriptions with something to do now: events not yet delivered, a
-    handshake pending, a heartbeat due, or an end passed. Contents come from the matcher's
-    per-version cache: a scan reads state rows, not JSON."""
+    return scan_subscriptions(engine, now_ms)[0]
+
+
+def scan_subscriptions(engine, now_ms: int) -> tuple[list[str], int | None]:
+    """Live rest-hook subscriptions with something to do now - events not yet delivered, a
+    handshake pending, a heartbeat due, or an end passed - and when the next heartbeat or
+    retry falls due. Contents come from the matcher's per-version cache: a scan reads state
+    rows, not JSON."""
     from .matcher import parsed_versions
     st, cur = subscription_state, resource_current
     with engine.connect() as conn:
         rows = conn.execute(
             select(st.c.sub_id, st.c.events, st.c.delivered, st.c.handshake_version, st.c.last_sent_ms,
-                   cur.c.version)
+                   st.c.next_attempt_ms, cur.c.version)
             .select_from(st.join(cur, and_(cur.c.res_type == "Subscription", cur.c.res_id == st.c.sub_id)))
-            .where(cur.c.is_deleted.is_(False), st.c.next_attempt_ms <= now_ms)).all()
+            .where(cur.c.is_deleted.is_(False))).all()
         parsed = parsed_versions(conn, [(row.sub_id, row.version) for row in rows])
-    due = []
+    due, wake = [], None
     for row in rows:
         sub = parsed[(row.sub_id, row.version)][0]
         if channel_code(sub) != "rest-hook" or sub.get("status") not in ("requested", "active", "error"):
             continue
+        if row.next_attempt_ms > now_ms:  # backing off
+            wake = min(wake or row.next_attempt_ms, row.next_attempt_ms)
+            continue
         beat = sub.get("heartbeatPeriod")
-        heartbeat = beat and now_ms - (row.last_sent_ms or 0) >= beat * 1000
+        beat_at = (row.last_sent_ms or 0) + beat * 1000 if beat else None
         if row.events > row.delivered or row.handshake_version is None or sub.get("status") == "requested" \
-                or heartbeat or ended(sub, now_ms):
+                or (beat_at is not None and beat_at <= now_ms) or ended(sub, now_ms):
             due.append(row.sub_id)
-    return due
+        elif beat_at is not None:
+            wake = min(wake or beat_at, beat_at)
+    return due, wake

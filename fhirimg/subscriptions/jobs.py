@@ -29,7 +29,7 @@ from rq import Queue
 from sqlalchemy import delete
 
 from ..store import Repository, make_engine
-from .deliver import Deliverer, due_subscriptions
+from .deliver import Deliverer, scan_subscriptions
 from .matcher import match_all
 from .rules import subscription_rules
 from .schema import subscription_event
@@ -91,11 +91,13 @@ def lease_seconds(timeout: float) -> int:
     return int(timeout * 2 + 10)
 
 
-def enqueue_due(engine, connection: Redis, now_ms: int, timeout: float) -> list[str]:
-    """A delivery job for each due subscription that has none queued; returns their ids."""
+def enqueue_due(engine, connection: Redis, now_ms: int, timeout: float) -> tuple[list[str], int | None]:
+    """A delivery job for each due subscription that has none queued; returns their ids and
+    when the next heartbeat or retry falls due."""
     queue = Queue(QUEUE, connection=connection)
     enqueued = []
-    for sub_id in due_subscriptions(engine, now_ms):
+    due, wake = scan_subscriptions(engine, now_ms)
+    for sub_id in due:
         if connection.exists(running_key(sub_id)):
             continue
         if not connection.set(queued_key(sub_id), "1", nx=True, ex=lease_seconds(timeout) + 60):
@@ -104,7 +106,7 @@ def enqueue_due(engine, connection: Redis, now_ms: int, timeout: float) -> list[
     for start in range(0, len(enqueued), BATCH):
         queue.enqueue(deliver_job, enqueued[start:start + BATCH], result_ttl=60, failure_ttl=86_400,
                       job_timeout=3600)
-    return enqueued
+    return enqueued, wake
 
 
 def prune(engine, retention_days: float, now_ms: int) -> int:
@@ -125,6 +127,7 @@ class Dispatcher:
         self.thread = threading.Thread(target=self.run, name="subscription-dispatcher", daemon=True)
         self.last_prune = 0.0
         self.last_scan = 0.0
+        self.next_wake_ms: int | None = None
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
 
     def start(self) -> "Dispatcher":
@@ -164,11 +167,14 @@ class Dispatcher:
             if self.clock() - self.last_prune > PRUNE_EVERY:
                 self.last_prune = self.clock()
                 prune(engine, self.rules.settings.retention_days, now_ms)
-            # Every subscription is looked at once a second (retries, heartbeats); at once when
-            # changes were just matched (new events, a new or changed subscription).
-            if matched.changes or self.clock() - self.last_scan >= SCAN_EVERY:
+            # Subscriptions are looked at when changes were just matched (new events, a new or
+            # changed subscription), when a heartbeat or a retry falls due, and once a second.
+            if matched.changes or self.clock() - self.last_scan >= SCAN_EVERY or \
+                    (self.next_wake_ms is not None and now_ms >= self.next_wake_ms):
                 self.last_scan = self.clock()
-                return enqueue_due(engine, self.connection, now_ms, self.rules.settings.timeout)
+                enqueued, self.next_wake_ms = enqueue_due(engine, self.connection, now_ms,
+                                                          self.rules.settings.timeout)
+                return enqueued
             return []
         except (RedisError, OSError) as exc:
             log.warning("subscription dispatcher: Redis or storage unavailable, will retry: %s", exc)

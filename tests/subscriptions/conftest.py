@@ -22,6 +22,7 @@ class Receiver:
     def __init__(self):
         self.received: list[dict] = []
         self.headers: list[dict] = []
+        self.times: list[float] = []  # arrival of each received notification (monotonic)
         self.status = 200
         self.retry_after: str | None = None
         self.down = False
@@ -55,6 +56,7 @@ class Receiver:
                     time.sleep(receiver.delay)
                 with receiver.lock:
                     receiver.received.append(json.loads(body))
+                    receiver.times.append(time.monotonic())
                     receiver.headers.append(dict(self.headers))
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")

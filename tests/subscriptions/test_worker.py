@@ -126,3 +126,26 @@ def test_kill_server_and_worker_and_flush_redis_during_delivery(tmp_path, databa
         if server.process and server.process.poll() is None:
             os.killpg(server.process.pid, signal.SIGTERM)
             server.process.wait(10)
+
+
+@pytest.mark.timeout(120)
+def test_heartbeats_through_the_worker_keep_their_period(tmp_path, database, subs_client, redis_server, receiver):
+    """The dispatcher wakes for the next heartbeat, and a beat counts from when it was due:
+    through a real worker, heartbeats every 2 s arrive 2 s apart (+-10%)."""
+    config_path = write_config(tmp_path / "fhirimg.toml", {
+        "database_url": database_url_of(database), "redis_url": redis_server.url, "var_dir": str(tmp_path / "var"),
+        "log_level": "INFO"}, {
+        "transfer": {"allow_loopback": False, "allowed_hosts": [f"127.0.0.1:{receiver.port}"]},
+        "subscriptions": {"min_heartbeat": 1}})
+    worker = WorkerProcess(config_path, tmp_path / "worker.log")
+    try:
+        sub = subs_client.post("/fhir/Subscription", json=subscription(receiver.url, heartbeatPeriod=2))
+        assert sub.status_code == 201
+        wait_for(lambda: len(receiver.of_kind("heartbeat")) >= 5, 60, what="five heartbeats")
+        with receiver.lock:
+            beats = [t for t, b in zip(receiver.times, receiver.received)
+                     if b["entry"][0]["resource"]["type"] == "heartbeat"]
+        gaps = [b - a for a, b in zip(beats, beats[1:])]
+        assert all(1.8 <= gap <= 2.2 for gap in gaps), gaps
+    finally:
+        worker.stop()
