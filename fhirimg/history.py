@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from .errors import Invalid, NotFound
 from .replicate.schema import change_origin
-from .resources import SUPPORTED_TYPES
+from .resources import REPLICATED_BY_DEFAULT, SUPPORTED_TYPES
 from .store.records import StoredVersion
 from .store.repository import row_to_version
 from .store.schema import change_counter, resource_current, resource_version
@@ -306,6 +306,10 @@ def _filters(query: HistoryQuery, rv, lo: int, hi: int) -> list:
         conditions.append(rv.c.res_id == query.res_id)
     if query.types:
         conditions.append(rv.c.res_type.in_(query.types))
+    elif query.res_type is None:
+        # System history without _type: the shared record, not the Subscriptions, which are
+        # their clients' own (and carry their endpoints' headers); _type=Subscription asks.
+        conditions.append(rv.c.res_type.in_(REPLICATED_BY_DEFAULT))
     return conditions
 
 

@@ -20,7 +20,7 @@ from .. import history
 from ..auth.decision import decide, require_resource, require_version
 from ..auth.errors import Forbidden
 from ..errors import Invalid
-from ..resources import SUPPORTED_TYPES
+from ..resources import REPLICATED_BY_DEFAULT
 from ..replicate.origin import origin_extension, site_id
 from ..store.records import format_instant
 from .access import current_principal
@@ -90,7 +90,7 @@ def require_history_access(uow, query: history.HistoryQuery) -> None:
         # Asked whether or not it exists: a narrowed token learns nothing from 403 versus 404.
         require_resource(uow.conn, principal, "r", query.res_type, query.res_id)
         return
-    for res_type in [query.res_type] if query.res_type else (query.types or SUPPORTED_TYPES):
+    for res_type in [query.res_type] if query.res_type else (query.types or REPLICATED_BY_DEFAULT):
         access = decide(principal, "s", res_type).require()
         if access.is_narrowed:
             raise Forbidden(f"the token may search only some {res_type} resources (patient context, scope "

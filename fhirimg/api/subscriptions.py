@@ -8,11 +8,15 @@ read, at the payload level asked for (never more than the subscription's own).
 """
 from __future__ import annotations
 
+import uuid
+
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import select
 
 from ..auth.decision import decide, require_resource
 from ..errors import Invalid, MethodNotAllowed, NotFound
+from ..store.records import format_instant
+from ..store.schema import resource_current
 from ..subscriptions import notify
 from ..subscriptions.notify import Event
 from ..subscriptions.schema import subscription_event, subscription_state
@@ -125,24 +129,64 @@ def readable_subscription(res_id: str):
         stored = uow.read("Subscription", res_id)
         if stored is None or stored.is_deleted:
             raise NotFound(f"Subscription/{res_id[:64]} is not known")
+        require_resource(uow.conn, current_principal(), "r", "Subscription", res_id)  # its owner only
         state = uow.conn.execute(select(subscription_state).where(subscription_state.c.sub_id == res_id)).first()
-        principal = current_principal()
-        decide(principal, "r", "Subscription").require()
-        if state is None or state.client_id != principal.client_id:  # its own client may always ask
-            require_resource(uow.conn, principal, "r", "Subscription", res_id)
     return stored, state
 
 
+@blueprint.route("/Subscription/$status", methods=["GET", "POST"])
 @blueprint.route("/Subscription/<res_id>/$status", methods=["GET", "POST"])
-def status(res_id: str) -> Response:
-    stored, state = readable_subscription(res_id)
-    events = state.events if state else 0
-    sub = stored.resource
-    error = state.last_error if state is not None and sub.get("status") == "error" else None
-    body = notify.bundle(notify.status_resource(res_id, sub, events, "query-status", error=error),
-                         now_ms=current_app.extensions["fhirimg.repository"].clock())
-    note("operation", resources=[f"Subscription/{res_id}"], details={"operation": "Subscription/$status"})
+def status(res_id: str | None = None) -> Response:
+    """R5 $status: a searchset Bundle of SubscriptionStatus (query-status), one per
+    subscription - this one, or (type level) the caller's own, filtered by id and status."""
+    repo = current_app.extensions["fhirimg.repository"]
+    if res_id is not None:
+        found = [(res_id, *readable_subscription(res_id))]
+    else:
+        params = list(request.args.items(multi=True)) + posted_parameters()
+        ids = {v for k, v in params if k == "id"}
+        statuses = {v for k, v in params if k == "status"}
+        found = own_subscriptions(ids, statuses)
+    entries = []
+    for sub_id, stored, state in found:
+        sub = stored.resource
+        error = state.last_error if state is not None and sub.get("status") == "error" else None
+        resource = notify.status_resource(sub_id, sub, state.events if state else 0, "query-status", error=error)
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource, "search": {"mode": "match"}})
+    body = {"resourceType": "Bundle", "type": "searchset", "timestamp": format_instant(repo.clock()),
+            "total": len(entries), "entry": entries}
+    note("operation", resources=[f"Subscription/{sub_id}" for sub_id, _, _ in found][:100],
+         details={"operation": "Subscription/$status"})
     return json_response(body)
+
+
+MAX_STATUS = 1000
+
+
+def own_subscriptions(ids: set[str], statuses: set[str]) -> list:
+    """(id, stored, state) of the caller's Subscriptions (all of them in anonymous mode)."""
+    principal = current_principal()
+    access = decide(principal, "r", "Subscription").require()
+    repo = current_app.extensions["fhirimg.repository"]
+    cur = resource_current
+    query = select(cur.c.res_id).where(cur.c.res_type == "Subscription", cur.c.is_deleted.is_(False))
+    condition = access.condition()
+    if condition is not None:
+        query = query.where(condition)
+    if ids:
+        query = query.where(cur.c.res_id.in_(sorted(ids)[:MAX_STATUS]))
+    out = []
+    with repo.reading() as uow:
+        sub_ids = [row.res_id for row in uow.conn.execute(query.order_by(cur.c.res_id).limit(MAX_STATUS))]
+        stored = uow.read_many("Subscription", sub_ids)
+        states = {row.sub_id: row for row in uow.conn.execute(
+            select(subscription_state).where(subscription_state.c.sub_id.in_(sub_ids)))} if sub_ids else {}
+    for sub_id in sub_ids:
+        version = stored.get(sub_id)
+        if version is None or (statuses and version.resource.get("status") not in statuses):
+            continue
+        out.append((sub_id, version, states.get(sub_id)))
+    return out
 
 
 @blueprint.route("/Subscription/<res_id>/$events", methods=["GET", "POST"])
@@ -157,9 +201,9 @@ def events(res_id: str) -> Response:
     until = integer_parameter(params, "eventsUntilNumber", total)
     if until < since:
         raise Invalid("eventsUntilNumber is below eventsSinceNumber", ["eventsUntilNumber"])
-    if until - since + 1 > limit:
-        raise Invalid(f"at most {limit} events per request (subscriptions.max_events_per_request); ask for a "
-                      "smaller range", ["eventsUntilNumber"], code="too-costly")
+    # The server may return fewer than asked (R5 $events): the first `limit` of the range;
+    # the client asks again from the last eventNumber it got.
+    until = min(until, since + limit - 1)
     level = params.get("content") or content_of(sub)
     if level not in LEVELS:
         raise Invalid(f"content must be one of {', '.join(CONTENTS)}", ["content"], code="value")
@@ -181,15 +225,29 @@ def events(res_id: str) -> Response:
 def operation_parameters() -> dict[str, str]:
     """Parameters from the query, or a Parameters resource (POST)."""
     params = {k: v for k, v in request.args.items()}
-    if request.method == "POST" and request.content_length:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-            raise Invalid("POST $events takes a Parameters resource", ["Parameters"])
-        for p in body.get("parameter") or []:
-            value = next((v for k, v in p.items() if k.startswith("value")), None)
-            if isinstance(p.get("name"), str) and value is not None:
-                params[p["name"]] = str(value)
+    for name, value in posted_parameters():
+        params[name] = value
     return params
+
+
+def posted_parameters() -> list[tuple[str, str]]:
+    """(name, value) of a POSTed Parameters resource's primitive parameters; 400 for a body
+    that is not one."""
+    if request.method != "POST" or not request.content_length:
+        return []
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters" or \
+            not isinstance(body.get("parameter", []), list):
+        raise Invalid("the POST body must be a Parameters resource", ["Parameters"])
+    out = []
+    for i, p in enumerate(body.get("parameter") or []):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise Invalid("each parameter needs a name", [f"Parameters.parameter[{i}]"])
+        value = next((v for k, v in p.items() if k.startswith("value")), None)
+        if not isinstance(value, (str, int, bool)) or isinstance(value, bool):
+            raise Invalid(f"parameter {p['name'][:64]!r} needs a primitive value", [f"Parameters.parameter[{i}]"])
+        out.append((p["name"], str(value)))
+    return out
 
 
 def integer_parameter(params: dict, name: str, default: int) -> int:
@@ -215,11 +273,7 @@ def ws_binding_token(res_id: str | None = None) -> Response:
     from ..subscriptions.validate import channel_code
     from ..subscriptions.websocket import issue_token, websocket_url
     ids = [res_id] if res_id else [v for k, v in request.args.items(multi=True) if k == "id"]
-    if request.method == "POST" and request.content_length:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-            raise Invalid("POST $get-ws-binding-token takes a Parameters resource", ["Parameters"])
-        ids += [p.get("valueId") or p.get("valueString") for p in body.get("parameter") or [] if p.get("name") == "id"]
+    ids += [value for name, value in posted_parameters() if name == "id"]
     ids = list(dict.fromkeys(i for i in ids if i))
     if not ids:
         raise Invalid("name the websocket Subscription(s): id (this server binds named subscriptions only)", ["id"])
@@ -234,7 +288,6 @@ def ws_binding_token(res_id: str | None = None) -> Response:
     repo = current_app.extensions["fhirimg.repository"]
     token, expires = issue_token(engine(), current_principal().client_id, ids, rules.settings.ws_token_seconds,
                                  repo.clock())
-    from ..store.records import format_instant
     parameters = [{"name": "token", "valueString": token}, {"name": "expiration", "valueDateTime": format_instant(expires)},
                   *({"name": "subscription", "valueString": sub_id} for sub_id in ids),
                   {"name": "websocket-url", "valueUrl": websocket_url(current_app.config["FHIRIMG"])}]

@@ -47,6 +47,8 @@ class Access:
     @property
     def is_narrowed(self) -> bool:
         """Whether only some resources of the type are reachable (else: all, no SQL needed)."""
+        if self.res_type == "Subscription":
+            return not self.principal.anonymous  # a client's own (owned_subscriptions)
         unrestricted = any(r.patients is None and not r.criteria for r in self.rules)
         return not unrestricted or self.principal.is_limited
 
@@ -59,6 +61,8 @@ class Access:
         """The WHERE condition on `cur` selecting the reachable resources; None = all of them."""
         if not self.is_narrowed:
             return None
+        if self.res_type == "Subscription":
+            return owned_subscriptions(self.principal.client_id, cur)
         branches = []
         for rule in self.rules:
             parts = []
@@ -77,6 +81,14 @@ class Access:
         if limit is not None:
             return and_(scope_part, in_compartment(self.res_type, limit, cur))
         return scope_part
+
+
+def owned_subscriptions(client_id: str, cur=resource_current):
+    """A Subscription is its client's: it names that client's endpoint and headers, and is
+    delivered with that client's rights. Other clients, whatever their scopes, neither see
+    nor change it (operators: `fhirimg subscriptions status`)."""
+    from ..subscriptions.schema import subscription_state as st
+    return cur.c.res_id.in_(select(st.c.sub_id).where(st.c.client_id == client_id))
 
 
 def decide(principal: Principal, letter: str, res_type: str) -> Access:
@@ -188,6 +200,8 @@ def require_version(conn, principal: Principal, stored) -> None:
 def version_in_reach(conn, access: Access, res_type: str, res_id: str, resource: dict) -> bool:
     """The compartment test on a version's own content. Scope criteria and organizations are
     evaluated only by the index (current versions), so with them an old version is refused."""
+    if res_type == "Subscription":
+        return reachable(conn, access, res_type, res_id)  # its owner, whichever version
     if access.principal.organizations or any(rule.criteria for rule in access.rules):
         return False
     limit = set(access.principal.patients) or None

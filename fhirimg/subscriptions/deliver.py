@@ -60,6 +60,10 @@ class Delivery:
     kinds: list[str] = field(default_factory=list)
 
 
+class Superseded(Exception):
+    """The subscription's progress was moved by someone else: this delivery stops."""
+
+
 class Failed(Exception):
     def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
@@ -75,7 +79,6 @@ class Deliverer:
     clock: Callable[[], float] = time.time
     session: requests.Session | None = None
     rng: random.Random = field(default_factory=random.Random)
-    on_progress: Callable[[], object] | None = None  # after each notification acknowledged (lock renewal)
 
     def __post_init__(self):
         self.session = self.session or make_session(self.policy)
@@ -87,8 +90,10 @@ class Deliverer:
         return int(self.clock() * 1000)
 
     # -- one subscription ---------------------------------------------------------------
-    def deliver(self, sub_id: str, max_events: int = 10_000) -> Delivery:
+    def deliver(self, sub_id: str, max_events: int = 10_000, budget_seconds: float | None = None) -> Delivery:
+        """Do what is due, within `max_events` and `budget_seconds` (no new POST after it)."""
         done = Delivery()
+        deadline = time.monotonic() + budget_seconds if budget_seconds else None
         loaded = self.load(sub_id)
         if loaded is None:
             return done
@@ -115,6 +120,8 @@ class Deliverer:
                 with self.repo.engine.connect() as conn:
                     principal = subscriber(conn, state)
                 for event in events:
+                    if deadline is not None and time.monotonic() > deadline:
+                        return done  # the rest in the next job: other subscriptions wait for this one
                     with self.repo.engine.connect() as conn:
                         body = notify.event_notification(conn, sub_id, sub, principal, state.events, [event],
                                                          self.base, self.now_ms())
@@ -134,9 +141,18 @@ class Deliverer:
                 self.send(sub, notify.heartbeat(sub_id, sub, state.events, self.now_ms(), error), kind)
                 self.acknowledged(sub_id, version, sub, state, kind)
                 done.kinds.append(kind)
+        except Superseded as exc:
+            log.info("%s; this delivery stops", exc)
         except Failed as exc:
             done.failed, done.error = True, str(exc)
             done.next_attempt_ms = self.failed(sub_id, version, sub, state, exc, kind, event)
+        except Exception as exc:  # noqa: BLE001 - anything else backs off too, never a hot loop
+            log.exception("subscription %s: delivery failed", sub_id)
+            done.failed, done.error = True, f"internal error: {type(exc).__name__}"
+            try:
+                done.next_attempt_ms = self.failed(sub_id, version, sub, state, Failed(done.error), kind, event)
+            except Exception:  # noqa: BLE001 - the database itself is failing: the lease expires, a later run retries
+                log.exception("subscription %s: could not record the failure", sub_id)
         return done
 
     def send(self, sub: dict, body: dict, kind: str, event: Event | None = None) -> None:
@@ -161,9 +177,6 @@ class Deliverer:
             raise Failed(f"the endpoint is refused: {exc}") from None
         except requests.RequestException as exc:
             raise Failed(f"{kind} not delivered: {type(exc).__name__}") from None
-        finally:
-            if self.on_progress is not None:
-                self.on_progress()
         if not 200 <= status < 300:
             raise Failed(f"the endpoint answered HTTP {status} to the {kind}", status, retry_after)
 
@@ -189,6 +202,16 @@ class Deliverer:
         with self.repo.engine.connect() as conn:
             rows = conn.execute(select(ev).where(ev.c.sub_id == sub_id, ev.c.number > delivered)
                                 .order_by(ev.c.number).limit(BATCH)).all()
+        if rows and rows[0].number != delivered + 1:
+            # Cannot happen while undelivered events are kept (jobs.prune); should it, the
+            # subscription must not stall for ever on a number that is gone.
+            log.error("subscription %s: events %d..%d are missing; delivery goes on from %d", sub_id,
+                      delivered + 1, rows[0].number - 1, rows[0].number)
+            with writing(self.repo.engine) as conn:
+                conn.execute(update(subscription_state).where(subscription_state.c.sub_id == sub_id,
+                                                              subscription_state.c.delivered == delivered)
+                             .values(delivered=rows[0].number - 1))
+            raise Superseded(f"subscription {sub_id}: skipped a gap")
         return [Event(r.number, r.seq, r.res_type, r.res_id, r.version, r.occurred_ms) for r in rows]
 
     def advance(self, sub_id: str, sub: dict, state, event: Event):
@@ -198,11 +221,16 @@ class Deliverer:
         now = self.now_ms()
         rows = self.audit_rows(sub_id, sub, state, "event-notification", event, 200, None)
         with writing(self.repo.engine) as conn:
-            conn.execute(update(st).where(st.c.sub_id == sub_id, st.c.delivered == event.number - 1)
-                         .values(delivered=event.number, last_delivered_ms=now, last_sent_ms=now, attempts=0,
-                                 failing_since_ms=None, next_attempt_ms=0))
+            moved = conn.execute(update(st).where(st.c.sub_id == sub_id, st.c.delivered == event.number - 1)
+                                 .values(delivered=event.number, last_delivered_ms=now, last_sent_ms=now,
+                                         attempts=0, failing_since_ms=None, next_attempt_ms=0)).rowcount
             append_events(conn, rows)
             state = conn.execute(select(st).where(st.c.sub_id == sub_id)).first()
+        if moved != 1:
+            # Another deliverer moved it (its lock was lost), or the client re-created the
+            # subscription: stop here; the next run starts from what the database says.
+            raise Superseded(f"subscription {sub_id}: delivered is {state.delivered if state else None}, "
+                             f"not {event.number - 1}")
         if sub.get("status") == "error":
             self.set_status(sub_id, "active")
             sub["status"] = "active"
@@ -217,14 +245,15 @@ class Deliverer:
             # The beat counts from when it was due, not from when it went out: dispatch and POST
             # times do not add up from one beat to the next (heartbeats keep their period).
             values["last_sent_ms"] = state.last_sent_ms + period * 1000
-        if kind == "handshake":
-            values["handshake_version"] = version
         rows = self.audit_rows(sub_id, sub, state, kind, None, 200, None)
         with writing(self.repo.engine) as conn:
             conn.execute(update(st).where(st.c.sub_id == sub_id).values(**values))
+            if kind == "handshake":  # unless a client asked for a new handshake meanwhile
+                conn.execute(update(st).where(st.c.sub_id == sub_id, st.c.handshake_version.is_(None))
+                             .values(handshake_version=version))
             append_events(conn, rows)
         if sub.get("status") in ("requested", "error"):
-            self.set_status(sub_id, "active")
+            self.set_status(sub_id, "active", version if kind == "handshake" else None)
 
     def failed(self, sub_id: str, version: int, sub: dict, state, exc: Failed, kind: str,
                event: Event | None) -> int:
@@ -250,8 +279,8 @@ class Deliverer:
         """Full jitter over an exponential ceiling; a Retry-After is a floor (bounded)."""
         ceiling = min(self.settings.max_backoff, self.settings.first_backoff * 2 ** min(attempts - 1, 30))
         delay = self.rng.uniform(self.settings.first_backoff / 2, max(ceiling, self.settings.first_backoff / 2))
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.settings.max_backoff))
+        if retry_after is not None:  # the subscriber's own word, up to a day
+            delay = max(delay, min(retry_after, 86_400.0))
         return delay
 
     def heartbeat_due(self, sub: dict, state) -> bool:
@@ -268,8 +297,8 @@ class Deliverer:
         self.set_status(sub_id, "off")
         return True
 
-    def set_status(self, sub_id: str, status: str) -> None:
-        set_status(self.repo, sub_id, status)
+    def set_status(self, sub_id: str, status: str, version: int | None = None) -> None:
+        set_status(self.repo, sub_id, status, version)
 
     def audit_rows(self, sub_id: str, sub: dict, state, kind: str, event: Event | None, status: int,
                    error: str | None) -> list:
@@ -288,12 +317,16 @@ def ended(sub: dict, now_ms: int) -> bool:
         return False
 
 
-def set_status(repo: Repository, sub_id: str, status: str) -> None:
+def set_status(repo: Repository, sub_id: str, status: str, version: int | None = None) -> None:
     """A new version of the Subscription with `status`, written as this server (retried on a
-    concurrent client write; a client's own off or entered-in-error wins)."""
+    concurrent client write; a client's own off or entered-in-error wins). With `version`,
+    only if that version is still the current one (a handshake confirms the version it was
+    sent for, not one a client wrote meanwhile with another endpoint)."""
     for _ in range(3):
         stored = repo.read("Subscription", sub_id)
         if stored is None or stored.is_deleted or stored.resource.get("status") in ("off", "entered-in-error"):
+            return
+        if version is not None and stored.version != version:
             return
         if stored.resource.get("status") == status:
             return
@@ -342,6 +375,20 @@ def patient_of(engine, event: Event) -> str | None:
     resource = orjson.loads(content) if content else {}
     ref = (resource.get("subject") or resource.get("for") or {}).get("reference") or ""
     return ref[8:] if ref.startswith("Patient/") else None
+
+
+def scan_channels(engine) -> dict[str, list[str]]:
+    """The ids of the Subscriptions that are not deleted, by channel code."""
+    from .matcher import parsed_versions
+    cur = resource_current
+    with engine.connect() as conn:
+        rows = conn.execute(select(cur.c.res_id, cur.c.version).where(
+            cur.c.res_type == "Subscription", cur.c.is_deleted.is_(False))).all()
+        parsed = parsed_versions(conn, [(row.res_id, row.version) for row in rows])
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        out.setdefault(channel_code(parsed[(row.res_id, row.version)][0]) or "", []).append(row.res_id)
+    return out
 
 
 def due_subscriptions(engine, now_ms: int) -> list[str]:

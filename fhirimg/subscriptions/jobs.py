@@ -32,7 +32,7 @@ from ..store import Repository, make_engine
 from .deliver import Deliverer, scan_subscriptions
 from .matcher import match_all
 from .rules import subscription_rules
-from .schema import subscription_event
+from .schema import subscription_event, subscription_state
 
 log = logging.getLogger("fhirimg.subscriptions")
 # Their own queue, first in a worker's list: a notification is short (bounded by its timeout)
@@ -43,6 +43,7 @@ SCAN_EVERY = 1.0
 LEADER_KEY = "fhirimg:subscriptions:dispatcher"
 LEADER_SECONDS = 3
 BATCH = 16  # subscriptions per delivery job, one thread each
+DELIVERY_BUDGET = 30.0  # seconds one subscription may keep its thread; the rest waits for the next job
 _runtime: dict = {}
 
 
@@ -69,21 +70,48 @@ def deliver_job(sub_ids: list[str] | str) -> str:
 
         def one(sub_id: str) -> str:
             lease = lease_seconds(rules.settings.timeout)
-            if not connection.set(running_key(sub_id), os.getpid(), nx=True, ex=lease):
+            token = f"{os.getpid()}:{threading.get_ident()}:{time.time_ns()}"
+            if not connection.set(running_key(sub_id), token, nx=True, ex=lease):
                 return f"{sub_id}: being delivered elsewhere"
-            # The lock is renewed after every notification: a killed job frees it within a lease.
-            deliverer = Deliverer(repo, rules.settings, rules.policy, base,
-                                  on_progress=lambda: connection.expire(running_key(sub_id), lease))
+            stop = threading.Event()
+            renewer = threading.Thread(target=renew, args=(connection, running_key(sub_id), token, lease, stop),
+                                       daemon=True)
+            renewer.start()
+            deliverer = Deliverer(repo, rules.settings, rules.policy, base)
             try:
-                return f"{sub_id}: {deliverer.deliver(sub_id)!r}"
+                return f"{sub_id}: {deliverer.deliver(sub_id, budget_seconds=DELIVERY_BUDGET)!r}"
             finally:
+                stop.set()
                 deliverer.close()
-                connection.delete(running_key(sub_id))
+                release(connection, running_key(sub_id), token)
 
         with ThreadPoolExecutor(max_workers=min(len(sub_ids), BATCH)) as pool:
             return "\n".join(pool.map(one, sub_ids))
     finally:
         connection.close()
+
+
+def renew(connection: Redis, key: str, token: str, lease: int, stop: threading.Event) -> None:
+    """Keep a delivery's lock while it runs (a POST may take the whole timeout), and only
+    while it is still this delivery's."""
+    while not stop.wait(lease / 3):
+        try:
+            if connection.get(key) != token.encode():
+                return
+            connection.expire(key, lease)
+        except (RedisError, OSError):
+            return
+
+
+RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+def release(connection: Redis, key: str, token: str) -> None:
+    """Delete the lock only if it is still ours (after an expiry another delivery may hold it)."""
+    try:
+        connection.eval(RELEASE, 1, key, token)
+    except (RedisError, OSError):
+        pass
 
 
 def lease_seconds(timeout: float) -> int:
@@ -110,11 +138,23 @@ def enqueue_due(engine, connection: Redis, now_ms: int, timeout: float) -> tuple
 
 
 def prune(engine, retention_days: float, now_ms: int) -> int:
-    """Events older than the retention are forgotten ($events can no longer replay them)."""
+    """Events older than the retention are forgotten ($events can no longer replay them) -
+    once delivered: a rest-hook subscription's undelivered events are kept whatever their
+    age (at least once means at least once). Websocket subscriptions, which have no
+    acknowledgement, and deleted ones lose them by age alone."""
+    from sqlalchemy import and_, select
+
     from ..replicate.links import writing
+    from .deliver import scan_channels
     cutoff = now_ms - int(retention_days * 86_400_000)
+    ev, st = subscription_event, subscription_state
+    hooks = scan_channels(engine).get("rest-hook", [])
+    condition = ev.c.occurred_ms < cutoff
+    if hooks:
+        delivered = select(st.c.delivered).where(st.c.sub_id == ev.c.sub_id).scalar_subquery()
+        condition = and_(condition, ~and_(ev.c.sub_id.in_(hooks), ev.c.number > delivered))
     with writing(engine) as conn:
-        return conn.execute(delete(subscription_event).where(subscription_event.c.occurred_ms < cutoff)).rowcount
+        return conn.execute(delete(ev).where(condition)).rowcount
 
 
 class Dispatcher:

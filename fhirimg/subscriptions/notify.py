@@ -70,7 +70,7 @@ def event_notification(conn, sub_id: str, subscription: dict, principal, events_
                        base: str, now_ms: int, kind: str = "event-notification", content: str | None = None) -> dict:
     """A notification of `events` (in order), at the subscription's payload level or `content`."""
     level = content or content_of(subscription)
-    versions = load_versions(conn, events) if level != "empty" else {}
+    versions, methods = load_versions(conn, events) if level != "empty" else ({}, {})
     notified, entries = [], []
     for event in events:
         item = {"eventNumber": str(event.number), "timestamp": format_instant(event.occurred_ms)}
@@ -83,16 +83,23 @@ def event_notification(conn, sub_id: str, subscription: dict, principal, events_
             entry = {"fullUrl": f"{base}/{event.res_type}/{event.res_id}"}
             if level == "full-resource" and resource is not None:
                 entry["resource"] = with_server_meta(resource, event.version, event.occurred_ms)
+            # What happened to it, as in a history Bundle (and bdl-5: an entry without a
+            # resource has a request or a response).
+            entry["request"] = {"method": methods.get(event.seq, "PUT"),
+                                "url": f"{event.res_type}/{event.res_id}"}
             entries.append(entry)
         notified.append(item)
     return bundle(status_resource(sub_id, subscription, events_since, kind, notified), entries, now_ms)
 
 
-def load_versions(conn, events: list[Event]) -> dict:
+def load_versions(conn, events: list[Event]) -> tuple[dict, dict]:
+    """The events' versions ({(type, id, version): content}) and their methods ({seq: method})."""
     rv = resource_version
     seqs = [e.seq for e in events]
-    out = {}
-    for row in conn.execute(select(rv.c.res_type, rv.c.res_id, rv.c.version, rv.c.content).where(rv.c.seq.in_(seqs))):
+    out, methods = {}, {}
+    for row in conn.execute(select(rv.c.seq, rv.c.res_type, rv.c.res_id, rv.c.version, rv.c.method, rv.c.content)
+                            .where(rv.c.seq.in_(seqs))):
         out[(row.res_type, row.res_id, row.version)] = orjson.loads(row.content) if row.content else None
-    return out
+        methods[row.seq] = "PUT" if row.method == "PATCH" else row.method
+    return out, methods
 

@@ -23,6 +23,7 @@ CONTENTS = ("empty", "id-only", "full-resource")
 CONTENT_TYPES = ("application/fhir+json", "application/json")
 CLIENT_STATUSES = frozenset({"requested", "off", "entered-in-error"})
 HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}\Z")
+HEADER_VALUE = re.compile(r"^[\x20-\x7e\t]*\Z")  # RFC 9110 field-vchar and SP/HTAB, ASCII only
 # Headers the delivery itself sets, or that would change how the request is framed or routed.
 RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection",
                               "keep-alive", "te", "trailer", "upgrade", "proxy-authorization", "expect"})
@@ -129,9 +130,9 @@ def parameter_issues(sub: dict) -> list[Issue]:
         if not HEADER_NAME.match(name) or name.lower() in RESERVED_HEADERS:
             issues.append(Issue("value", f"parameter name {name[:64]!r} is not an HTTP header a notification may carry",
                                 [f"{path}.name"]))
-        if len(value) > MAX_HEADER_VALUE or any(ch in value for ch in "\r\n\0"):
-            issues.append(Issue("value", f"a header value is at most {MAX_HEADER_VALUE} characters on one line",
-                                [f"{path}.value"]))
+        if len(value) > MAX_HEADER_VALUE or not HEADER_VALUE.match(value):
+            issues.append(Issue("value", f"a header value is at most {MAX_HEADER_VALUE} visible ASCII characters "
+                                "(and spaces) on one line", [f"{path}.value"]))
     return issues
 
 

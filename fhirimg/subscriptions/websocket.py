@@ -45,6 +45,10 @@ log = logging.getLogger("fhirimg.subscriptions")
 BIND = "bind-with-token:"
 MAX_MESSAGE = 4096
 BATCH = 100
+MAX_CONNECTIONS = 1000
+MAX_PER_PEER = 50
+MAX_BINDINGS = 100  # subscriptions on one connection
+BIND_SECONDS = 30
 
 
 def token_hash(token: str) -> str:
@@ -94,6 +98,7 @@ class Listener:
         self.base = own_base(config)
         self.clock = clock
         self.connections = 0
+        self.per_peer: dict[str, int] = {}
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -112,9 +117,13 @@ class Listener:
     async def handler(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
         peer = (ws.remote_address or ("",))[0]
+        if self.connections >= MAX_CONNECTIONS or self.per_peer.get(peer, 0) >= MAX_PER_PEER:
+            await ws.close(1013, "too many connections; try again later")
+            return
         bound: dict[str, Bound] = {}
         receiving = asyncio.create_task(self.receive(ws, bound, peer))
         self.connections += 1
+        self.per_peer[peer] = self.per_peer.get(peer, 0) + 1
         try:
             while not receiving.done():
                 await asyncio.wait([receiving], timeout=self.settings.poll_interval)
@@ -124,12 +133,23 @@ class Listener:
             pass
         finally:
             self.connections -= 1
+            self.per_peer[peer] -= 1
+            if not self.per_peer[peer]:
+                del self.per_peer[peer]
             receiving.cancel()
 
     async def receive(self, ws, bound: dict[str, Bound], peer: str) -> None:
         from websockets.exceptions import ConnectionClosed
         try:
+            # A connection that has not bound within BIND_SECONDS is closed (it holds a slot).
+            first = asyncio.get_running_loop().call_later(
+                BIND_SECONDS, lambda: None if bound else asyncio.ensure_future(ws.close(1008, "bind within "
+                                                                                         f"{BIND_SECONDS} s")))
             async for message in ws:
+                first.cancel()
+                if len(bound) >= MAX_BINDINGS:
+                    await ws.close(1008, f"at most {MAX_BINDINGS} subscriptions per connection")
+                    return
                 if not isinstance(message, str) or not message.startswith(BIND):
                     await ws.close(1003, "expected 'bind-with-token: <token>'")
                     return
@@ -162,8 +182,8 @@ class Listener:
                 stored = self.repo.read("Subscription", sub_id)
             with self.engine.connect() as conn:
                 state = conn.execute(select(subscription_state).where(subscription_state.c.sub_id == sub_id)).first()
-            if state is None:
-                continue
+            if state is None or state.client_id != client_id:
+                continue  # the token's client binds its own subscriptions only
             handshake = notify.handshake(sub_id, stored.resource, state.events, self.now_ms())
             audit_notification(self.repo, sub_id, state.client_id, "handshake", None, 200, None, peer, self.now_ms())
             out.append((Bound(sub_id, state.client_id, state.events, stored.resource.get("heartbeatPeriod"),
@@ -174,17 +194,27 @@ class Listener:
         for item in list(bound.values()):
             messages = await asyncio.to_thread(self.collect, item)
             for number, body, event in messages:
-                await ws.send(orjson.dumps(body).decode())
+                await self.send(ws, item, body, "event-notification", event, peer)
                 item.last_number, item.last_sent = number, time.monotonic()
-                await asyncio.to_thread(audit_notification, self.repo, item.sub_id, item.client_id,
-                                        "event-notification", event, 200, None, peer, self.now_ms())
             if not messages and item.heartbeat and time.monotonic() - item.last_sent >= item.heartbeat:
                 body = await asyncio.to_thread(self.heartbeat, item)
                 if body is None:
                     bound.pop(item.sub_id, None)  # deleted, or turned off: nothing more to send
                     continue
-                await ws.send(orjson.dumps(body).decode())
+                await self.send(ws, item, body, "heartbeat", None, peer)
                 item.last_sent = time.monotonic()
+
+    async def send(self, ws, item: Bound, body: dict, kind: str, event: Event | None, peer: str) -> None:
+        """One notification on the socket, audited whether it went out or not."""
+        from websockets.exceptions import ConnectionClosed
+        try:
+            await ws.send(orjson.dumps(body).decode())
+        except ConnectionClosed:
+            await asyncio.to_thread(audit_notification, self.repo, item.sub_id, item.client_id, kind, event, 499,
+                                    "the websocket closed before it was sent", peer, self.now_ms())
+            raise
+        await asyncio.to_thread(audit_notification, self.repo, item.sub_id, item.client_id, kind, event, 200, None,
+                                peer, self.now_ms())
 
     def collect(self, item: Bound) -> list[tuple[int, dict, Event]]:
         """Notifications of the events after the last one sent (one per event)."""

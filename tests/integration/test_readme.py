@@ -147,6 +147,6 @@ def test_the_subscription_example_is_stored_and_its_operations_answer(served, to
                          text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
     status, events = [json.loads(line) for line in ran.stdout.splitlines() if line.strip()]
-    assert status["type"] == "subscription-notification"
+    assert status["type"] == "searchset"
     assert status["entry"][0]["resource"]["type"] == "query-status"
     assert events["entry"][0]["resource"]["type"] == "query-event"

@@ -12,6 +12,7 @@ from fhirimg.cli import main
 from fhirimg.subscriptions.jobs import prune
 from fhirimg.subscriptions.schema import subscription_event
 
+from ..auth_support import authorized
 from ..services import database_url_of
 from .conftest import study, subscription
 
@@ -56,7 +57,7 @@ def test_events_older_than_the_retention_are_no_longer_replayed(subs_client, dri
     sub = subs_client.post("/fhir/Subscription", json=subscription(receiver.url)).get_json()
     for patient in ("a", "b"):
         subs_client.post("/fhir/ImagingStudy", json=study(patient))
-    driver.match()
+    driver.until(sub["id"], lambda: receiver.event_numbers() == [1, 2])
     with engine.begin() as conn:
         conn.execute(update(subscription_event).where(subscription_event.c.number == 1).values(occurred_ms=0))
     assert prune(engine, 30, int(time.time() * 1000)) == 1
@@ -80,7 +81,58 @@ def test_events_operation_bounds_and_content_hint(subs_client, driver, receiver)
     assert all("resource" not in entry for entry in wider["entry"][1:])  # never more than the subscription's level
     empty = subs_client.get(f"/fhir/Subscription/{sub['id']}/$events?content=empty").get_json()
     assert len(empty["entry"]) == 1
-    too_many = subs_client.get(f"/fhir/Subscription/{sub['id']}/$events?eventsSinceNumber=1&eventsUntilNumber=5000")
-    assert too_many.status_code == 400 and too_many.get_json()["issue"][0]["expression"] == ["eventsUntilNumber"]
     bad = subs_client.get(f"/fhir/Subscription/{sub['id']}/$events?eventsSinceNumber=x")
-    assert bad.status_code == 400
+    assert bad.status_code == 400 and bad.get_json()["issue"][0]["expression"] == ["eventsSinceNumber"]
+    not_parameters = subs_client.post(f"/fhir/Subscription/{sub['id']}/$events",
+                                      json={"resourceType": "Parameters", "parameter": {"name": "x"}})
+    assert not_parameters.status_code == 400
+
+
+def test_events_are_returned_up_to_the_limit_per_request(subs_app, subs_config, engine, receiver):
+    from fhirimg.api.subscriptions import current_app  # noqa: F401 - the app's settings are replaced below
+    from fhirimg.subscriptions.rules import EXTENSION, SubscriptionRules
+    rules = subs_app.extensions[EXTENSION]
+    subs_app.extensions[EXTENSION] = SubscriptionRules(type(rules.settings)(**{**rules.settings.__dict__,
+                                                                               "max_events_per_request": 3}),
+                                                       rules.policy)
+    client = authorized(subs_app)
+    from .conftest import Driver
+    driver = Driver(engine, subs_config)
+    driver.match()
+    sub = client.post("/fhir/Subscription", json=subscription(receiver.url)).get_json()
+    for patient in "abcde":
+        client.post("/fhir/ImagingStudy", json=study(patient))
+    driver.match()
+    first = client.get(f"/fhir/Subscription/{sub['id']}/$events").get_json()["entry"][0]["resource"]
+    assert [e["eventNumber"] for e in first["notificationEvent"]] == ["1", "2", "3"]
+    rest = client.get(f"/fhir/Subscription/{sub['id']}/$events?eventsSinceNumber=4").get_json()["entry"][0]["resource"]
+    assert [e["eventNumber"] for e in rest["notificationEvent"]] == ["4", "5"]
+    driver.deliverer.close()
+
+
+def test_undelivered_events_are_kept_past_the_retention(subs_client, driver, receiver, engine):
+    sub = subs_client.post("/fhir/Subscription", json=subscription(receiver.url)).get_json()
+    driver.run(sub["id"])
+    receiver.down = True
+    for patient in ("a", "b"):
+        subs_client.post("/fhir/ImagingStudy", json=study(patient))
+    driver.match()
+    with engine.begin() as conn:
+        conn.execute(update(subscription_event).values(occurred_ms=0))
+    assert prune(engine, 30, int(time.time() * 1000)) == 0
+    receiver.down = False
+    driver.until(sub["id"], lambda: receiver.event_numbers() == [1, 2])
+    assert prune(engine, 30, int(time.time() * 1000)) == 2  # delivered now: gone by age
+
+
+def test_status_at_type_level_lists_the_callers_own_filtered_by_status(subs_client, subs_app, receiver):
+    mine = [subs_client.post("/fhir/Subscription", json=subscription(receiver.url)).get_json() for _ in range(2)]
+    subs_client.put(f"/fhir/Subscription/{mine[1]['id']}", json={**mine[1], "status": "off"})
+    other = authorized(subs_app, client_id="someone-else")
+    other.post("/fhir/Subscription", json=subscription(receiver.url))
+    everything = subs_client.get("/fhir/Subscription/$status").get_json()
+    assert everything["type"] == "searchset"
+    assert {e["resource"]["subscription"]["reference"] for e in everything["entry"]} == \
+        {f"Subscription/{m['id']}" for m in mine}
+    off = subs_client.get("/fhir/Subscription/$status?status=off").get_json()
+    assert [e["resource"]["subscription"]["reference"] for e in off["entry"]] == [f"Subscription/{mine[1]['id']}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from fhir.resources import get_fhir_model_class
 
+from ..auth_support import authorized
 from ..conftest import table_counts
 from .conftest import TOPIC_BASE, subscription
 
@@ -43,6 +44,7 @@ BAD = [
     ({"endpoint": "http://localhost:6379/"}, "Subscription.endpoint"),
     ({"parameter": [{"name": "Host", "value": "evil"}]}, "Subscription.parameter[0].name"),
     ({"parameter": [{"name": "X-A", "value": "a\r\nX-B: b"}]}, "Subscription.parameter[0].value"),
+    ({"parameter": [{"name": "Authorization", "value": "Bearer \u2713"}]}, "Subscription.parameter[0].value"),
     ({"status": "active"}, "Subscription.status"),
     ({"content": "everything"}, "Subscription.content"),
     ({"heartbeatPeriod": 0}, "Subscription.heartbeatPeriod"),
@@ -92,3 +94,28 @@ def test_subscriptions_are_searched_by_status_topic_and_url(subs_client, receive
     found = subs_client.get(f"/fhir/Subscription?topic={TOPIC_BASE}/task-status&status=requested").get_json()
     assert found["total"] == 1 if "total" in found else len(found["entry"]) == 1
     assert len(subs_client.get(f"/fhir/Subscription?url={receiver.url}").get_json()["entry"]) == 2
+
+
+def test_a_subscription_is_its_clients_own(subs_app, subs_client, receiver, engine):
+    """Another client, whatever its scopes, neither sees, changes, deletes, binds nor replays it;
+    the owner may, and so may a patient-limited owner."""
+    from .conftest import CHANNEL
+    mine = subs_client.post("/fhir/Subscription", json=subscription(
+        receiver.url, parameter=[{"name": "Authorization", "value": "Bearer mine"}])).get_json()
+    ws = subs_client.post("/fhir/Subscription", json={**subscription(receiver.url), "channelType":
+                                                      {**CHANNEL, "code": "websocket"}}).get_json()
+    other = authorized(subs_app, client_id="other-client")
+    for path in (f"/fhir/Subscription/{mine['id']}", f"/fhir/Subscription/{mine['id']}/_history/1",
+                 f"/fhir/Subscription/{mine['id']}/$status", f"/fhir/Subscription/{mine['id']}/$events",
+                 f"/fhir/Subscription/{ws['id']}/$get-ws-binding-token"):
+        assert other.get(path).status_code in (403, 404), path
+    assert other.put(f"/fhir/Subscription/{mine['id']}", json={**mine, "status": "off"}).status_code == 403
+    assert other.delete(f"/fhir/Subscription/{mine['id']}").status_code == 403
+    assert other.get("/fhir/Subscription").get_json().get("entry", []) == []
+    assert "Bearer mine" not in other.get("/fhir/_history").get_data(as_text=True)
+    assert subs_client.get(f"/fhir/Subscription/{mine['id']}").status_code == 200
+    limited = authorized(subs_app, scope="system/Subscription.cruds system/ImagingStudy.rs", client_id="limited",
+                         patients=["p1"])
+    own = limited.post("/fhir/Subscription", json=subscription(receiver.url)).get_json()
+    assert limited.get(f"/fhir/Subscription/{own['id']}").status_code == 200
+    assert limited.put(f"/fhir/Subscription/{own['id']}", json={**own, "status": "off"}).status_code == 200

@@ -13,6 +13,7 @@ from websockets.sync.client import connect
 
 from fhirimg.subscriptions.websocket import Listener
 
+from ..auth_support import authorized
 from .conftest import CHANNEL, TOPIC_BASE, study
 
 WS = {**CHANNEL, "code": "websocket"}
@@ -108,3 +109,26 @@ def test_a_token_is_only_for_websocket_subscriptions_the_caller_may_read(subs_cl
     response = subs_client.get(f"/fhir/Subscription/{hook['id']}/$get-ws-binding-token")
     assert response.status_code == 400
     assert subs_client.get("/fhir/Subscription/$get-ws-binding-token?id=unknown").status_code == 404
+
+
+def test_a_token_binds_only_its_clients_subscriptions(subs_app, subs_client, listener, engine):
+    """A token made for one client does not bind another client's subscription, even if
+    that subscription's id is slipped into the token's row."""
+    from sqlalchemy import update
+
+    from fhirimg.subscriptions.schema import subscription_ws_token
+    from fhirimg.subscriptions.websocket import token_hash
+    theirs = subs_client.post("/fhir/Subscription", json=ws_subscription()).get_json()
+    other = authorized(subs_app, client_id="other-ws-client")
+    mine = other.post("/fhir/Subscription", json=ws_subscription()).get_json()
+    params = binding_token(other, mine["id"])
+    with engine.begin() as conn:
+        conn.execute(update(subscription_ws_token).where(subscription_ws_token.c.token_hash ==
+                                                         token_hash(params["token"]))
+                     .values(sub_ids=f"{mine['id']} {theirs['id']}"))
+    with connect(listener.url) as ws:
+        ws.send(f"bind-with-token: {params['token']}")
+        handshake = receive(ws)
+        assert handshake["entry"][0]["resource"]["subscription"]["reference"] == f"Subscription/{mine['id']}"
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=1)
