@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import and_, insert, select, tuple_, update
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 
 from ..history import visible_watermark
@@ -70,12 +70,12 @@ def match_once(engine: Engine, now_ms: int, limit: int = 1000) -> MatchReport:
         changes = read_changes(conn, cursor, watermark, limit)
         last = changes[-1].seq if len(changes) == limit else watermark
         report.caught_up = last >= watermark
-        live = load_live(conn) if changes else {}
+        live = load_live(conn, as_of=cursor) if changes else {}
         new_events: list[dict] = []
         counters: dict[str, int] = {}
         for change in changes:
             if change.res_type == "Subscription":
-                start_subscription(conn, change, live)
+                apply_subscription_change(conn, change, live, counters)
                 continue
             for sub in live.values():
                 if is_event(conn, sub, change):
@@ -148,15 +148,22 @@ def previous_contents(conn: Connection, keys: list[tuple[str, str, int]]) -> dic
     return out
 
 
-def load_live(conn: Connection) -> dict[str, Live]:
-    """Every subscription that may have events now (requested, active or error), as it is
-    now, with its state and its subscriber (whose registration is read again every time).
-    Contents are parsed once per version (``_PARSED``): a pass reads 100 subscriptions' state
-    rows, not their JSON."""
-    cur, st = resource_current, subscription_state
-    rows = conn.execute(select(cur.c.res_id, cur.c.version, st)
-                        .select_from(cur.join(st, st.c.sub_id == cur.c.res_id))
-                        .where(cur.c.res_type == "Subscription", cur.c.is_deleted.is_(False))).all()
+def load_live(conn: Connection, as_of: int | None = None) -> dict[str, Live]:
+    """Every subscription that may have events (requested, active or error) as it was at
+    change `as_of` (the matcher's place: a change is judged by the subscription of its
+    time, not of now), with its state and its subscriber (whose registration is read again
+    every time). Contents are parsed once per version (``_PARSED``)."""
+    cur, rv, st = resource_current, resource_version, subscription_state
+    latest = conn.execute(select(func.max(rv.c.seq)).where(rv.c.res_type == "Subscription")).scalar()
+    if as_of is not None and latest is not None and latest > as_of:
+        versions = (select(rv.c.res_id, func.max(rv.c.version).label("version"))
+                    .where(rv.c.res_type == "Subscription", rv.c.seq <= as_of).group_by(rv.c.res_id).subquery())
+        rows = conn.execute(select(versions.c.res_id, versions.c.version, st)
+                            .select_from(versions.join(st, st.c.sub_id == versions.c.res_id))).all()
+    else:  # nothing changed since: the current versions are those of then (one indexed probe)
+        rows = conn.execute(select(cur.c.res_id, cur.c.version, st)
+                            .select_from(cur.join(st, st.c.sub_id == cur.c.res_id))
+                            .where(cur.c.res_type == "Subscription", cur.c.is_deleted.is_(False))).all()
     parsed = parsed_versions(conn, [(row.res_id, row.version) for row in rows])
     registrations = registrations_of(conn, [row.client_id for row in rows if not row.anonymous])
     live = {}
@@ -187,9 +194,10 @@ def parsed_versions(conn: Connection, keys: list[tuple[str, int]]) -> dict[tuple
     return {key: _PARSED.get(key, ({}, None, [])) for key in keys}
 
 
-def start_subscription(conn: Connection, change: Change, live: dict[str, Live]) -> None:
-    """A Subscription created (or re-created after a delete): it hears the changes after
-    this one. A deleted one hears nothing more."""
+def apply_subscription_change(conn: Connection, change: Change, live: dict[str, Live], counters: dict) -> None:
+    """A Subscription version in the sequence: from here on it is what this version says. A
+    new one (or one re-created after a delete) hears the changes after this one, numbered
+    from 1; a deleted one, or one turned off, hears nothing more."""
     if change.resource is None:
         live.pop(change.res_id, None)
         return
@@ -197,27 +205,14 @@ def start_subscription(conn: Connection, change: Change, live: dict[str, Live]) 
     started = conn.execute(update(st).where(st.c.sub_id == change.res_id, st.c.started_seq.is_(None))
                            .values(started_seq=change.seq)).rowcount
     if started:
-        fresh = load_one(conn, change.res_id)
-        if fresh is not None:
-            live[change.res_id] = fresh
-
-
-def load_one(conn: Connection, sub_id: str) -> Live | None:
-    row = conn.execute(select(subscription_state).where(subscription_state.c.sub_id == sub_id)).first()
-    if row is None or row.started_seq is None:
-        return None
-    cur, rv = resource_current, resource_version
-    content = conn.execute(select(rv.c.content).select_from(
-        cur.join(rv, and_(rv.c.res_type == cur.c.res_type, rv.c.res_id == cur.c.res_id,
-                          rv.c.version == cur.c.version)))
-        .where(cur.c.res_type == "Subscription", cur.c.res_id == sub_id, cur.c.is_deleted.is_(False))).scalar()
-    if content is None:
-        return None
-    resource = orjson.loads(content)
-    topic = topic_for(resource.get("topic"))
-    if topic is None or resource.get("status") not in LIVE_STATUSES:
-        return None
-    return Live(sub_id, resource, topic, row, subscriber(conn, row), filters_of(resource))
+        counters.pop(change.res_id, None)
+    row = conn.execute(select(st).where(st.c.sub_id == change.res_id)).first()
+    topic = topic_for(change.resource.get("topic"))
+    if row is None or row.started_seq is None or topic is None or change.resource.get("status") not in LIVE_STATUSES:
+        live.pop(change.res_id, None)
+        return
+    live[change.res_id] = Live(change.res_id, change.resource, topic, row, subscriber(conn, row),
+                               filters_of(change.resource))
 
 
 def is_event(conn: Connection, sub: Live, change: Change) -> bool:

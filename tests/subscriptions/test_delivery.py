@@ -180,3 +180,20 @@ def test_a_subscriber_that_loses_access_to_a_patient_stops_receiving_its_resourc
     subjects = [e["resource"]["subject"]["reference"] for b in receiver.of_kind("event-notification")
                 for e in b["entry"][1:]]
     assert subjects == ["Patient/a", "Patient/b", "Patient/a"]
+
+
+def test_a_change_is_judged_by_the_subscription_of_its_time(subs_client, driver, receiver):
+    """The matcher runs late (an outage): a study written while the subscription was off is
+    not its event, those before and after are."""
+    sub = create(subs_client, subscription(receiver.url))
+    driver.match()
+    a = create(subs_client, study("a"))
+    current = subs_client.get(f"/fhir/Subscription/{sub['id']}").get_json()
+    off = subs_client.put(f"/fhir/Subscription/{sub['id']}", json={**current, "status": "off"}).get_json()
+    create(subs_client, study("b"))
+    subs_client.put(f"/fhir/Subscription/{sub['id']}", json={**off, "status": "requested"})
+    c = create(subs_client, study("c"))
+    driver.match()
+    events = subs_client.get(f"/fhir/Subscription/{sub['id']}/$events").get_json()["entry"][0]["resource"]
+    assert [e["focus"]["reference"] for e in events["notificationEvent"]] == \
+        [f"ImagingStudy/{a['id']}/_history/1", f"ImagingStudy/{c['id']}/_history/1"]
