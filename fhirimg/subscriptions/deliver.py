@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -81,7 +83,8 @@ class Deliverer:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self):
-        self.session = self.session or make_session(self.policy)
+        self.opened: list = []  # this deliverer's sockets, for the deadline of each POST
+        self.session = self.session or deadline_session(self.policy, self.opened)
 
     def close(self) -> None:
         self.session.close()
@@ -163,6 +166,12 @@ class Deliverer:
             headers[param["name"]] = param["value"]
         timeout = min(float(sub.get("timeout") or self.settings.timeout), self.settings.timeout)
         status, retry_after = None, None
+        # `timeout` bounds each socket operation; this bounds the whole POST (an endpoint
+        # trickling its answer a byte at a time would otherwise hold the delivery for ever).
+        self.opened[:] = [sock for sock in self.opened if sock.fileno() != -1]
+        watchdog = threading.Timer(timeout, cut_off, args=(self.opened,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             self.policy.check_url(url)
             response = self.session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout,
@@ -175,8 +184,11 @@ class Deliverer:
                 response.close()
         except HostRefused as exc:
             raise Failed(f"the endpoint is refused: {exc}") from None
-        except requests.RequestException as exc:
-            raise Failed(f"{kind} not delivered: {type(exc).__name__}") from None
+        except (requests.RequestException, OSError) as exc:
+            late = " (over the time limit)" if not watchdog.is_alive() else ""
+            raise Failed(f"{kind} not delivered: {type(exc).__name__}{late}") from None
+        finally:
+            watchdog.cancel()
         if not 200 <= status < 300:
             raise Failed(f"the endpoint answered HTTP {status} to the {kind}", status, retry_after)
 
@@ -305,6 +317,34 @@ class Deliverer:
         host = urlsplit(sub.get("endpoint") or "").hostname or ""
         return notification_audit_rows(self.repo, sub_id, state.client_id, kind, event, status, error, host,
                                        self.now_ms())
+
+def deadline_session(policy: HostPolicy, opened: list) -> requests.Session:
+    """The transfer client's guarded session, recording each socket it opens in `opened`
+    so that a watchdog can cut a POST off at its deadline."""
+    session = make_session(policy)
+    for adapter in {id(a): a for a in session.adapters.values()}.values():
+        pools = adapter.poolmanager.pool_classes_by_scheme
+        for scheme, pool_class in list(pools.items()):
+            connection_class = pool_class.ConnectionCls
+
+            class Recording(connection_class):
+                def _new_conn(self):
+                    sock = super()._new_conn()
+                    opened.append(sock)
+                    return sock
+
+            pools[scheme] = type(pool_class.__name__, (pool_class,), {"ConnectionCls": Recording})
+    return session
+
+
+def cut_off(opened: list) -> None:
+    """Shut the sockets down: a thread blocked reading one returns at once."""
+    for sock in list(opened):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
 
 def ended(sub: dict, now_ms: int) -> bool:
     """Whether the subscription's `end` has passed."""

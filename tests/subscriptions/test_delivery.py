@@ -197,3 +197,55 @@ def test_a_change_is_judged_by_the_subscription_of_its_time(subs_client, driver,
     events = subs_client.get(f"/fhir/Subscription/{sub['id']}/$events").get_json()["entry"][0]["resource"]
     assert [e["focus"]["reference"] for e in events["notificationEvent"]] == \
         [f"ImagingStudy/{a['id']}/_history/1", f"ImagingStudy/{c['id']}/_history/1"]
+
+
+def test_an_endpoint_trickling_its_answer_is_cut_off_at_the_time_limit(subs_app, subs_config, engine):
+    """An allow-listed endpoint that answers one byte every 0.3 s never trips a per-read
+    timeout; the whole POST is still cut off at the subscription's timeout (1 s)."""
+    import socket
+    import threading
+
+    from .conftest import Driver
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                if stop.is_set():
+                    break
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.3)
+            conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    from fhirimg.config import load_config
+    config = load_config(env={}, read_files=False, overrides={
+        "database_url": subs_config["database_url"],
+        "transfer": {"allow_loopback": False, "allowed_hosts": [f"127.0.0.1:{port}"]},
+        "subscriptions": {"first_backoff": 0.05, "max_backoff": 0.2}})
+    from fhirimg.app import create_app
+    client = authorized(create_app(config, engine=engine))
+    driver = Driver(engine, config)
+    try:
+        sub = create(client, subscription(f"http://127.0.0.1:{port}/hook", timeout=1))
+        started = time.monotonic()
+        done = driver.run(sub["id"])
+        took = time.monotonic() - started
+        assert done.failed and "over the time limit" in done.error, done
+        assert took < 3, took
+    finally:
+        stop.set()
+        listener.close()
+        driver.deliverer.close()
