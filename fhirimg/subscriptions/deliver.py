@@ -169,7 +169,8 @@ class Deliverer:
         # `timeout` bounds each socket operation; this bounds the whole POST (an endpoint
         # trickling its answer a byte at a time would otherwise hold the delivery for ever).
         self.opened[:] = [sock for sock in self.opened if sock.fileno() != -1]
-        watchdog = threading.Timer(timeout, cut_off, args=(self.opened,))
+        fired = threading.Event()
+        watchdog = threading.Timer(timeout, cut_off, args=(self.opened, fired))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -185,7 +186,7 @@ class Deliverer:
         except HostRefused as exc:
             raise Failed(f"the endpoint is refused: {exc}") from None
         except (requests.RequestException, OSError) as exc:
-            late = " (over the time limit)" if not watchdog.is_alive() else ""
+            late = " (over the time limit)" if fired.is_set() else ""
             raise Failed(f"{kind} not delivered: {type(exc).__name__}{late}") from None
         finally:
             watchdog.cancel()
@@ -337,8 +338,9 @@ def deadline_session(policy: HostPolicy, opened: list) -> requests.Session:
     return session
 
 
-def cut_off(opened: list) -> None:
+def cut_off(opened: list, fired: threading.Event) -> None:
     """Shut the sockets down: a thread blocked reading one returns at once."""
+    fired.set()
     for sock in list(opened):
         try:
             sock.shutdown(socket.SHUT_RDWR)
