@@ -28,7 +28,8 @@ from redis.exceptions import RedisError
 from rq import Queue
 from sqlalchemy import delete
 
-from ..store import Repository, make_engine
+from ..store import Repository
+from ..transfer.jobs import process_engine, use_config, worker_config
 from .deliver import Deliverer, scan_subscriptions
 from .matcher import match_all
 from .rules import subscription_rules
@@ -44,7 +45,6 @@ LEADER_KEY = "fhirimg:subscriptions:dispatcher"
 LEADER_SECONDS = 3
 BATCH = 16  # subscriptions per delivery job, one thread each
 DELIVERY_BUDGET = 30.0  # seconds one subscription may keep its thread; the rest waits for the next job
-_runtime: dict = {}
 
 
 def queued_key(sub_id: str) -> str:
@@ -225,26 +225,11 @@ class Dispatcher:
 
 def prepare_worker(config: dict, connection: Redis) -> Dispatcher:
     """Called by the worker process before it starts taking jobs."""
-    _runtime["config"] = config
+    use_config(config)
     if QUEUE not in config["worker"]["queues"]:
         log.warning("this worker does not take %s jobs: subscriptions are matched here but delivered only by "
                     "workers that do (worker.queues)", QUEUE)
     return Dispatcher(config, Redis.from_url(config["redis_url"])).start()
-
-
-def worker_config() -> dict:
-    if "config" not in _runtime:
-        from ..config import load_config
-        _runtime["config"] = load_config()
-    return _runtime["config"]
-
-
-def process_engine(config: dict):
-    """One engine per process (an RQ work horse is a fork: it must not reuse its parent's)."""
-    key = ("engine", os.getpid(), config["database_url"])
-    if key not in _runtime:
-        _runtime[key] = make_engine(config["database_url"])
-    return _runtime[key]
 
 
 def own_base(config: dict) -> str:
