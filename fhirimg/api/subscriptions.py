@@ -217,9 +217,30 @@ def events(res_id: str) -> Response:
         found = [Event(r.number, r.seq, r.res_type, r.res_id, r.version, r.occurred_ms) for r in rows]
         body = notify.event_notification(uow.conn, res_id, sub, current_principal(), total, found, base_url(),
                                          repo.clock(), kind="query-event", content=level)
-    note("operation", resources=[f"Subscription/{res_id}"],
+        patients = patients_of_events(uow.conn, found) if level != "empty" else []
+    # As a search: one AuditEvent per patient whose data the answer carries (BALP PatientQuery).
+    note("operation", resources=[f"Subscription/{res_id}"], patients=patients or [None],
          details={"operation": "Subscription/$events", "range": f"{since}-{until}", "returned": str(len(found))})
     return json_response(body)
+
+
+def patients_of_events(conn, events: list[Event]) -> list[str]:
+    """The patients of the events' versions (ImagingStudy.subject, Task.for, the Patient)."""
+    import orjson
+
+    from ..store.schema import resource_version as rv
+    patients = set()
+    for start in range(0, len(events), 500):
+        seqs = [e.seq for e in events[start:start + 500]]
+        for row in conn.execute(select(rv.c.res_type, rv.c.res_id, rv.c.content).where(rv.c.seq.in_(seqs))):
+            if row.res_type == "Patient":
+                patients.add(row.res_id)
+                continue
+            resource = orjson.loads(row.content) if row.content else {}
+            ref = (resource.get("subject") or resource.get("for") or {}).get("reference") or ""
+            if ref.startswith("Patient/"):
+                patients.add(ref[8:])
+    return sorted(patients)
 
 
 def operation_parameters() -> dict[str, str]:

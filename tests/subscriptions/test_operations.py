@@ -136,3 +136,17 @@ def test_status_at_type_level_lists_the_callers_own_filtered_by_status(subs_clie
         {f"Subscription/{m['id']}" for m in mine}
     off = subs_client.get("/fhir/Subscription/$status?status=off").get_json()
     assert [e["resource"]["subscription"]["reference"] for e in off["entry"]] == [f"Subscription/{mine[1]['id']}"]
+
+
+def test_events_replay_is_audited_once_per_patient_it_carries(subs_client, driver, receiver):
+    sub = subs_client.post("/fhir/Subscription", json=subscription(receiver.url)).get_json()
+    for patient in ("replay-a", "replay-b", "replay-a"):
+        subs_client.post("/fhir/ImagingStudy", json=study(patient))
+    driver.match()
+    assert subs_client.get(f"/fhir/Subscription/{sub['id']}/$events").status_code == 200
+    for patient in ("replay-a", "replay-b"):
+        trail = subs_client.get(f"/fhir/AuditEvent?patient=Patient/{patient}").get_json()
+        replays = [e for e in trail.get("entry", []) if any(
+            d.get("valueString") == "Subscription/$events"
+            for x in e["resource"].get("entity", []) for d in x.get("detail", []))]
+        assert len(replays) == 1, patient
