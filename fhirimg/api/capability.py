@@ -150,7 +150,13 @@ def resource_capability(res_type: str, routes: set) -> dict:
     ops = operation_entries(res_type)
     if ops:
         entry["operation"] = ops
+    if res_type == "Subscription":  # R5: the topics a Subscription may name
+        from ..subscriptions.topics import TOPICS
+        entry["extension"] = [{"url": TOPIC_CANONICAL, "valueCanonical": topic.url} for topic in TOPICS]
     return entry
+
+
+TOPIC_CANONICAL = "http://hl7.org/fhir/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 
 
 def search_param_entry(param) -> dict:

@@ -29,7 +29,12 @@ def test_capability_statement_lists_topics_subscription_and_operations(subs_clie
     rest = subs_client.get("/fhir/metadata").get_json()["rest"][0]
     kinds = {r["type"]: r for r in rest["resource"]}
     assert "SubscriptionTopic" in kinds and "Subscription" in kinds
-    assert {"status", "events"} <= {op["name"] for op in kinds["Subscription"].get("operation", [])}
+    assert {"status", "events", "get-ws-binding-token"} <= {op["name"] for op in kinds["Subscription"].get("operation", [])}
+    topics = {e["valueCanonical"] for e in kinds["Subscription"]["extension"]}
+    assert topics == {f"{TOPIC_BASE}/{t}" for t in ("imagingstudy-changed", "imagingstudy-available", "task-status",
+                                                    "patient-changed")}
+    from fhir.resources import get_fhir_model_class
+    get_fhir_model_class("CapabilityStatement").model_validate(subs_client.get("/fhir/metadata").get_json())
 
 
 BAD = [
