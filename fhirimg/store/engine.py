@@ -24,6 +24,30 @@ def make_engine(url: str, schema: str | None = None, echo: bool = False, pool_si
                      "use sqlite:///path or postgresql://user@host/db")
 
 
+def use_wal(cur, timeout: float = 60.0) -> None:
+    """Put the database in WAL mode (kept in the file: later connections find it so).
+
+    Switching needs the database to itself, and SQLite answers "database is locked" at once
+    rather than through the busy handler when another connection is using it: processes
+    starting together on a new database met that 4 times in 60 tries. So look first, and
+    retry the switch for as long as the busy timeout."""
+    import sqlite3
+    import time as _time
+    deadline = _time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or _time.monotonic() > deadline:
+                raise
+            _time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _sqlite_engine(url, echo: bool, pool_size: int) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +60,7 @@ def _sqlite_engine(url, echo: bool, pool_size: int) -> Engine:
         # begins lazily and never takes the write lock up front).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        use_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA foreign_keys=ON")
