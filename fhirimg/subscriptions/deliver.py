@@ -433,10 +433,6 @@ def scan_channels(engine) -> dict[str, list[str]]:
     return out
 
 
-def due_subscriptions(engine, now_ms: int) -> list[str]:
-    return scan_subscriptions(engine, now_ms)[0]
-
-
 def scan_subscriptions(engine, now_ms: int) -> tuple[list[str], int | None]:
     """Live rest-hook subscriptions with something to do now - events not yet delivered, a
     handshake pending, a heartbeat due, or an end passed - and when the next heartbeat or

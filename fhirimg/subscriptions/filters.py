@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..search import registry
+from ..search.criteria import split_values
 from ..search.extract import CONVERTERS, parse_reference
 from ..search.fhirpath import compile_expression
 
@@ -28,24 +29,6 @@ def filters_of(subscription: dict) -> list[Filter]:
         value = item.get("value") or ""
         out.append(Filter(item.get("filterParameter") or "", tuple(v for v in split_values(value) if v)))
     return out
-
-
-def split_values(text: str) -> list[str]:
-    """Comma-separated values; ``\\,`` is a literal comma (search.html#escaping)."""
-    parts, current, escaped = [], [], False
-    for ch in text:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ",":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
 
 
 def matches(res_type: str, res_id: str, resource: dict, filters: list[Filter]) -> bool:
