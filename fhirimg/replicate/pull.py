@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..store.repository import Repository
-from .apply import ApplyContext, MalformedEntry, PageOutcome, apply_change, parse_change, reject_malformed
+from .apply import ApplyContext, MalformedEntry, PageOutcome, apply_changes, parse_change
 from .client import PeerClient, PeerError
 from .links import LinkState, advance, claim_cursor, load_state, record_error
 from .origin import record_origins
@@ -45,27 +46,39 @@ def first_url(link: Link, page_size: int) -> str:
 def pull_once(repo: Repository, client: PeerClient, link: Link, own_site: str, page_size: int = 200,
               clock: Callable[[], float] = time.time, max_pages: int | None = None,
               after_page: Callable[[int, list], None] | None = None) -> PullReport:
-    """Follow the source's history from the cursor to its end (or `max_pages`)."""
+    """Follow the source's history from the cursor to its end (or `max_pages`).
+
+    The next page is fetched while the current one is applied (a thread of its own: the
+    fetch waits on the network, the apply on the database): a fresh replica's catch-up
+    spent a fifth of its time waiting for pages. A page is still applied only after the
+    one before it committed with its cursor; a failed apply discards the page fetched ahead.
+    """
     report = PullReport()
     state = load_state(repo.engine, link, int(clock() * 1000))
     snapshot_started = None
-    while max_pages is None or report.pages < max_pages:
-        url = state.cursor or first_url(link, page_size)
+    url = state.cursor or first_url(link, page_size)
+    with ThreadPoolExecutor(1, thread_name_prefix="replicate-fetch") as fetcher:
         fetched_at = clock()
-        snapshot_started = snapshot_started or fetched_at
-        bundle = client.get_bundle(url)
-        next_url, poll_url = page_links(bundle, url, client)
-        changes = parse_page(bundle, url)
-        outcome = apply_page(repo, client, link, own_site, state, changes, next_url or poll_url,
-                             int(clock() * 1000), caught_up_ms=None if next_url else int(snapshot_started * 1000))
-        report.pages += 1
-        for name in ("applied", "skipped", "conflicts", "rejected"):
-            setattr(report, name, getattr(report, name) + getattr(outcome, name))
-        if after_page:
-            after_page(report.pages, changes)
-        if not next_url:
-            report.caught_up = True
-            break
+        ahead = fetcher.submit(client.get_bundle, url)
+        while max_pages is None or report.pages < max_pages:
+            snapshot_started = snapshot_started or fetched_at
+            bundle = ahead.result()
+            next_url, poll_url = page_links(bundle, url, client)
+            changes = parse_page(bundle, url)
+            if next_url and (max_pages is None or report.pages + 1 < max_pages):
+                fetched_at = clock()
+                ahead = fetcher.submit(client.get_bundle, next_url)
+            outcome = apply_page(repo, client, link, own_site, state, changes, next_url or poll_url,
+                                 int(clock() * 1000), caught_up_ms=None if next_url else int(snapshot_started * 1000))
+            report.pages += 1
+            for name in ("applied", "skipped", "conflicts", "rejected"):
+                setattr(report, name, getattr(report, name) + getattr(outcome, name))
+            if after_page:
+                after_page(report.pages, changes)
+            if not next_url:
+                report.caught_up = True
+                break
+            url = next_url
     return report
 
 
@@ -78,11 +91,7 @@ def apply_page(repo: Repository, client: PeerClient, link: Link, own_site: str, 
     actor = replace(repo.server_actor(), client_id=f"replication:{link.name}", network=urlsplit(link.url).netloc)
     with repo.transaction(actor=actor) as uow:
         claim_cursor(uow.conn, link.name, state.cursor, now_ms)
-        for change in changes:
-            if isinstance(change, str):
-                reject_malformed(uow.conn, ctx, change, outcome)
-            else:
-                apply_change(uow, ctx, change, outcome)
+        apply_changes(uow, ctx, changes, outcome)
         uow.flush_versions()  # assigns seq now, so the origins go into this same transaction
         record_origins(uow.conn, [{"seq": s.seq, "origin": o, "link": link.name} for s, o in outcome.origins])
         extra = {"peer_site": client.peer_site} if client.peer_site else {}

@@ -1,8 +1,8 @@
 """The indexer hook of the repository: index rows are written in the same transaction as
 each resource version, so a search never sees a half-indexed resource.
 
-What UnitOfWork calls: on SQLite `insert_index`, `write_index` and `delete_index` (one
-statement a table) as each version is recorded; on PostgreSQL `extract_index_rows`, `owned_rows` and
+What UnitOfWork calls: on SQLite `write_index_many` (one statement a table for all the
+versions it holds); on PostgreSQL `extract_index_rows`, `owned_rows` and
 `postgres_index_ctes`, to send the rows of all the versions it holds in one statement.
 Conditional create/update/delete (and transaction bundles) find their matches through
 `find_ids` / `find_ids_many`, with the full search semantics of the query builder.
@@ -23,16 +23,25 @@ from .tables import TABLES, search_token
 OWNER_COLUMNS = ("res_type", "res_id")
 
 
-def write_index(conn, res_type: str, res_id: str, resource: dict) -> None:
-    delete_index(conn, res_type, res_id)
-    insert_index(conn, res_type, res_id, resource)
-
-
-def insert_index(conn, res_type: str, res_id: str, resource: dict) -> None:
-    """Index rows of a resource that has none yet (version 1): no deletes needed."""
-    for kind, rows in extract_index_rows(resource).items():
+def write_index_many(conn, dropped: list[tuple[str, str]], indexed: list[tuple[tuple[str, str], dict]]) -> None:
+    """SQLite: delete every index row of the resources in ``dropped``, then insert the rows
+    of each (type, id), resource in ``indexed``: one statement a table, whatever the count
+    (a replicated page of 200 resources sent ~2 000 statements, each built by SQLAlchemy)."""
+    if dropped:
+        owners = [{"t": t, "i": i} for t, i in dropped]
+        for table in TABLES.values():
+            conn.execute(_DELETE_OWNED[table.name], owners)
+    rows_by_kind: dict[str, list[dict]] = {}
+    for (res_type, res_id), resource in indexed:
+        for kind, rows in extract_index_rows(resource).items():
+            rows_by_kind.setdefault(kind, []).extend(dict(r, res_type=res_type, res_id=res_id) for r in rows)
+    for kind, rows in rows_by_kind.items():
         if rows:
-            conn.execute(TABLES[kind].insert(), [dict(r, res_type=res_type, res_id=res_id) for r in rows])
+            conn.execute(TABLES[kind].insert(), rows)
+
+
+_DELETE_OWNED = {table.name: delete(table).where(table.c.res_type == bindparam("t"), table.c.res_id == bindparam("i"))
+                 for table in TABLES.values()}
 
 
 def owned_rows(res_type: str, res_id: str, rows: list[dict]) -> list[dict]:
@@ -83,11 +92,6 @@ def drop_ctes(count: int) -> list[str]:
     return [f"drop_{kind} AS (DELETE FROM {table.name} x USING (SELECT * FROM json_to_recordset(%(idx_dropped)s::json) "
             f"AS j(t text, i text) LIMIT {int(count)}) AS k WHERE x.res_type = k.t AND x.res_id = k.i)"
             for kind, table in TABLES.items()]
-
-
-def delete_index(conn, res_type: str, res_id: str) -> None:
-    for table in TABLES.values():
-        conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id == res_id))
 
 
 def find_ids(conn, res_type: str, criteria: list[tuple[str, str]], limit: int = 1000) -> list[str]:

@@ -121,6 +121,8 @@ class UnitOfWork:
     resource, its index rows - are held back and sent together, in one statement, just
     before the next statement that could read them (anything run on ``conn``) or at
     commit: a push of a Patient and an ImagingStudy sent 4 statements for them, now 1.
+    On SQLite they are held the same way and sent one statement a table (the current rows
+    before anything reads or changes a current row).
     """
 
     def __init__(self, conn: Connection, clock, indexer, read_only: bool = False, guard=None,
@@ -135,6 +137,7 @@ class UnitOfWork:
         self.read_only = read_only
         self.is_postgres = conn.dialect.name == "postgresql"
         self.pending: dict[tuple[str, str], StoredVersion] = {}
+        self.known: dict[tuple[str, str], StoredVersion | None] = {}  # read ahead by prime()
         self.written: list[StoredVersion] = []
         self.held = HeldWrites()
         self.failed: Exception | None = None  # a held write that failed: this unit may not commit
@@ -146,17 +149,52 @@ class UnitOfWork:
             self.write_held()
         return self._conn
 
+    @property
+    def rows_conn(self) -> Connection:
+        """The connection for reading and writing the current and version rows: on SQLite
+        the held index rows need not be sent first (only searches read them), the held
+        current rows of new resources must."""
+        if self.is_postgres:
+            return self.conn
+        if self.held.created:
+            self._insert_created()
+        return self._conn
+
+    def _insert_created(self) -> None:
+        """SQLite: the current rows of the resources created since the last time, in one
+        statement. The database's write lock is held from the transaction's start, so a row
+        already there was made by this transaction's caller naming an id twice."""
+        created, self.held.created = self.held.created, []
+        try:
+            self._conn.execute(resource_current.insert(), [
+                {"res_type": t, "res_id": i, "version": 1, "is_deleted": False, "last_updated_ms": 0}
+                for t, i in created])
+        except IntegrityError:
+            self.failed = created_concurrently(*created[0])
+            raise self.failed from None
+
+    def prime(self, res_type: str, res_ids) -> None:
+        """Read the current versions of many resources of one type in one query, for the
+        ``read`` calls to come (a replicated page reads every resource it writes)."""
+        wanted = [rid for rid in dict.fromkeys(res_ids)
+                  if (res_type, rid) not in self.pending and (res_type, rid) not in self.known]
+        found = self.read_many(res_type, wanted)
+        for rid in wanted:
+            self.known[(res_type, rid)] = found.get(rid)
+
     # -- reads -------------------------------------------------------------------------
     def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         """The current version (possibly a delete), or None if the resource never existed."""
         key = (res_type, res_id)
         if key in self.pending:
             return self.pending[key]
+        if key in self.known:
+            return self.known[key]
         if self.is_postgres:
             rows = driver.fetch_all(self.conn, READ_CURRENT_SQL, key)
             return row_to_version(VersionRow(*rows[0])) if rows else None
         cur, ver = resource_current, resource_version
-        row = self.conn.execute(
+        row = self.rows_conn.execute(
             select(ver).select_from(cur.join(ver, and_(ver.c.res_type == cur.c.res_type,
                                                        ver.c.res_id == cur.c.res_id,
                                                        ver.c.version == cur.c.version)))
@@ -170,7 +208,7 @@ class UnitOfWork:
         cur, ver = resource_current, resource_version
         for start in range(0, len(missing), 500):
             chunk = missing[start:start + 500]
-            rows = self.conn.execute(
+            rows = self.rows_conn.execute(
                 select(ver).select_from(cur.join(ver, and_(ver.c.res_type == cur.c.res_type,
                                                            ver.c.res_id == cur.c.res_id,
                                                            ver.c.version == cur.c.version)))
@@ -217,14 +255,7 @@ class UnitOfWork:
                method: str = "POST") -> StoredVersion:
         """Create version 1 under a new server id, or under `res_id` (update-as-create)."""
         res_id = res_id or new_id()
-        if self.is_postgres:
-            self.held.created.append((res_type, res_id))
-        else:
-            try:
-                self.conn.execute(resource_current.insert().values(
-                    res_type=res_type, res_id=res_id, version=1, is_deleted=False, last_updated_ms=0))
-            except IntegrityError:
-                raise created_concurrently(res_type, res_id) from None
+        self.held.created.append((res_type, res_id))
         return self._record(res_type, res_id, 1, method, resource, created=True)
 
     def update(self, res_type: str, res_id: str, resource: dict, if_match: int | None = None,
@@ -277,7 +308,7 @@ class UnitOfWork:
                                                               current.res_id, current.version))
         else:
             cur = resource_current
-            count = self.conn.execute(
+            count = self.rows_conn.execute(
                 update(cur).where(cur.c.res_type == current.res_type, cur.c.res_id == current.res_id,
                                   cur.c.version == current.version)
                 .values(version=current.version + 1, is_deleted=is_deleted)).rowcount
@@ -291,24 +322,24 @@ class UnitOfWork:
                                created=created)
         if stored.resource is not None:
             stored.resource["id"] = res_id
-        if self.is_postgres:
-            self.held.hold_index((res_type, res_id), version > 1, stored.resource)
-        elif stored.resource is None:
-            self.indexer.delete_index(self.conn, res_type, res_id)
-        elif version == 1:
-            # A brand-new resource has no index rows to delete first (its current row was
-            # just inserted under the primary key).
-            self.indexer.insert_index(self.conn, res_type, res_id, stored.resource)
-        else:
-            self.indexer.write_index(self.conn, res_type, res_id, stored.resource)
+        # A brand-new resource (version 1) has no index rows to delete first.
+        self.held.hold_index((res_type, res_id), version > 1, stored.resource)
         self.pending[(res_type, res_id)] = stored
         self.written.append(stored)
         return stored
 
     def write_held(self) -> None:
-        """Send the held current rows and index changes, in one statement (PostgreSQL)."""
+        """Send the held current rows and index changes: in one statement on PostgreSQL,
+        in one statement a table on SQLite."""
         held, self.held = self.held, HeldWrites()
         dropped = [key for key, (drop, _) in held.index.items() if drop]
+        if not self.is_postgres:
+            if held.created:
+                self.held.created = held.created
+                self._insert_created()
+            self.indexer.write_index_many(self._conn, dropped, [(key, resource) for key, (_, resource)
+                                                                in held.index.items() if resource is not None])
+            return
         rows_by_kind: dict[str, list[dict]] = {}
         for (res_type, res_id), (_, resource) in held.index.items():
             if resource is not None:
@@ -455,8 +486,8 @@ class VersionRow(NamedTuple):
 
 @dataclass
 class HeldWrites:
-    """What a PostgreSQL unit of work has not sent yet: current rows of new resources and,
-    by resource, (whether to delete its old index rows, the content to index or None)."""
+    """What a unit of work has not sent yet: the current rows of new resources and, by
+    resource, (whether to delete its old index rows, the content to index or None)."""
 
     created: list[tuple[str, str]] = field(default_factory=list)
     index: dict[tuple[str, str], tuple[bool, dict | None]] = field(default_factory=dict)
