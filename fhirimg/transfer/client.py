@@ -152,6 +152,40 @@ class TransferClient:
                 self.retries += 1
             self.sleep(delay)
 
+    def warm(self, url: str, count: int) -> int:
+        """Open up to ``count`` idle connections to ``url``'s origin, all at once, and leave
+        them in the pool; returns how many opened.
+
+        Over a WAN each new connection costs a round trip (two with TLS) before its first
+        request: warmed while the first QIDO is under way, the series requests that follow
+        it start on open connections. A connection that fails is simply not kept (the
+        request that needs it opens its own and reports the failure)."""
+        self.policy.check_url(url)
+        adapter = self.session.get_adapter(url)
+        pool = adapter.get_connection_with_tls_context(requests.Request("GET", url).prepare(),
+                                                       verify=self.session.verify)
+        # Taken from the pool (an idle one, else a new unconnected one) and all given back at
+        # the end, so that the pool keeps every one of them.
+        slots = [pool._get_conn() for _ in range(count)]
+        fresh = [i for i, conn in enumerate(slots) if getattr(conn, "sock", None) is None]
+        opened = []
+
+        def open_one(index: int) -> None:
+            try:
+                slots[index].connect()
+                opened.append(index)
+            except Exception:  # noqa: BLE001 - not kept; the request that needs it reports it
+                slots[index].close()
+
+        threads = [threading.Thread(target=open_one, args=(i,), daemon=True) for i in fresh]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for conn in slots:
+            pool._put_conn(conn)
+        return len(opened)
+
     def get_json(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20,
                  watch: Watch | None = None):
         """GET a JSON answer (QIDO, metadata) with a size bound; an empty body is ``[]``."""

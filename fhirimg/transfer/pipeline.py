@@ -7,7 +7,9 @@ writes it into Task.businessStatus).
 Step 3 needs only what step 1 found for a series, so each series is retrieved as soon
 as its own instances are listed, with its metadata (step 2) fetched beside it: on a
 1 000-instance study that took the 0.45 s of series metadata off the total and brought
-the first instance earlier. Instances that only step 2 revealed are fetched after, and a
+the first instance earlier. A series nothing of which is held yet is even asked for
+while its instances are being listed (one round trip less before its first byte over a
+WAN), its parts checked against the listing once it is there. Instances that only step 2 revealed are fetched after, and a
 study is complete only when everything either step listed is stored.
 """
 from __future__ import annotations
@@ -70,15 +72,17 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
     spans = {step: Span() for step in STEPS}
     retriever = Retriever(client, blobstore, options, guard)
     study = report.study
+    parallelism = max(1, options.series_parallelism)
     with sampling(on_progress, spans, budget, retriever, monotonic):
         on_step("qido")
         spans["qido"].begin(report.started_at)
+        warming = warm_connections(client, base, parallelism)
         study.series = search_for_series(client, base, study_uid, page_size, study, guard.watch)
         spans["qido"].end(monotonic())
+        warming.join()
         for series in study.series:
             series.base_url = (series_bases or {}).get(series.series_uid, base)
         on_step("retrieve")
-        parallelism = max(1, options.series_parallelism)
         metadata_futures: list = []
         listed: dict[str, frozenset[str]] = {}  # what step 1 listed, per series
 
@@ -89,13 +93,20 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
                     reconcile_series(series, datasets, study)
                 announce(budget, series)
 
-            def chain(series) -> None:
-                guard.check()
+            def list_series(series) -> frozenset[str]:
                 with spans["qido"].timing(monotonic):
                     search_for_instances(client, study_uid, series, page_size, study, guard.watch)
                 listed[series.series_uid] = expected = frozenset(series.instances)  # step 2 may add from now on
                 announce(budget, series)
                 metadata_futures.append(metadata_pool.submit(describe, series))
+                return expected
+
+            def chain(series) -> None:
+                guard.check()
+                with spans["retrieve"].timing(monotonic):
+                    if retriever.retrieve_while_listing(study_uid, series, lambda: list_series(series)):
+                        return
+                expected = list_series(series)
                 with spans["retrieve"].timing(monotonic):
                     retriever.retrieve_known_series(study_uid, series, expected)
 
@@ -112,6 +123,19 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
         report.durations = {step: spans[step].seconds for step in STEPS}
         report.missing = missing_instances(blobstore, study)
         return report
+
+
+def warm_connections(client: TransferClient, base: str, parallelism: int) -> threading.Thread:
+    """Open the connections the series chains will use while the first QIDO is under way
+    (each chain's first request would otherwise wait a round trip for its handshake)."""
+    def warm() -> None:
+        try:
+            client.warm(base, parallelism)
+        except Exception:  # noqa: BLE001 - an optimisation: the requests report real failures
+            pass
+    thread = threading.Thread(target=warm, name="warm-connections", daemon=True)
+    thread.start()
+    return thread
 
 
 def sampling(on_progress, spans: dict, budget: ByteBudget, retriever: Retriever, monotonic):

@@ -22,7 +22,8 @@ def test_bench_retrieve_prints_steps_baselines_and_ratios():
     assert "study: 6 instances" in out
     for label in ("1 QIDO-RS", "2 series metadata", "3 series retrieve", "time to first instance",
                   "worker peak RSS", "GET /studies/{uid}", "sequential per-instance GETs",
-                  "write+fsync same bytes"):
+                  "write+fsync same bytes", "Orthanc peer pulling it (DICOMweb)",
+                  "its time to first instance stored"):
         assert label in out
     ratio = re.search(r"GET /studies/\{uid\}, count bytes\s+[\d.]+\s+[\d.]+\s+([\d.]+)", out)
     assert ratio and float(ratio.group(1)) > 0

@@ -7,6 +7,7 @@ import time
 from email.utils import formatdate
 
 import pytest
+import requests
 from .scripted_server import ScriptedServer
 
 from fhirimg.transfer.client import (ClientSettings, EndpointLimits, SourceError, TransferClient,
@@ -241,3 +242,56 @@ def test_qido_query_values_are_not_percent_encoded_where_dicom_needs_them():
     url = build_url("http://h/dicom-web/", ["studies"], [("PatientName", "DOE^J*"), ("StudyDate", "2020-2021"),
                                                          ("includefield", "00080060"), ("q", "a b&c")])
     assert url == "http://h/dicom-web/studies?PatientName=DOE^J*&StudyDate=2020-2021&includefield=00080060&q=a%20b%26c"
+
+
+class CountingServer:
+    """A loopback listener that counts the connections it accepts (and answers nothing)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_warm_opens_connections_that_the_next_requests_use():
+    with ScriptedServer([(200, {}, b"[]")]) as server:
+        client = client_for()
+        assert client.warm(server.url + "/dicom-web/studies", 3) == 3
+        url = server.url + "/dicom-web/studies"
+        pool = client.session.get_adapter(url).get_connection_with_tls_context(  # the pool requests uses
+            requests.Request("GET", url).prepare(), verify=True)
+        assert pool.num_connections == 3
+        for _ in range(3):
+            assert client.get_json(server.url + "/dicom-web/studies") == []
+        assert pool.num_connections == 3  # no request opened one of its own
+
+
+def test_warm_counts_only_connections_that_opened_and_respects_the_allow_list():
+    counting = CountingServer()
+    try:
+        assert client_for().warm(counting.url, 2) == 2
+        deadline = time.monotonic() + 2
+        while len(counting.accepted) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(counting.accepted) == 2
+    finally:
+        counting.close()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    assert client_for().warm(refused_url, 2) == 0  # nothing listens there: nothing kept, no error
+    with pytest.raises(HostRefused):
+        TransferClient(ClientSettings()).warm(counting.url, 2)  # loopback not allowed

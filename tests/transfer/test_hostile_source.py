@@ -6,6 +6,7 @@ else reaches the disk, and a transfer with rejected instances is never called co
 from __future__ import annotations
 
 import io
+import time
 import uuid
 
 import orjson
@@ -144,3 +145,53 @@ def test_an_instance_only_series_metadata_lists_is_fetched_after_steps_2_and_3(t
     assert output_value(task, "instances-stored") == 3 and output_value(task, "instances-skipped") == 0
     assert len(fetched_late) == 1 and not rejection_reasons(task)
     assert {p.stem for p in site.context().blobstore.root.rglob("*.dcm")} == set(series.instances)
+
+
+def listing_route(series, datasets, instances_answer):
+    json_headers = {"Content-Type": "application/dicom+json"}
+    seen: list[tuple[str, float]] = []
+
+    def route(handler):
+        path = handler.path.split("?")[0]
+        seen.append((path, time.monotonic()))
+        if path.endswith("/series"):
+            return 200, json_headers, orjson.dumps([{"0020000E": {"vr": "UI", "Value": [series.series_uid]}}])
+        if path.endswith("/instances"):
+            time.sleep(0.3)  # a slow listing: the series request must not wait for it
+            return instances_answer(json_headers)
+        if path.endswith("/metadata"):
+            return 200, json_headers, orjson.dumps([dicom_json(ds) for ds in datasets.values()])
+        if path.endswith(f"/series/{series.series_uid}"):
+            return (200, *multipart(list(series.instances.values())))
+        return 404, {}, b""
+
+    return route, seen
+
+
+def test_a_fresh_series_is_asked_for_while_it_is_listed_and_checked_against_the_listing(tmp_path):
+    study = make_study(series=1, instances=3, rows=16, columns=16, seed=64)
+    series = study.series[0]
+    datasets = {sop: pydicom.dcmread(io.BytesIO(data)) for sop, data in series.instances.items()}
+    route, seen = listing_route(series, datasets, lambda headers: (
+        200, headers, orjson.dumps([dicom_json(ds) for ds in datasets.values()])))
+    site = make_site(tmp_path)
+    with ScriptedServer([route]) as server:
+        task_id = site.start_retrieve(site.add_study(server.url + "/dicom-web", study.study_uid))
+        assert run_retrieve(task_id, site.context()) == "completed"
+    asked = {path.rsplit("/", 1)[1]: at for path, at in seen}
+    assert asked[series.series_uid] < asked["instances"] + 0.3  # left before the listing answered
+    assert {p.stem for p in site.context().blobstore.root.rglob("*.dcm")} == set(series.instances)
+
+
+def test_a_listing_that_fails_while_the_series_streams_fails_the_task_and_stores_nothing(tmp_path):
+    study = make_study(series=1, instances=3, rows=16, columns=16, seed=65)
+    series = study.series[0]
+    datasets = {sop: pydicom.dcmread(io.BytesIO(data)) for sop, data in series.instances.items()}
+    route, _ = listing_route(series, datasets, lambda headers: (400, {}, b"no"))
+    site = make_site(tmp_path)
+    with ScriptedServer([route]) as server:
+        task_id = site.start_retrieve(site.add_study(server.url + "/dicom-web", study.study_uid))
+        assert run_retrieve(task_id, site.context()) == "failed"
+    assert "400" in site.task(task_id)["statusReason"]["concept"]["text"]
+    blobstore = site.context().blobstore
+    assert not list(blobstore.root.rglob("*.dcm")) and not list(blobstore.staging.iterdir())
