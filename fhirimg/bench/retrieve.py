@@ -232,7 +232,7 @@ def format_wan_report(rows: list[tuple], nbytes: int, instances: int, repeat: in
              "one instance's bytes arrived)", "",
              f"{'profile':<34}{'fhirimg':>9}{'first':>7}{'GET':>9}{'first':>7}{'Orthanc':>9}{'first':>7}"
              f"{'fh/GET':>8}{'fh/Orth':>8}{'goal':>7}"]
-    for profile, ours, whole, peers in rows:
+    for profile, ours, whole, peers, _ in rows:
         best, base = median_run(ours), median_run(whole)
         peer = median_run(peers) if peers else None
         to_get = best.mb_per_s / base.mb_per_s if base.mb_per_s else 0.0
@@ -245,9 +245,12 @@ def format_wan_report(rows: list[tuple], nbytes: int, instances: int, repeat: in
                      + f"{'met' if met else 'NOT':>7}")
     lines += ["", "goal: fhirimg >= 0.95 x GET and > Orthanc; each figure is the median run; ratios of medians",
               "runs (s), fhirimg | GET | Orthanc:"]
-    for profile, ours, whole, peers in rows:
+    for profile, ours, whole, peers, _ in rows:
         lines.append(f"  {profile}: " + " | ".join(", ".join(f"{r.seconds:.2f}" for r in runs)
                                                   for runs in (ours, whole, peers) if runs))
+    lines.append("packets dropped at the full bottleneck queue, per run, fhirimg | GET | Orthanc:")
+    for profile, *_, drops in rows:
+        lines.append(f"  {profile}: " + " | ".join(", ".join(map(str, counts)) for counts in drops.values() if counts))
     return "\n".join(lines)
 
 
@@ -258,12 +261,16 @@ def measure_profiles(profiles, wan, source: str, study_uid: str, repeat: int, pa
         wan.set_profile(profile)
         click.echo(f"profile {profile} ...", err=True)
         ours, whole, peers = [], [], []
+        drops: dict[str, list[int]] = {"fhirimg": [], "GET": [], "Orthanc": []}
         for _ in range(repeat):
             whole.append(baseline_study_get(source, study_uid, instance_bytes))
+            drops["GET"].append(wan.drops()[0])
             ours.append(run_fhirimg(source, study_uid, parallelism))
+            drops["fhirimg"].append(wan.drops()[0])
             if peer is not None:
                 peers.append(peer.retrieve(study_uid, ours[-1].nbytes))
-        rows.append((profile, ours, whole, peers))
+                drops["Orthanc"].append(wan.drops()[0])
+        rows.append((profile, ours, whole, peers, drops))
     return rows
 
 

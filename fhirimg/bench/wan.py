@@ -114,7 +114,8 @@ class EmulatedWan:
         _ip("link", "set", far, "up", namespace=self.namespace)
         _ip("addr", "add", f"{self.local}/32", "peer", self.remote, "dev", near)
         _ip("link", "set", near, "up")
-        self.link = subprocess.Popen([sys.executable, "-m", "fhirimg.bench.wanlink", *map(str, self._fds)],
+        self.link = subprocess.Popen([sys.executable, "-m", "fhirimg.bench.wanlink", *map(str, self._fds),
+                                      "offload" if self.offload else "plain"],
                                      pass_fds=self._fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._send(Profile(0, 0))
 
@@ -131,21 +132,28 @@ class EmulatedWan:
             os.close(fd)
         self._fds = []
 
-    def set_profile(self, profile: Profile) -> None:
-        """Apply a profile. Loss needs packets of one MTU (see wanlink), so a profile with loss
+    def set_profile(self, profile: Profile) -> tuple[int, int]:
+        """Apply a profile (returns the packets dropped under the previous one). Loss needs packets of one MTU (see wanlink), so a profile with loss
         runs on a link without offload and one without loss on a link with it: the devices
         are replaced when that changes (servers in the namespace keep their sockets)."""
         if self.offload != (profile.loss == 0):
             self._disconnect()
             self.offload = profile.loss == 0
             self._connect()
-        self._send(profile)
+        return self._send(profile)
 
-    def _send(self, profile: Profile) -> None:
+    def drops(self) -> tuple[int, int]:
+        """Packets dropped (at the full queue, at random) since the profile was set or last asked."""
+        return self._send(self.profile)
+
+    def _send(self, profile: Profile) -> tuple[int, int]:
         self.link.stdin.write(f"{profile.rtt_ms / 2} {profile.mbit} {profile.loss}\n")
         self.link.stdin.flush()
-        if self.link.stdout.readline().strip() != "ok":
+        answer = self.link.stdout.readline().split()
+        if not answer or answer[0] != "ok":
             raise RuntimeError("the WAN delay line did not take the profile")
+        self.profile = profile
+        return int(answer[1]), int(answer[2])
 
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` run inside the far namespace (where the source archive lives)."""

@@ -243,6 +243,12 @@ class TransferClient:
             return max(matches, key=lambda e: len(e.address_prefix))
         return EndpointLimits(address_prefix="", max_concurrency=self.settings.default_concurrency)
 
+    @contextmanager
+    def waiting_slot(self, url: str) -> Iterator[bool]:
+        """See EndpointGate.waiting_slot: False means take the path that does not wait."""
+        with self.gate_for(url, self.limits_for(url)).waiting_slot() as granted:
+            yield granted
+
     def gate_for(self, url: str, limits: EndpointLimits) -> "EndpointGate":
         key = limits.address_prefix or "%s://%s:%d" % split_origin(url)
         with self._lock:
@@ -278,10 +284,27 @@ class EndpointGate:
     """At most ``concurrency`` requests in flight and ``rate`` request starts per second."""
 
     def __init__(self, concurrency: int, rate: float):
-        self.semaphore = threading.BoundedSemaphore(max(1, concurrency))
+        self.concurrency = max(1, concurrency)
+        self.semaphore = threading.BoundedSemaphore(self.concurrency)
         self.rate = rate
         self.lock = threading.Lock()
         self.next_start = 0.0
+        self.waiting_holders = 0  # requests that may hold their slot while they wait for another
+
+    @contextmanager
+    def waiting_slot(self) -> Iterator[bool]:
+        """Whether a request may hold a slot while it waits for another request of this
+        endpoint (a series streaming before its listing is in): at most ``concurrency - 1``
+        at once, so that the requests they wait for always find a slot."""
+        with self.lock:
+            granted = self.waiting_holders < self.concurrency - 1
+            self.waiting_holders += granted
+        try:
+            yield granted
+        finally:
+            if granted:
+                with self.lock:
+                    self.waiting_holders -= 1
 
     @contextmanager
     def slot(self, sleep, monotonic) -> Iterator[None]:

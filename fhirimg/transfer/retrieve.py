@@ -183,11 +183,20 @@ class Retriever:
 
         The listing used to come first: one round trip (on a WAN, 40-80 ms) before the
         series request left. Parts are checked against the listing, so the first one waits
-        for it; what the answer lacks is fetched instance by instance as before.
+        for it, holding its request's slot of the source's concurrency limit: at most that
+        limit less one series do so at once (the others list first), or their listings could
+        all wait for slots that only they would free. What the answer lacks is fetched
+        instance by instance as before.
         """
         if self.blobstore.stored_sop_uids(study_uid, series.series_uid):
             return False
-        job = SeriesJob(study_uid, series, set())
+        with self.client.waiting_slot(series.base_url) as granted:
+            if not granted:  # the listings need a slot of the source that no stream holds
+                return False
+            self.retrieve_listed_meanwhile(SeriesJob(study_uid, series, set()), list_series)
+        return True
+
+    def retrieve_listed_meanwhile(self, job: SeriesJob, list_series: Callable[[], frozenset[str]]) -> None:
         with ThreadPoolExecutor(1, thread_name_prefix="listing") as lister:
             job.listing = listing = lister.submit(list_series)
             try:
@@ -201,7 +210,6 @@ class Retriever:
                 raise failed
         job.await_listing()  # an answer without parts never asked for it
         self.retrieve_series_job(job, series_done=True)
-        return True
 
     def plan_series(self, study_uid: str, series: SourceSeries, expected: frozenset[str],
                     count_skipped: bool = True) -> SeriesJob:

@@ -114,3 +114,28 @@ def test_bench_retrieve_over_the_wan_prints_a_line_per_profile():
     figures = [float(x) for x in re.findall(r"\d+\.\d+", line)]
     assert len(figures) == 8 and all(f > 0 for f in figures), line  # 3 x (MB/s, first) + 2 ratios
     assert "fh/GET" in result.output and "fh/Orth" in result.output
+
+
+def test_a_super_segment_that_does_not_fit_is_cut_at_a_segment_boundary():
+    from fhirimg.bench.wanlink import VNET, fold, keep_segments
+    payload = bytes(range(250)) * 12  # 3 000 bytes: segments of 1 000
+    tcp = bytearray(20)
+    tcp[12] = 5 << 4
+    ip = bytearray(20)
+    ip[0], ip[9] = 0x45, 6
+    ip[12:16], ip[16:20] = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    ip[2:4] = (40 + len(payload)).to_bytes(2, "big")
+    packet = VNET.pack(1, 1, 40, 1000, 20, 16) + bytes(ip) + bytes(tcp) + payload
+
+    cut, dropped = keep_segments(packet, VNET.size + 40 + 2_500)
+    assert dropped == 1 and len(cut) == VNET.size + 40 + 2_000 and cut[VNET.size + 40:] == payload[:2_000]
+    head = cut[VNET.size:VNET.size + 20]
+    assert int.from_bytes(head[2:4], "big") == 2_040
+    assert fold(sum(int.from_bytes(head[i:i + 2], "big") for i in range(0, 20, 2))) == 0xFFFF  # IPv4 checksum holds
+    pseudo = int.from_bytes(cut[VNET.size + 36:VNET.size + 38], "big")
+    assert pseudo == fold(0x0A00 + 0x0001 + 0x0A00 + 0x0002 + 6 + 2_020)
+
+    single, dropped = keep_segments(packet, VNET.size + 40 + 1_000)
+    assert dropped == 2 and single[1] == 0 and VNET.unpack_from(single)[3] == 0  # no longer a super-segment
+    assert keep_segments(packet, 500) == (None, 3)
+    assert keep_segments(packet, len(packet)) == (packet, 0)

@@ -295,3 +295,20 @@ def test_warm_counts_only_connections_that_opened_and_respects_the_allow_list():
     assert client_for().warm(refused_url, 2) == 0  # nothing listens there: nothing kept, no error
     with pytest.raises(HostRefused):
         TransferClient(ClientSettings()).warm(counting.url, 2)  # loopback not allowed
+
+
+def test_at_most_concurrency_less_one_requests_may_hold_a_slot_while_waiting():
+    """A series streaming before its listing holds a slot; if every slot could be held so,
+    the listings they wait for would never get one."""
+    limits = EndpointLimits("http://pacs.example/", max_concurrency=3)
+    client = client_for(ClientSettings(allowed_hosts=["pacs.example"], endpoints=[limits]))
+    url = "http://pacs.example/dicom-web"
+    with client.waiting_slot(url) as first, client.waiting_slot(url) as second:
+        with client.waiting_slot(url) as third:
+            assert (first, second, third) == (True, True, False)
+    with client.waiting_slot(url) as again:
+        assert again
+    single = client_for(ClientSettings(allowed_hosts=["pacs.example"],
+                                       endpoints=[EndpointLimits("http://pacs.example/", max_concurrency=1)]))
+    with single.waiting_slot(url) as granted:
+        assert not granted  # one slot: the listing always comes first
