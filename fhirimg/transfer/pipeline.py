@@ -9,8 +9,9 @@ as its own instances are listed, with its metadata (step 2) fetched beside it: o
 1 000-instance study that took the 0.45 s of series metadata off the total and brought
 the first instance earlier. A series nothing of which is held yet is even asked for
 while its instances are being listed (one round trip less before its first byte over a
-WAN), its parts checked against the listing once it is there. Instances that only step 2 revealed are fetched after, and a
-study is complete only when everything either step listed is stored.
+WAN), its parts checked against the listing once it is there. Instances that only step 2
+revealed are fetched after, and a study is complete only when everything either step
+listed is stored.
 """
 from __future__ import annotations
 
