@@ -337,7 +337,10 @@ def command(source, study_uid, repeat, series, instances, rows, parallelism, wan
         source = source.rstrip("/")
         if peer:
             from .peer import OrthancPeer
-            orthanc_peer = OrthancPeer(source)
+            try:
+                orthanc_peer = OrthancPeer(source)
+            except RuntimeError as exc:  # no Orthanc here: the rest of the figures still stand
+                click.echo(f"no peer archive in this run: {exc}", err=True)
         baseline_study_get(source, study_uid)  # warm the source's cache for everyone alike
         if wan is not None:
             table = measure_profiles(profiles, wan, source, study_uid, repeat, parallelism, orthanc_peer,
