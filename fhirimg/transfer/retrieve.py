@@ -99,6 +99,14 @@ class SeriesJob:
     def __post_init__(self):
         self.ticket = SeriesTicket(self.wanted)
 
+    def listed_so_far(self) -> frozenset[str]:
+        """The listed instances without waiting: the listing's answer as soon as it is in (the
+        first part's allowance needs it before that part ends), else what the job knows."""
+        listing = self.listing
+        if listing is not None and listing.done() and listing.exception() is None:
+            return frozenset(listing.result())
+        return self.expected
+
     def await_listing(self) -> frozenset[str]:
         """The instances step 1 lists, once it has (its error if it failed). A job planned
         before the listing holds nothing of the series yet, so all of them are wanted."""
@@ -235,7 +243,7 @@ class Retriever:
         with self.outcome.lock:
             self.outcome.series_requests += 1
         try:
-            allowance = Allowance(self.largest_part(job.series, lambda: job.expected))
+            allowance = Allowance(self.largest_part(job.series, job.listed_so_far))
             complete = self.read_multipart(url, job, None if job.listing else job.expected, allowance)
         except Abandoned:
             raise

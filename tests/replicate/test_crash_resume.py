@@ -32,7 +32,7 @@ def start_pull(site, source_url: str, tmp_path) -> subprocess.Popen:
 
 def test_pull_killed_mid_page_resumes_without_loss_or_duplicates(make_site, tmp_path):
     a, b = make_site("a"), make_site("b")
-    seed_changes(a.site.repo, 300, seed=11)
+    seed_changes(a.site.repo, 2000, seed=11)  # ~1 s of applying: room to be killed half-way
     total = version_count(a.engine)
     rng = random.Random(3)
     partial_kills = 0
@@ -41,7 +41,7 @@ def test_pull_killed_mid_page_resumes_without_loss_or_duplicates(make_site, tmp_
         started = time.monotonic()
         while version_count(b.engine) == 0 and time.monotonic() - started < 30:
             time.sleep(0.05)  # wait until it is applying pages, then kill it at a random moment
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.02, 0.3))
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         copied = version_count(b.engine)
