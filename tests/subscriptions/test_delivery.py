@@ -136,7 +136,11 @@ def test_heartbeats_on_time(subs_client, driver, receiver):
         time.sleep(0.01)
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert len(arrivals) >= 4
-    assert all(0.9 <= gap <= 1.1 for gap in gaps), gaps
+    # On the period's schedule: beat k arrives k periods after the first, give or take what a
+    # loaded machine delays one poll of this loop (CI once saw gaps 1.25 then 0.74: a late
+    # beat, the next one on time); never two beats in a burst.
+    offsets = [at - arrivals[0] - k for k, at in enumerate(arrivals)]
+    assert max(offsets) - min(offsets) <= 0.35 and all(gap >= 0.6 for gap in gaps), gaps
 
 
 def test_topics_task_status_and_images_available(subs_client, driver, receiver):
