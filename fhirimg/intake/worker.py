@@ -79,11 +79,13 @@ class BufferedSocket:
         self.read_timeout = read_timeout
         self.head = memoryview(b"")
         self.body = None
+        self.local = False
         self.surplus = b""  # bytes past the request handed over: the next request's start
 
-    def hand(self, head: bytes, body) -> None:
+    def hand(self, head: bytes, body, local: bool = True) -> None:
         self.head = memoryview(head)
         self.body = body
+        self.local = local  # the whole request is in head + body (not a head gunicorn refuses)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self.head:
@@ -268,6 +270,17 @@ class IntakeWorker(ThreadWorker):
         self.keepalived_conns.remove(conn)
         self.start_intake(conn)
 
+    def _keepalive_after(self, conn, keepalive):
+        """Keep a connection whose answer came before its body was read (a 405, a 415, a
+        401): gunicorn drains at most 64 KiB of an unread body and otherwise closes the
+        connection, after the answer already said ``Connection: keep-alive`` (RFC 9112
+        9.6 forbids that), so a client's next request on it met a closed connection.
+        Here the whole body is already in the spool the intake read it into, bounded by
+        the body limits: reading the rest costs no network wait, so it is drained whole."""
+        if keepalive and self.buffering and isinstance(conn.sock, BufferedSocket) and conn.sock.local:
+            return bool(conn.parser.finish_body())
+        return super()._keepalive_after(conn, keepalive)
+
     def finish_request(self, conn, fs):
         super().finish_request(conn, fs)
         surplus = getattr(conn.sock, "surplus", b"")
@@ -313,7 +326,7 @@ class IntakeWorker(ThreadWorker):
         self.end_intake(intake)
         head, body, surplus = request
         conn = intake.conn
-        conn.sock.hand(head, body)
+        conn.sock.hand(head, body, local=intake.head.body != "gunicorn")
         conn.sock.surplus = surplus
         conn.data_ready = True
         self.enqueue_req(conn)
