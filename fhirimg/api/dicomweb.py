@@ -89,12 +89,14 @@ def search_for_series(study: str | None = None) -> Response:
     summaries = index.series_summaries(engine(), study, allowed=allowed)
     if not summaries and study is not None:
         raise NotFound(f"study {study} is not held here")
+    # All series: the study's attributes come with each (PS3.18 10.6.3.3.1).
+    level_tags = qido.SERIES_TAGS if study is not None else qido.SERIES_TAGS + qido.STUDY_TAGS
     results, found = [], set()
     for series in summaries:
         url = f"{own_base()}/studies/{series.study_uid}/series/{series.series_uid}"
         attributes = qido.series_attributes(series, url)
         if qido.matches(attributes, query.filters):
-            results.append(qido.select_fields(attributes, qido.SERIES_TAGS, query))
+            results.append(qido.select_fields(attributes, level_tags, query))
             found.add(series.study_uid)
     note_dicom("search-type", sorted(found), {"service": "QIDO-RS"})
     return dicom_json(qido.page(results, query))
@@ -118,6 +120,40 @@ def search_for_instances(study: str, series: str | None = None) -> Response:
             results.append(qido.select_fields(attributes, qido.INSTANCE_TAGS, query))
     note_dicom("search-type", [study], {"service": "QIDO-RS"})
     return dicom_json(qido.page(results, query))
+
+
+@blueprint.route("/instances", methods=["GET"])
+def search_all_instances() -> Response:
+    """Instances of every study the principal may search (PS3.18 10.6.1, SearchForInstances at
+    the top level), read from the index in keyed batches; an answer is at most `limit` (or
+    qido.ALL_INSTANCES_MAX) results, with the 299 Warning of PS3.18 8.3.4.4 when more match."""
+    query = query_args()
+    narrowing = {column: [uid.strip() for uid in value.split(",")]
+                 for tag, _, value in query.filters if value not in ("", "*")
+                 for column in [qido.UID_COLUMNS.get(tag)] if column}
+    wanted = query.limit or qido.ALL_INSTANCES_MAX
+    level_tags = qido.INSTANCE_TAGS + qido.SERIES_TAGS + qido.STUDY_TAGS
+    results, found, skipped, more = [], set(), 0, False
+    base = own_base()
+    for instance in index.iter_instances(engine(), narrowing, study_filter(current_principal(), "s")):
+        url = f"{base}/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_uid}"
+        attributes = qido.instance_attributes(instance, url)
+        if not qido.matches(attributes, query.filters):
+            continue
+        if skipped < query.offset:
+            skipped += 1
+            continue
+        if len(results) == wanted:
+            more = True
+            break
+        results.append(qido.select_fields(attributes, level_tags, query))
+        found.add(instance.study_uid)
+    note_dicom("search-type", sorted(found), {"service": "QIDO-RS"})
+    response = dicom_json(results)
+    if more and not query.limit:
+        response.headers["Warning"] = (f'299 {base}: "The number of results exceeded the maximum supported '
+                                       f'by the server ({wanted}). Additional results can be requested."')
+    return response
 
 
 def require_searchable(study: str) -> None:

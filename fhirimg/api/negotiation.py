@@ -117,19 +117,42 @@ def base_url() -> str:
 
 
 def public_root() -> str:
-    """scheme://host[:port] for absolute URLs (Location, Bundle links, RetrieveURL) when no
-    base_url is configured: the request's Host only if it is loopback or on allowed_hosts,
-    else the serve address - a forged Host (evil.example:666) never reaches a client's links.
-    X-Forwarded-* headers are not read: behind a proxy, set base_url."""
+    """scheme://host[:port] for absolute URLs (Location, Bundle links, RetrieveURL): from
+    base_url when it is configured (its path less the trailing /fhir), else the request's
+    Host only if it is loopback or on allowed_hosts, else the serve address - a forged
+    Host (evil.example:666) never reaches a client's links. X-Forwarded-* headers are not
+    read: behind a proxy, set base_url."""
     from ..transfer.netpolicy import is_loopback_name
     config = current_app.config["FHIRIMG"]
+    if config["base_url"]:
+        configured = config["base_url"]
+        return configured[:-len("/fhir")] if configured.endswith("/fhir") else configured
     host = (request.host or "").lower()
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]", 1)[0] + "]"
-    if host in config["allowed_hosts"] or name in config["allowed_hosts"] or is_loopback_name(name.strip("[]")):
-        return request.url_root.rstrip("/")
+    loopback = is_loopback_name(name.strip("[]"))
+    if host in config["allowed_hosts"] or name in config["allowed_hosts"] or loopback:
+        root = request.url_root.rstrip("/")
+        if loopback and name == host:
+            # "Host: 127.0.0.1" to a server on 8080: the port the client connected to, which
+            # a URL without one would lose (a proxy in front would be configured by base_url).
+            port = local_port()
+            if port and port != (443 if request.scheme == "https" else 80):
+                root = f"{request.scheme}://{name}:{port}"
+        return root
     serve = config["serve"]
     listen = "127.0.0.1" if serve["host"] in ("0.0.0.0", "::", "") else serve["host"]
     return f"http://{listen}:{serve['port']}"
+
+
+def local_port() -> int | None:
+    """The port this request arrived on (gunicorn's socket; the dev server's SERVER_PORT)."""
+    sock = request.environ.get("gunicorn.socket")
+    try:
+        if sock is not None:
+            return int(sock.getsockname()[1])
+        return int(request.environ.get("SERVER_PORT") or 0) or None
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
 
 
 def version_headers(stored: StoredVersion, with_location: bool = False) -> dict:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import func, select
+from typing import Iterator
+
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.engine import Engine
 
 from fhirimg.transfer.schema import dicom_instance
@@ -107,3 +109,30 @@ def stored_instances(engine: Engine, study_uid: str, series_uid: str | None = No
         rows = conn.execute(query).all()
     return [StoredInstance(r.study_uid, r.series_uid, r.sop_uid, r.path, r.size, r.transfer_syntax_uid,
                            r.instance_number, orjson.loads(r.attributes), r.sha256) for r in rows]
+
+
+def iter_instances(engine: Engine, uid_filters: dict[str, list[str]], allowed=None,
+                   batch: int | None = None) -> Iterator[StoredInstance]:
+    """Every instance held (QIDO's all-instances query), in (study, series, SOP) UID order,
+    read `batch` rows at a time by key: memory stays bounded however many are held.
+    `uid_filters` narrows in SQL by UID lists: {"study_uid": [...], "series_uid": [...],
+    "sop_uid": [...]}; `allowed` is access control's SELECT of study UIDs (None: all)."""
+    t = dicom_instance
+    batch = batch or BATCH
+    key = None
+    while True:
+        query = select(t).order_by(t.c.study_uid, t.c.series_uid, t.c.sop_uid).limit(batch)
+        for column, uids in uid_filters.items():
+            query = query.where(t.c[column].in_(uids[:1000]))
+        if allowed is not None:
+            query = query.where(t.c.study_uid.in_(allowed))
+        if key is not None:
+            query = query.where(tuple_(t.c.study_uid, t.c.series_uid, t.c.sop_uid) > key)
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        for r in rows:
+            yield StoredInstance(r.study_uid, r.series_uid, r.sop_uid, r.path, r.size, r.transfer_syntax_uid,
+                                 r.instance_number, orjson.loads(r.attributes), r.sha256)
+        if len(rows) < batch:
+            return
+        key = (rows[-1].study_uid, rows[-1].series_uid, rows[-1].sop_uid)

@@ -15,13 +15,19 @@ from fhirimg.errors import Invalid
 
 from .index import SeriesSummary, StoredInstance, StudySummary
 
-STUDY_TAGS = ("00080020", "00080030", "00080050", "00080056", "00080061", "00080090", "00081030",
-              "00100010", "00100020", "00100030", "00100040", "0020000D", "00200010", "00201206", "00201208")
-SERIES_TAGS = ("00080060", "0008103E", "0020000D", "0020000E", "00200011", "00201209", "00400244", "00400245")
-INSTANCE_TAGS = ("00080016", "00080018", "0020000D", "0020000E", "00200013", "00280008", "00280010",
-                 "00280011", "00280100")
+# The attributes each level returns by default (PS3.18 Table 10.6.3-3 to -5); a query of all
+# series or all instances returns those of the levels above too (10.6.3.3.1).
+STUDY_TAGS = ("00080005", "00080020", "00080030", "00080050", "00080056", "00080061", "00080090",
+              "00080201", "00081030", "00100010", "00100020", "00100030", "00100040", "0020000D",
+              "00200010", "00201206", "00201208")
+SERIES_TAGS = ("00080005", "00080060", "00080201", "0008103E", "0020000D", "0020000E", "00200011",
+               "00201209", "00400244", "00400245", "00400275")
+INSTANCE_TAGS = ("00080005", "00080016", "00080018", "00080056", "00080201", "0020000D", "0020000E",
+                 "00200013", "00280008", "00280010", "00280011", "00280100")
 CONTROL_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 MAX_LIMIT = 10_000
+ALL_INSTANCES_MAX = 10_000  # an all-instances query without a limit answers at most this many
+UID_COLUMNS = {"0020000D": "study_uid", "0020000E": "series_uid", "00080018": "sop_uid"}
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 
@@ -105,12 +111,24 @@ def value_matches(values: list[str], vr: str, wanted: str) -> bool:
     if vr in RANGE_VRS and "-" in wanted:
         low, _, high = wanted.partition("-")
         return any((not low or v >= low) and (not high or v <= high) for v in values)
+    if vr == "PN":
+        return any(person_name_matches(v, wanted) for v in values)
     if vr in WILDCARD_VRS and ("*" in wanted or "?" in wanted):
         pattern = wanted.replace("[", "[[]")
         return any(fnmatch.fnmatchcase(v, pattern) for v in values)
-    if vr == "PN":
-        return any(v.upper() == wanted.upper() for v in values)
     return any(v == wanted for v in values)
+
+
+def person_name_matches(value: str, wanted: str) -> bool:
+    """PN matching is case-insensitive, with or without wildcards (PS3.4 C.2.2.2.1 leaves
+    case to the implementation; Orthanc and dcm4chee ignore it, and OHIF's study list sends
+    what the user typed, lower case). ``fuzzymatching=true`` adds nothing more: names are
+    not matched phonetically. ``^`` separates components; trailing empty components are
+    not significant (``Doe^Jane^^^`` is ``Doe^Jane``)."""
+    value, wanted = value.rstrip("^").casefold(), wanted.casefold()
+    if "*" in wanted or "?" in wanted:
+        return fnmatch.fnmatchcase(value, wanted.replace("[", "[[]"))
+    return value == wanted.rstrip("^")
 
 
 def study_attributes(study: StudySummary, retrieve_url: str) -> dict:

@@ -60,7 +60,7 @@ def test_search_for_studies_returns_counts_and_modalities(site, stored):
     assert value(one, "00201206") == 2 and value(one, "00201208") == 6
     assert one["00080061"]["Value"] == ["CT", "MR"]
     assert value(one, "00100020") == "PAT-A"
-    assert value(one, "00081190") == f"http://localhost/dicom-web/studies/{first.study_uid}"
+    assert value(one, "00081190") == f"http://fhirimg.test/dicom-web/studies/{first.study_uid}"
 
 
 @pytest.mark.parametrize("params, expected", [
@@ -164,7 +164,7 @@ def test_metadata_is_the_dicom_json_of_each_instance_without_pixel_data(site, st
         # Pixel Data is named, not carried: a BulkDataURI that answers with its bytes.
         bulk = item["7FE00010"]
         assert set(bulk) == {"vr", "BulkDataURI"} and bulk["vr"] == "OW" and "InlineBinary" not in bulk
-        assert bulk["BulkDataURI"] == (f"http://localhost/dicom-web/studies/{first.study_uid}/series/"
+        assert bulk["BulkDataURI"] == (f"http://fhirimg.test/dicom-web/studies/{first.study_uid}/series/"
                                        f"{series.series_uid}/instances/{sop}/bulkdata/7FE00010")
         assert value(item, "00280010") == ds.Rows and value(item, "00100020") == ds.PatientID
         assert value(item, "00020010") == ds.file_meta.TransferSyntaxUID
@@ -240,3 +240,47 @@ def test_bad_query_parameters_are_400_naming_the_parameter(site, stored, params)
     response = site.client.get("/dicom-web/studies", query_string=params)
     assert response.status_code == 400
     assert response.json["issue"][0]["expression"]
+
+
+@pytest.mark.parametrize("wanted, found", [
+    ("test*", 2), ("*PATIENT", 2), ("*atie*", 2), ("test^patient", 2), ("TEST^PATIENT^^", 2),
+    ("t?st*", 2), ("nobody*", 0), ("Test", 0),
+])
+def test_person_names_match_case_insensitively_with_or_without_wildcards(site, stored, wanted, found):
+    """Issue 21: OHIF's study-list filter sends `*viewer*` in lower case; exact PN matching
+    was already case-insensitive, wildcard matching was not (0 results where Orthanc finds 2)."""
+    assert len(qido(site, "/studies", PatientName=wanted)) == found
+
+
+def test_all_instances_are_searchable_at_the_top_level_with_study_and_series_attributes(site, stored):
+    first, second = stored
+    everything = qido(site, "/instances")
+    assert len(everything) == 8
+    one = everything[0]
+    for tag in ("00080018", "0020000E", "0020000D", "00100020", "00080060", "00081190"):
+        assert tag in one, tag  # instance, series and study attributes (PS3.18 10.6.3.3.1)
+    of_b = qido(site, "/instances", PatientID="PAT-B")
+    assert {value(i, "0020000D") for i in of_b} == {second.study_uid} and len(of_b) == 2
+    series = first.series[1].series_uid
+    narrowed = qido(site, "/instances", SeriesInstanceUID=series)
+    assert {value(i, "0020000E") for i in narrowed} == {series} and len(narrowed) == 3
+    sop = next(iter(first.series[0].instances))
+    assert [value(i, "00080018") for i in qido(site, "/instances", SOPInstanceUID=sop)] == [sop]
+    pages = qido(site, "/instances", limit=3) + qido(site, "/instances", limit=3, offset=3) + \
+        qido(site, "/instances", limit=3, offset=6)
+    assert pages == everything
+
+
+def test_an_all_instances_answer_over_the_maximum_says_so(site, stored, monkeypatch):
+    from fhirimg.dicomweb import index, qido as qido_module
+    monkeypatch.setattr(qido_module, "ALL_INSTANCES_MAX", 5)
+    monkeypatch.setattr(index, "BATCH", 2)  # several keyed batches
+    response = site.client.get("/dicom-web/instances")
+    assert response.status_code == 200 and len(response.json) == 5
+    assert response.headers["Warning"].startswith("299 ") and "exceeded the maximum" in response.headers["Warning"]
+    assert "Warning" not in site.client.get("/dicom-web/instances", query_string={"limit": 5}).headers
+
+
+def test_all_series_come_with_their_study_attributes(site, stored):
+    series = qido(site, "/series", PatientID="PAT-A")
+    assert len(series) == 2 and all(value(s, "00100020") == "PAT-A" and "0020000E" in s for s in series)

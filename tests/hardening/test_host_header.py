@@ -41,3 +41,28 @@ def test_qido_retrieve_urls_ignore_a_forged_host(site, engine):
     from fhirimg.api import dicomweb
     with site.application.test_request_context("/dicom-web/studies", headers={"Host": "evil.example:666"}):
         assert dicomweb.own_base() == "http://127.0.0.1:8123/dicom-web"
+
+
+def test_a_loopback_host_without_a_port_gets_the_port_the_request_arrived_on(site):
+    """Issue 21: `Host: 127.0.0.1` to a server on 8123 gave RetrieveURLs without the port."""
+    from fhirimg.api import dicomweb
+    environ = {"SERVER_PORT": "8123"}  # what the dev server reports; gunicorn: its socket
+    with site.application.test_request_context("/dicom-web/studies", headers={"Host": "127.0.0.1"},
+                                               environ_overrides=environ):
+        assert dicomweb.own_base() == "http://127.0.0.1:8123/dicom-web"
+
+    class Socket:
+        def getsockname(self):
+            return ("127.0.0.1", 8124)
+    with site.application.test_request_context("/dicom-web/studies", headers={"Host": "localhost"},
+                                               environ_base={"gunicorn.socket": Socket()}):
+        assert dicomweb.own_base() == "http://localhost:8124/dicom-web"
+
+
+def test_a_configured_base_url_is_the_root_of_retrieve_urls(database, engine):
+    from fhirimg.api import dicomweb
+    config = load_config(env={}, read_files=False, overrides={
+        "database_url": database[0], "auth": ANONYMOUS, "base_url": "https://imaging.example.org/fhir"})
+    app = create_app(config, engine=engine)
+    with app.test_request_context("/dicom-web/studies", headers={"Host": "127.0.0.1:9999"}):
+        assert dicomweb.own_base() == "https://imaging.example.org/dicom-web"
