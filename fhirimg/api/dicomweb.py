@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from ..auth.imaging import require_study, study_filter
-from ..dicomweb import index, qido, wado
+from ..dicomweb import codecs, index, negotiate, qido, wado
 from ..dicomweb.owners import study_owners
 from ..errors import NotAcceptable, NotFound
 from ..blobs.settings import blobs_section
@@ -50,7 +50,7 @@ def own_base() -> str:
 
 
 def dicom_json(document, status: int = 200) -> Response:
-    media = wado.parse_accept(request.headers.get("Accept", ""))
+    media = negotiate.parse_accept(request.headers.get("Accept", ""))
     if media and not any(m.type in (DICOM_JSON, "application/json", "*/*", "application/*") for m in media):
         raise NotAcceptable(f"cannot answer {request.headers.get('Accept')!r}: QIDO-RS and metadata are "
                             f"served as {DICOM_JSON}")
@@ -194,12 +194,12 @@ def note_dicom(interaction: str, study_uids: list[str], details: dict) -> None:
 @blueprint.route("/studies/<study>/series/<series>", methods=["GET"])
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>", methods=["GET"])
 def retrieve_dicom(study: str, series: str | None = None, sop: str | None = None) -> Response:
-    wanted_syntax = wado.accepted_transfer_syntax(request.headers.get("Accept", ""))
+    choices = negotiate.instance_choices(request.headers.get("Accept", ""))
     instances = instances_or_404(study, series, sop)
-    wado.check_transfer_syntax(instances, wanted_syntax)
+    planned = wado.plan_instances(instances, choices)
     boundary = wado.new_boundary()
     verify = blobs_section(current_app.config["FHIRIMG"])["verify_on_read"]
-    return Response(wado.stream_instances(instances, blobstore().open, boundary, verify), status=200,
+    return Response(wado.stream_instances(planned, blobstore().open, boundary, verify), status=200,
                     content_type=wado.multipart_content_type(boundary))
 
 
@@ -217,26 +217,33 @@ def retrieve_metadata(study: str, series: str | None = None, sop: str | None = N
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>/bulkdata/7fe00010", methods=["GET"])
 def retrieve_pixel_data(study: str, series: str, sop: str) -> Response:
     """The BulkDataURI that metadata gives for Pixel Data: multipart, or a single part when
-    the client asks for application/octet-stream alone (PS3.18 8.7.3; OHIF does)."""
-    accept = request.headers.get("Accept", "")
-    single = any(m.type == "application/octet-stream" for m in wado.parse_accept(accept))
-    if not single:
-        wado.accepted_transfer_syntax(accept, "application/octet-stream")
+    the client asks for one media type alone (PS3.18 8.7.3; OHIF asks application/octet-stream)."""
+    choices = negotiate.frame_choices(request.headers.get("Accept", ""))
     instance = instances_or_404(study, series, sop)[0]
-    data = wado.read_pixel_data(blobstore().open, instance)
-    if single:
-        return Response(b"".join(data), status=200, content_type="application/octet-stream")
-    boundary = wado.new_boundary()
-    return Response(wado.stream_frames(data, boundary), status=200,
-                    content_type=wado.multipart_content_type(boundary, "application/octet-stream"))
+    media, syntax, parts = wado.read_pixel_data(blobstore().open, instance, choices)
+    return frames_response([codecs.Frame(data, media, syntax) for data in parts], choices)
 
 
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>", methods=["GET"])
 def retrieve_frames(study: str, series: str, sop: str, frames: str) -> Response:
-    wado.accepted_transfer_syntax(request.headers.get("Accept", ""), "application/octet-stream")
+    choices = negotiate.frame_choices(request.headers.get("Accept", ""))
     numbers = wado.parse_frame_list(frames)
     instance = instances_or_404(study, series, sop)[0]
-    data = wado.read_frames(blobstore().open, instance, numbers)
+    choice, data = wado.read_frames(blobstore().open, instance, numbers, choices)
+    if not choice.multipart and len(numbers) == 1:
+        frame = next(data)
+        return Response(frame.data, status=200, content_type=f"{frame.media_type}; transfer-syntax="
+                                                             f"{frame.transfer_syntax}")
+    return frames_response(data, choices)
+
+
+def frames_response(frames, choices) -> Response:
+    """Frames as multipart/related whose type is the media type of its parts."""
+    frames = iter(frames)
+    first = next(frames)
+    if len(choices) == 1 and not choices[0].multipart and choices[0].media_type == first.media_type:
+        rest = b"".join(f.data for f in frames)  # one media type alone asked: one body (bulk data)
+        return Response(first.data + rest, status=200, content_type=first.media_type)
     boundary = wado.new_boundary()
-    return Response(wado.stream_frames(data, boundary), status=200,
-                    content_type=wado.multipart_content_type(boundary, "application/octet-stream"))
+    body = wado.stream_frames(wado.chain_frames(first, frames), boundary)
+    return Response(body, status=200, content_type=wado.multipart_content_type(boundary, first.media_type))

@@ -1,13 +1,15 @@
 """WADO-RS (PS3.18 §10.4): multipart/related answers streamed from the blob store, and frames.
 
-Files are sent as stored, byte for byte (what ``transfer-syntax=*`` asks for); a part
-names its transfer syntax in its Content-Type. Nothing is transcoded, so a request for a
-specific other transfer syntax is a 406 rather than a silent substitution. The boundary
+An instance whose stored transfer syntax the request accepts (always so with
+``transfer-syntax=*``) is sent as stored, byte for byte, streamed in blocks; others are
+transcoded one at a time (``codecs``), each part naming its transfer syntax. What cannot be
+served as asked is a 406 decided before the first byte (``negotiate.pick``). The boundary
 is random per response (a fixed one can occur inside pixel data).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -16,75 +18,22 @@ import pydicom
 
 from fhirimg.errors import FhirError, NotAcceptable
 
+from . import codecs
 from .index import StoredInstance
+from .negotiate import Choice, parse_accept, pick, require_frame_numbers, split_outside_quotes  # noqa: F401
 
 READ_BLOCK = 1 << 20
 Opener = Callable[[str], BinaryIO]  # an index row's key -> its stored object, readable and seekable
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+EXPLICIT_VR_LE = codecs.EXPLICIT_LE
+UNCOMPRESSED = codecs.NATIVE
+LITTLE_ENDIAN_NATIVE = frozenset({codecs.IMPLICIT_LE, codecs.EXPLICIT_LE})
 
 
-@dataclass
-class MediaRange:
-    type: str
-    params: dict[str, str]
-
-
-def parse_accept(header: str) -> list[MediaRange]:
-    """Media ranges of an Accept header (quoted parameter values may contain ';' or ',')."""
-    ranges = []
-    for item in split_outside_quotes(header or "", ","):
-        pieces = split_outside_quotes(item, ";")
-        if not pieces or not pieces[0].strip():
-            continue
-        params = {}
-        for piece in pieces[1:]:
-            key, _, value = piece.partition("=")
-            params[key.strip().lower()] = value.strip().strip('"')
-        ranges.append(MediaRange(pieces[0].strip().lower(), params))
-    return ranges
-
-
-def split_outside_quotes(text: str, separator: str) -> list[str]:
-    out, current, quoted = [], [], False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == separator and not quoted:
-            out.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    out.append("".join(current))
-    return out
-
-
-def accepted_transfer_syntax(header: str, part_type: str = "application/dicom") -> str | None:
-    """The transfer syntax a multipart retrieve asks for ('*', a UID, or None = as stored).
-
-    Raises 406 when no media range of the Accept header can be served.
-    """
-    ranges = parse_accept(header) or [MediaRange("*/*", {})]
-    for media in ranges:
-        if media.type in ("*/*", "multipart/*"):
-            return None
-        # type="*/*" is what dicomweb-client sends by default (PS3.18 8.7: the default media
-        # type of the resource then applies).
-        if media.type == "multipart/related" and media.params.get("type", part_type) in (
-                part_type, "*/*", part_type.split("/")[0] + "/*"):
-            return media.params.get("transfer-syntax")
-    raise NotAcceptable(f"cannot answer {header!r}: this resource is served as "
-                        f'multipart/related; type="{part_type}"')
-
-
-def check_transfer_syntax(instances: list[StoredInstance], wanted: str | None) -> None:
-    """Files are served as stored: only '*', no preference, or the stored syntax itself."""
-    if wanted in (None, "", "*"):
-        return
-    other = [i for i in instances if i.transfer_syntax_uid != wanted]
-    if other:
-        raise NotAcceptable(f"transfer syntax {wanted} is not available for {len(other)} instance(s) "
-                            f"(stored as {other[0].transfer_syntax_uid}); ask with transfer-syntax=*")
+def plan_instances(instances: list[StoredInstance], choices: list[Choice]) -> list[tuple[StoredInstance, str]]:
+    """Each instance with the syntax it will be sent in; a 406 if any cannot be served (the
+    whole answer or nothing, never a study with holes)."""
+    return [(i, pick(choices, i.transfer_syntax_uid, i.attributes, f"instance {i.sop_uid}")[1])
+            for i in instances]
 
 
 def new_boundary() -> str:
@@ -95,32 +44,60 @@ def multipart_content_type(boundary: str, part_type: str = "application/dicom") 
     return f'multipart/related; type="{part_type}"; boundary={boundary}'
 
 
-def stream_instances(instances: Iterable[StoredInstance], open_object: Opener, boundary: str,
+def stream_instances(planned: Iterable[tuple[StoredInstance, str]], open_object: Opener, boundary: str,
                      verify: bool = False) -> Iterator[bytes]:
-    """The multipart body, one object at a time in blocks: memory stays bounded by READ_BLOCK.
+    """The multipart body, one object at a time: an object sent as stored is read in blocks
+    (memory bounded by READ_BLOCK); a transcoded one is held whole while it is sent.
 
-    With ``verify`` each object's SHA-256 is compared with the index as it is sent; on a
+    With ``verify`` each object's SHA-256 is compared with the index as it is read; on a
     mismatch the stream stops before its closing delimiter, so the client sees a broken
     answer rather than silently corrupt data (the log names the instance)."""
-    for instance in instances:
-        hasher = hashlib.sha256() if verify and instance.sha256 else None
-        with open_object(instance.path) as fh:
-            yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax="
-                   f"{instance.transfer_syntax_uid}\r\nContent-Length: {instance.size}\r\n\r\n").encode()
-            sent = 0
-            while sent < instance.size:
-                block = fh.read(min(READ_BLOCK, instance.size - sent))
-                if not block:
-                    raise CorruptObject(f"instance {instance.sop_uid}: the stored object ends after {sent} of "
-                                        f"{instance.size} bytes")
-                if hasher is not None:
-                    hasher.update(block)
-                sent += len(block)
-                yield block
-        if hasher is not None and hasher.hexdigest() != instance.sha256:
-            raise CorruptObject(f"instance {instance.sop_uid}: the stored object's SHA-256 differs from the index")
+    for instance, syntax in planned:
+        if syntax == instance.transfer_syntax_uid:
+            yield part_head(boundary, syntax, instance.size)
+            yield from stored_blocks(instance, open_object, verify)
+        else:
+            data = transcoded(instance, open_object, syntax, verify)
+            yield part_head(boundary, syntax, len(data))
+            yield data
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
+
+
+def part_head(boundary: str, syntax: str, size: int) -> bytes:
+    return (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+
+
+def stored_blocks(instance: StoredInstance, open_object: Opener, verify: bool) -> Iterator[bytes]:
+    hasher = hashlib.sha256() if verify and instance.sha256 else None
+    with open_object(instance.path) as fh:
+        sent = 0
+        while sent < instance.size:
+            block = fh.read(min(READ_BLOCK, instance.size - sent))
+            if not block:
+                raise CorruptObject(f"instance {instance.sop_uid}: the stored object ends after {sent} of "
+                                    f"{instance.size} bytes")
+            if hasher is not None:
+                hasher.update(block)
+            sent += len(block)
+            yield block
+    if hasher is not None and hasher.hexdigest() != instance.sha256:
+        raise CorruptObject(f"instance {instance.sop_uid}: the stored object's SHA-256 differs from the index")
+
+
+def read_object(instance: StoredInstance, open_object: Opener, verify: bool = False) -> bytes:
+    """The whole stored object, checked as it is read (for decoding or transcoding)."""
+    return b"".join(stored_blocks(instance, open_object, verify))
+
+
+def transcoded(instance: StoredInstance, open_object: Opener, syntax: str, verify: bool) -> bytes:
+    try:
+        return codecs.transcode(read_object(instance, open_object, verify), syntax)
+    except codecs.CannotTranscode as exc:
+        # Only reached for what the index could not foresee (a corrupt codestream): the
+        # stream stops without its closing delimiter, and the log names the instance.
+        raise CorruptObject(f"instance {instance.sop_uid}: {exc}") from exc
 
 
 class CorruptObject(Exception):
@@ -140,16 +117,28 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-def read_pixel_data(open_object: Opener, instance: StoredInstance) -> Iterator[bytes]:
-    """The Pixel Data bulk data (PS3.18 8.4) of an uncompressed instance, as one part."""
-    if instance.transfer_syntax_uid not in UNCOMPRESSED:
-        raise NotAcceptable(f"pixel data bulk data is served for uncompressed data only; instance "
-                            f"{instance.sop_uid} is stored as {instance.transfer_syntax_uid}: use frames "
-                            "of an uncompressed copy or retrieve the instance")
-    with open_object(instance.path) as fh:
-        layout = pixel_layout(fh, instance)
-        fh.seek(layout.offset)
-        yield fh.read(layout.length)
+def read_pixel_data(open_object: Opener, instance: StoredInstance,
+                    choices: list[Choice]) -> tuple[str, str, Iterator[bytes]]:
+    """The Pixel Data bulk data (PS3.18 8.4): (media type, syntax, parts). Uncompressed, one
+    part holding every frame; encapsulated (as stored or transcoded), one part per frame."""
+    choice, target = pick(choices, instance.transfer_syntax_uid, instance.attributes, f"instance {instance.sop_uid}")
+    if target in codecs.UNCOMPRESSED and instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE:
+        with open_object(instance.path) as fh:
+            layout = pixel_layout(fh, instance)
+            fh.seek(layout.offset)
+            return "application/octet-stream", codecs.EXPLICIT_LE, iter([fh.read(layout.length)])
+    ds = decodable(open_object, instance)
+    frames = [codecs.frame_in(ds, n, target) for n in range(1, codecs.frame_count(ds) + 1)]
+    if target in codecs.UNCOMPRESSED:
+        return "application/octet-stream", codecs.EXPLICIT_LE, iter([b"".join(f.data for f in frames)])
+    return frames[0].media_type, target, iter([f.data for f in frames])
+
+
+def decodable(open_object: Opener, instance: StoredInstance) -> pydicom.Dataset:
+    ds = pydicom.dcmread(io.BytesIO(read_object(instance, open_object)))
+    if "PixelData" not in ds:
+        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no pixel data")
+    return ds
 
 
 def pixel_reference(attributes: dict, instance: StoredInstance, uri: str) -> dict:
@@ -184,38 +173,60 @@ def pixel_layout(fh: BinaryIO, instance: StoredInstance) -> PixelLayout:
     return PixelLayout(raw.value_tell, raw.length, frame_size, int(ds.get("NumberOfFrames", 1) or 1), bits)
 
 
-def read_frames(open_object: Opener, instance: StoredInstance, numbers: list[int]) -> Iterator[bytes]:
-    """Frames of uncompressed pixel data; compressed data would need a codec, so it is a 406."""
-    if instance.transfer_syntax_uid not in UNCOMPRESSED:
-        raise NotAcceptable(f"frames are served for uncompressed data only; instance {instance.sop_uid} is "
-                            f"stored as {instance.transfer_syntax_uid}: retrieve the instance instead")
+def read_frames(open_object: Opener, instance: StoredInstance, numbers: list[int],
+                choices: list[Choice]) -> tuple[Choice, Iterator[codecs.Frame]]:
+    """Frames in the first representation the request accepts that this instance can be
+    given in: uncompressed frames of an uncompressed object are byte ranges of the stored
+    file (nothing decoded); encapsulated ones are the stored fragments with ``*`` or their
+    own media type, else decoded (and re-encoded) by ``codecs``. The first frame is made
+    before the answer starts, so an object that cannot be decoded is an error, not a
+    broken stream."""
+    choice, target = pick(choices, instance.transfer_syntax_uid, instance.attributes, f"instance {instance.sop_uid}")
+    if instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE and target in codecs.UNCOMPRESSED:
+        return choice, native_frames(open_object, instance, numbers)
+    ds = decodable(open_object, instance)
+    require_frame_numbers(numbers, codecs.frame_count(ds), instance.sop_uid)
+    try:
+        first = codecs.frame_in(ds, numbers[0], target)
+    except Exception as exc:  # codec errors carry no common type
+        raise NotAcceptable(f"instance {instance.sop_uid}: frame {numbers[0]} cannot be given as {target} "
+                            f"({exc}); ask with transfer-syntax=* for the stored encoding") from exc
+    return choice, chain_frames(first, (codecs.frame_in(ds, n, target) for n in numbers[1:]))
+
+
+def chain_frames(first: codecs.Frame, rest: Iterator[codecs.Frame]) -> Iterator[codecs.Frame]:
+    yield first
+    yield from rest
+
+
+def native_frames(open_object: Opener, instance: StoredInstance, numbers: list[int]) -> Iterator[codecs.Frame]:
     fh = open_object(instance.path)
     try:
         layout = pixel_layout(fh, instance)
         if layout.bits < 8 or layout.frame_size <= 0:
             raise NotAcceptable(f"frames of {layout.bits}-bit pixel data are not served; retrieve the instance")
-        missing = [n for n in numbers if n > layout.frames or n * layout.frame_size > layout.length]
-        if missing:
-            raise FhirError(404, "not-found", f"instance {instance.sop_uid} has {layout.frames} frame(s); "
-                                              f"no frame {missing[0]}")
+        # A frame count the pixel data is too short for counts only the frames it holds.
+        held = min(layout.frames, layout.length // layout.frame_size)
+        require_frame_numbers(numbers, held, instance.sop_uid)
     except BaseException:
         fh.close()
         raise
     return frames_of(fh, layout, numbers)
 
 
-def frames_of(fh: BinaryIO, layout: PixelLayout, numbers: list[int]) -> Iterator[bytes]:
+def frames_of(fh: BinaryIO, layout: PixelLayout, numbers: list[int]) -> Iterator[codecs.Frame]:
     """One frame read (a byte range) at a time, as the answer is sent."""
     with fh:
         for n in numbers:
             fh.seek(layout.offset + (n - 1) * layout.frame_size)
-            yield fh.read(layout.frame_size)
+            yield codecs.Frame(fh.read(layout.frame_size), "application/octet-stream", codecs.EXPLICIT_LE)
 
 
-def stream_frames(frames: Iterable[bytes], boundary: str) -> Iterator[bytes]:
+def stream_frames(frames: Iterable[codecs.Frame], boundary: str) -> Iterator[bytes]:
+    """Frame parts, each naming its media type and transfer syntax (PS3.18 8.7.3.3)."""
     for frame in frames:
-        yield (f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
-               f"Content-Length: {len(frame)}\r\n\r\n").encode()
-        yield frame
+        yield (f"--{boundary}\r\nContent-Type: {frame.media_type}; transfer-syntax={frame.transfer_syntax}\r\n"
+               f"Content-Length: {len(frame.data)}\r\n\r\n").encode()
+        yield frame.data
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()

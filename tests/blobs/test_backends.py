@@ -109,10 +109,10 @@ def test_a_large_object_goes_in_parts_and_frames_come_back_as_ranges(store_facto
     [(sop, data)] = study.instances.items()
     [record] = store.commit_many(study_items(store, study))
     assert read(store, record.path) == data
-    from fhirimg.dicomweb import index, wado
+    from fhirimg.dicomweb import index, negotiate, wado
     [instance] = index.stored_instances(store.engine, study.study_uid)
-    frames = list(wado.read_frames(store.open, instance, [1]))
-    assert frames == [pydicom.dcmread(io.BytesIO(data)).PixelData]
+    _, frames = wado.read_frames(store.open, instance, [1], negotiate.frame_choices(""))
+    assert [frame.data for frame in frames] == [pydicom.dcmread(io.BytesIO(data)).PixelData]
 
 
 def test_delete_removes_the_object(store_factory):
