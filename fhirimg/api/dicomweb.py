@@ -9,9 +9,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from ..auth.imaging import require_study, study_filter
-from ..dicomweb import codecs, index, negotiate, qido, wado
+from ..dicomweb import codecs, index, negotiate, qido, rendered, wado
 from ..dicomweb.owners import study_owners
-from ..errors import NotAcceptable, NotFound
+from ..errors import FhirError, NotAcceptable, NotFound
 from ..blobs.settings import blobs_section
 from ..blobs.store import make_blobstore
 from ..transfer.blobstore import BlobStore
@@ -247,3 +247,65 @@ def frames_response(frames, choices) -> Response:
     boundary = wado.new_boundary()
     body = wado.stream_frames(wado.chain_frames(first, frames), boundary)
     return Response(body, status=200, content_type=wado.multipart_content_type(boundary, first.media_type))
+
+
+# -- rendered images and thumbnails (PS3.18 8.3.5, 10.4.1.1.3) -----------------------------
+@blueprint.route("/studies/<study>/rendered", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/rendered", methods=["GET"])
+def retrieve_rendered_images(study: str, series: str | None = None) -> Response:
+    """Every image of a study or series rendered (its first frame), one part each, made
+    as the answer is sent."""
+    rendering = rendered.parse_rendering(request.args, request.headers.get("Accept", ""))
+    images = [i for i in instances_or_404(study, series, None) if "00280010" in i.attributes]
+    if not images:
+        raise NotFound("there is no image to render here")
+    open_object = blobstore().open
+    parts = (codecs.Frame(rendered.render(wado.decodable(open_object, i), 1, rendering), rendering.media_type, "")
+             for i in images)
+    boundary = wado.new_boundary()
+    return Response(rendered_parts(parts, boundary), status=200,
+                    content_type=wado.multipart_content_type(boundary, rendering.media_type))
+
+
+def rendered_parts(images, boundary: str):
+    for image in images:
+        yield (f"--{boundary}\r\nContent-Type: {image.media_type}\r\n"
+               f"Content-Length: {len(image.data)}\r\n\r\n").encode()
+        yield image.data
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/rendered", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/rendered", methods=["GET"])
+def retrieve_rendered(study: str, series: str, sop: str, frames: str | None = None) -> Response:
+    """An instance (its first frame) or frames as images; one frame is the whole body."""
+    rendering = rendered.parse_rendering(request.args, request.headers.get("Accept", ""))
+    numbers = wado.parse_frame_list(frames) if frames is not None else [1]
+    instance = instances_or_404(study, series, sop)[0]
+    ds = wado.decodable(blobstore().open, instance)
+    negotiate.require_frame_numbers(numbers, codecs.frame_count(ds), instance.sop_uid)
+    if len(numbers) == 1:
+        return Response(rendered.render(ds, numbers[0], rendering), status=200, content_type=rendering.media_type)
+    parts = (codecs.Frame(rendered.render(ds, n, rendering), rendering.media_type, "") for n in numbers)
+    boundary = wado.new_boundary()
+    return Response(rendered_parts(parts, boundary), status=200,
+                    content_type=wado.multipart_content_type(boundary, rendering.media_type))
+
+
+@blueprint.route("/studies/<study>/thumbnail", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/thumbnail", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/thumbnail", methods=["GET"])
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/thumbnail", methods=["GET"])
+def retrieve_thumbnail(study: str, series: str | None = None, sop: str | None = None,
+                       frames: str | None = None) -> Response:
+    """One small image standing for the resource (PS3.18 10.4.1.1.3 thumbnail): a read of it."""
+    rendering = rendered.parse_rendering(request.args, request.headers.get("Accept", ""), thumbnail=True)
+    numbers = wado.parse_frame_list(frames) if frames is not None else [1]
+    if len(numbers) != 1:
+        raise FhirError(400, "invalid", "a thumbnail is of one frame", ["frames"])
+    level = "instance" if sop else "series" if series else "study"
+    instance = rendered.representative(instances_or_404(study, series, sop), level)
+    ds = wado.decodable(blobstore().open, instance)
+    negotiate.require_frame_numbers(numbers, codecs.frame_count(ds), instance.sop_uid)
+    return Response(rendered.render(ds, numbers[0], rendering), status=200, content_type=rendering.media_type)

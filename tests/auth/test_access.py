@@ -163,7 +163,7 @@ def test_dicomweb_follows_the_imaging_study_decision(app, world):
     studies = web.get("/dicom-web/studies").json
     assert [s["0020000D"]["Value"][0] for s in studies] == [world["A"]["uid"]]
     assert web.get(f"/dicom-web/studies/{world['A']['uid']}/metadata").status_code == 200
-    for path in ("metadata", "series", "instances"):
+    for path in ("metadata", "series", "instances", "rendered", "thumbnail"):
         response = web.get(f"/dicom-web/studies/{world['B']['uid']}/{path}")
         forbidden(response)
     denied = web.get(f"/dicom-web/studies/{world['B']['uid']}")
