@@ -78,3 +78,21 @@ def test_retrieve_operation_names_the_study_and_its_task(site):
     (operation,) = [e for e in all_events(engine_of(site)) if code_of(e) == "operation"]
     assert f"ImagingStudy/{study_id}" in whats(operation) and f"Task/{task_id}" in whats(operation)
     assert details_of(operation)["operation"] == "$retrieve"
+
+
+def test_a_thumbnail_or_a_rendered_frame_is_a_read_of_the_study(site):
+    """Issue 21: a rendered thumbnail is a read of the study, audited like any other."""
+    study = make_study(series=1, instances=2, rows=16, columns=16, seed=9, patient_id="PAT-T")
+    site.store(study)
+    patient, study_id = with_patient(site, study, "MRN-T")
+    assert site.client.get(f"/dicom-web/studies/{study.study_uid}/thumbnail",
+                           headers={"X-Request-Id": "req-thumb"}).status_code == 200
+    (event,) = events_of(engine_of(site), "req-thumb")
+    assert code_of(event) == "read" and f"ImagingStudy/{study_id}" in whats(event)
+    assert patient_of(event) == f"Patient/{patient}"
+    series = study.series[0]
+    sop = sorted(series.instances)[0]
+    url = f"/dicom-web/studies/{study.study_uid}/series/{series.series_uid}/instances/{sop}/frames/1/rendered"
+    assert site.client.get(url, headers={"X-Request-Id": "req-rendered"}).status_code == 200
+    details = details_of(events_of(engine_of(site), "req-rendered")[0])
+    assert details["SOPInstanceUID"] == sop and details["frames"] == "1"
