@@ -209,8 +209,8 @@ def retrieve_dicom(study: str, series: str | None = None, sop: str | None = None
 def retrieve_metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
     instances = instances_or_404(study, series, sop)
     base = own_base()
-    return dicom_json([wado.pixel_reference(i.attributes, i, f"{base}/studies/{i.study_uid}/series/{i.series_uid}"
-                                            f"/instances/{i.sop_uid}/bulkdata/7FE00010") for i in instances])
+    return dicom_json([wado.metadata_of(i, f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_uid}")
+                       for i in instances])
 
 
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>/bulkdata/7FE00010", methods=["GET"])
@@ -222,6 +222,21 @@ def retrieve_pixel_data(study: str, series: str, sop: str) -> Response:
     instance = instances_or_404(study, series, sop)[0]
     media, syntax, parts = wado.read_pixel_data(blobstore().open, instance, choices)
     return frames_response([codecs.Frame(data, media, syntax) for data in parts], choices)
+
+
+@blueprint.route("/studies/<study>/series/<series>/instances/<sop>/bulkdata/<tag>", methods=["GET"])
+def retrieve_bulk_data(study: str, series: str, sop: str, tag: str) -> Response:
+    """Any other BulkDataURI of the metadata (an overlay, an ICC profile, a waveform): the
+    element's bytes as application/octet-stream."""
+    if len(tag) != 8 or any(c not in "0123456789ABCDEFabcdef" for c in tag):
+        raise NotFound(f"bulk data {tag[:20]!r} is not a tag (8 hexadecimal digits)")
+    choices = [c for c in negotiate.frame_choices(request.headers.get("Accept", ""))
+               if c.media_type in ("application/octet-stream", "*")]
+    if not choices:
+        raise NotAcceptable("bulk data other than pixel data is served as application/octet-stream")
+    instance = instances_or_404(study, series, sop)[0]
+    data = wado.read_bulk_element(blobstore().open, instance, int(tag, 16))
+    return frames_response([codecs.Frame(data, "application/octet-stream", codecs.EXPLICIT_LE)], choices)
 
 
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>", methods=["GET"])

@@ -159,7 +159,10 @@ def instance_attributes(instance: StoredInstance, retrieve_url: str) -> dict:
 def select_fields(attributes: dict, level_tags: tuple[str, ...], query: Query) -> dict:
     """The level's default return attributes, the matched ones and those of includefield."""
     if query.include_all:
-        return dict(sorted(attributes.items()))
+        # Bulk values are named only in metadata (with their instance's URL), and the
+        # File Meta group is not part of the data set.
+        return {tag: element for tag, element in sorted(attributes.items())
+                if element.get("BulkDataURI") != "" and not tag.startswith("0002")}
     wanted = set(level_tags) | query.include | {tag for tag, _, _ in query.filters} | {"00081190", "00080056"}
     return {tag: attributes[tag] for tag in sorted(wanted) if tag in attributes}
 

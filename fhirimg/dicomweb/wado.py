@@ -141,6 +141,35 @@ def decodable(open_object: Opener, instance: StoredInstance) -> pydicom.Dataset:
     return ds
 
 
+def metadata_of(instance: StoredInstance, instance_url: str) -> dict:
+    """An instance's metadata (PS3.18 10.4.1.2): its DICOM JSON without the File Meta
+    group (not part of the data set, as Orthanc also leaves it out), bulk values as
+    BulkDataURIs under the instance's URL, and the stored syntax as Available Transfer
+    Syntax UID."""
+    out = {}
+    for tag, element in instance.attributes.items():
+        if tag.startswith("0002"):
+            continue
+        if element.get("BulkDataURI") == "":
+            element = {"vr": element["vr"], "BulkDataURI": f"{instance_url}/bulkdata/{tag}"}
+        out[tag] = element
+    out["00083002"] = {"vr": "UI", "Value": [instance.transfer_syntax_uid]}
+    return dict(sorted(pixel_reference(out, instance, f"{instance_url}/bulkdata/7FE00010").items()))
+
+
+def read_bulk_element(open_object: Opener, instance: StoredInstance, tag: int) -> bytes:
+    """The value of a top-level bulk element (one the metadata gave a BulkDataURI)."""
+    if "BulkDataURI" not in (instance.attributes.get(f"{tag:08X}") or {}):
+        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no bulk data {tag:08X}")
+    with open_object(instance.path) as fh:
+        ds = pydicom.dcmread(fh, defer_size=1024)
+        element = ds.get_item(tag)
+        if element is None:
+            raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no bulk data {tag:08X}")
+        value = ds[tag].value
+    return value if isinstance(value, bytes) else bytes(value or b"")
+
+
 def pixel_reference(attributes: dict, instance: StoredInstance, uri: str) -> dict:
     """An image's metadata names where its Pixel Data is (BulkDataURI), as PS3.18 F.2.6 lets
     metadata do for a value it leaves out."""

@@ -149,9 +149,13 @@ def require_expected_uids(record: InstanceRecord, expected: Expectation | None) 
 def json_attributes(ds: Dataset) -> dict:
     """DICOM JSON (PS3.18 F.2) of the dataset without pixel data or other bulk values."""
     light = Dataset()
+    bulk = {}
     for tag in ds.keys():
         elem = ds.get_item(tag, keep_deferred=True)
-        if int(tag) in PIXEL_TAGS or (elem.VR in BULK_VRS and (elem.length or 0) > BULK_THRESHOLD):
+        if int(tag) in PIXEL_TAGS:
+            continue
+        if elem.VR in BULK_VRS and (elem.length or 0) > BULK_THRESHOLD:
+            bulk[f"{int(tag):08X}"] = bulk_marker(elem.VR)
             continue
         light[tag] = ds[tag]
     try:
@@ -160,8 +164,15 @@ def json_attributes(ds: Dataset) -> dict:
     except Exception as exc:  # pydicom raises assorted errors on malformed values
         raise RejectedPart("not-dicom", f"attributes cannot be converted to DICOM JSON: {exc}") from None
     tsuid = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    attributes.update(bulk)
     attributes["00020010"] = {"vr": "UI", "Value": [tsuid]}
     return attributes
+
+
+def bulk_marker(vr: str) -> dict:
+    """A bulk value left out of the stored DICOM JSON: metadata answers give its BulkDataURI
+    (PS3.18 F.2.6), filled in with the instance's URL when served."""
+    return {"vr": vr, "BulkDataURI": ""}
 
 
 class ElementJsonCache:
@@ -263,6 +274,7 @@ def header_json(fp, cache: ElementJsonCache) -> dict:
             charset = raw.value
             encoding = convert_encodings(convert_raw_data_element(raw).value)
         if raw.VR in BULK_VRS and raw.length > BULK_THRESHOLD:
+            attributes[f"{tag:08X}"] = bulk_marker(raw.VR)
             continue
         attributes[f"{tag:08X}"] = cache.json_of(raw, charset, encoding)
     return attributes

@@ -12,7 +12,7 @@ import pytest
 
 from fhirimg.transfer.dicomcheck import Expectation, inspect_part10
 
-from ..transfer.dicomfactory import make_study
+from ..transfer.dicomfactory import make_study, to_part10
 from ..transfer.site import make_site, parts_by_sop
 
 DICOM = 'multipart/related; type="application/dicom"'
@@ -167,7 +167,8 @@ def test_metadata_is_the_dicom_json_of_each_instance_without_pixel_data(site, st
         assert bulk["BulkDataURI"] == (f"http://fhirimg.test/dicom-web/studies/{first.study_uid}/series/"
                                        f"{series.series_uid}/instances/{sop}/bulkdata/7FE00010")
         assert value(item, "00280010") == ds.Rows and value(item, "00100020") == ds.PatientID
-        assert value(item, "00020010") == ds.file_meta.TransferSyntaxUID
+        assert value(item, "00083002") == ds.file_meta.TransferSyntaxUID  # Available Transfer Syntax UID
+        assert not [tag for tag in item if tag.startswith("0002")]  # no File Meta group (as Orthanc)
     assert len(site.client.get(f"/dicom-web/studies/{first.study_uid}/metadata").json) == 6
 
 
@@ -284,3 +285,32 @@ def test_an_all_instances_answer_over_the_maximum_says_so(site, stored, monkeypa
 def test_all_series_come_with_their_study_attributes(site, stored):
     series = qido(site, "/series", PatientID="PAT-A")
     assert len(series) == 2 and all(value(s, "00100020") == "PAT-A" and "0020000E" in s for s in series)
+
+
+def test_other_bulk_values_are_bulkdata_uris_that_answer_their_bytes(site):
+    """Issue 21: only Pixel Data had a BulkDataURI; an ICC profile or an overlay was
+    silently missing from the metadata."""
+    study = make_study(series=1, instances=1, rows=16, columns=16, seed=43)
+    sop, data = next(iter(study.instances.items()))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    profile, overlay = bytes(range(256)) * 12, bytes([1, 2]) * 2000
+    ds.ICCProfile = profile
+    ds.add_new(0x60003000, "OW", overlay)
+    data = to_part10(ds)
+    blobstore = site.context().blobstore
+    staged = blobstore.open_staging()
+    staged.write(data)
+    staged.finish()
+    blobstore.commit(staged, inspect_part10(staged.path, Expectation(study.study_uid, ds.SeriesInstanceUID,
+                                                                     frozenset([sop]))))
+    base = f"/dicom-web/studies/{study.study_uid}/series/{ds.SeriesInstanceUID}/instances/{sop}"
+    [meta] = site.client.get(base + "/metadata").json
+    for tag, expected in (("00282000", profile), ("60003000", overlay)):
+        uri = meta[tag]["BulkDataURI"]
+        assert uri == f"http://fhirimg.test{base}/bulkdata/{tag}" and "Value" not in meta[tag]
+        single = site.client.get(uri, headers={"Accept": "application/octet-stream"})
+        assert single.status_code == 200 and single.data == expected
+        multipart = site.client.get(uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+        assert multipart.status_code == 200 and expected in multipart.data
+    assert site.client.get(base + "/bulkdata/00100010").status_code == 404  # not a bulk value here
+    assert site.client.get(base + "/bulkdata/zz").status_code == 404
