@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from ..auth.imaging import require_study, study_filter
-from ..dicomweb import codecs, index, negotiate, qido, rendered, wado
+from ..dicomweb import codecs, index, nativexml, negotiate, qido, rendered, wado
 from ..dicomweb.owners import study_owners
 from ..errors import FhirError, NotAcceptable, NotFound
 from ..blobs.settings import blobs_section
@@ -24,6 +24,7 @@ from .negotiation import dumps, public_root
 
 DICOMWEB_PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
 blueprint = Blueprint("dicomweb", __name__)
 
 
@@ -49,12 +50,19 @@ def own_base() -> str:
     return (section["own_dicomweb_base"] or public_root() + DICOMWEB_PREFIX).rstrip("/")
 
 
-def dicom_json(document, status: int = 200) -> Response:
-    media = negotiate.parse_accept(request.headers.get("Accept", ""))
-    if media and not any(m.type in (DICOM_JSON, "application/json", "*/*", "application/*") for m in media):
-        raise NotAcceptable(f"cannot answer {request.headers.get('Accept')!r}: QIDO-RS and metadata are "
-                            f"served as {DICOM_JSON}")
-    return Response(dumps(document), status=status, content_type=DICOM_JSON)
+def dicom_json(document: list, status: int = 200) -> Response:
+    """QIDO-RS and metadata answers: DICOM JSON, or (PS3.18 8.7.3.2) one Native DICOM Model
+    XML part per data set when the client prefers application/dicom+xml."""
+    for media in negotiate.parse_accept(request.headers.get("Accept", "")) or [negotiate.MediaRange("*/*", {})]:
+        if media.type in (DICOM_JSON, "application/json", "*/*", "application/*"):
+            return Response(dumps(document), status=status, content_type=DICOM_JSON)
+        if media.type == DICOM_XML or (media.type == "multipart/related" and media.params.get("type") == DICOM_XML):
+            boundary = wado.new_boundary()
+            parts = [codecs.Frame(nativexml.native_xml(item), DICOM_XML, "") for item in document]
+            return Response(b"".join(rendered_parts(parts, boundary)) if parts else f"--{boundary}--\r\n",
+                            status=status, content_type=wado.multipart_content_type(boundary, DICOM_XML))
+    raise NotAcceptable(f"cannot answer {request.headers.get('Accept')!r}: QIDO-RS and metadata are "
+                        f'served as {DICOM_JSON} or multipart/related; type="{DICOM_XML}"')
 
 
 def query_args() -> qido.Query:

@@ -314,3 +314,30 @@ def test_other_bulk_values_are_bulkdata_uris_that_answer_their_bytes(site):
         assert multipart.status_code == 200 and expected in multipart.data
     assert site.client.get(base + "/bulkdata/00100010").status_code == 404  # not a bulk value here
     assert site.client.get(base + "/bulkdata/zz").status_code == 404
+
+
+@pytest.mark.parametrize("accept", ["application/dicom+xml", 'multipart/related; type="application/dicom+xml"'])
+def test_qido_and_metadata_answer_native_dicom_xml_one_part_per_data_set(site, stored, accept):
+    """PS3.18 8.7.3.2 / PS3.19 A.1; fhirimg answered 406 where Orthanc answers."""
+    from xml.etree import ElementTree
+    from ..transfer.multipart_reference import reference_parts
+    first, _ = stored
+    ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    response = site.client.get("/dicom-web/studies", query_string={"PatientID": "PAT-A"}, headers={"Accept": accept})
+    assert response.status_code == 200
+    assert 'multipart/related; type="application/dicom+xml"' in response.headers["Content-Type"]
+    [part] = reference_parts(response.data, response.headers["Content-Type"])
+    root = ElementTree.fromstring(part)
+    uid = root.find("d:DicomAttribute[@tag='0020000D']/d:Value", ns)
+    assert uid.text == first.study_uid and uid.get("number") == "1"
+    name = root.find("d:DicomAttribute[@keyword='PatientName']/d:PersonName/d:Alphabetic", ns)
+    assert [name.find("d:FamilyName", ns).text, name.find("d:GivenName", ns).text] == ["Test", "Patient"]
+    series = first.series[0]
+    meta = site.client.get(f"/dicom-web/studies/{first.study_uid}/series/{series.series_uid}/metadata",
+                           headers={"Accept": accept})
+    parts = reference_parts(meta.data, meta.headers["Content-Type"])
+    assert len(parts) == 3
+    bulk = ElementTree.fromstring(parts[0]).find("d:DicomAttribute[@tag='7FE00010']/d:BulkData", ns)
+    assert bulk.get("uri").endswith("/bulkdata/7FE00010")
+    refused = site.client.get("/dicom-web/studies", headers={"Accept": "text/html"})
+    assert refused.status_code == 406 and "application/dicom+xml" in refused.json["issue"][0]["diagnostics"]
