@@ -199,6 +199,8 @@ def _register_bench_commands() -> None:
     bench.add_command(search_bench.command)
     from .bench import subscriptions as subscriptions_bench  # commit -> rest-hook delivery latency
     bench.add_command(subscriptions_bench.command)
+    from .bench import dicomweb as dicomweb_bench  # DICOMweb small-request latency vs Orthanc
+    bench.add_command(dicomweb_bench.command)
     from .bench import slowloris  # hardening: normal latency while slow clients hold connections
     bench.add_command(slowloris.command)
 
