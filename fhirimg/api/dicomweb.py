@@ -6,7 +6,7 @@ request. Errors use the one error model (an OperationOutcome with the status).
 """
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from ..auth.imaging import require_study, study_filter
 from ..dicomweb import codecs, index, nativexml, negotiate, qido, rendered, wado
@@ -35,6 +35,26 @@ def _create_tables(state) -> None:
 
 def engine():
     return current_app.extensions["fhirimg.engine"]
+
+
+def reads():
+    """The request's one read connection (access decision, index, owners): a connection and
+    its BEGIN per query cost a third of a small request on SQLite."""
+    conn = g.get("dicomweb_reads")
+    if conn is None:
+        conn = g.dicomweb_reads = engine().connect()
+    return conn
+
+
+@blueprint.teardown_request
+def end_reads(_exc=None) -> None:
+    """Ends the request's read transaction. Also called before the audit commit: on SQLite a
+    reader open across a commit keeps the WAL from starting over, and it grew by 100 KB per
+    request (300 MB in 3 000 requests, each slower than the last). Streamed bodies read
+    only the blob store: the connection is not needed past the view."""
+    conn = g.pop("dicomweb_reads", None)
+    if conn is not None:
+        conn.close()
 
 
 def blobstore() -> BlobStore:
@@ -77,7 +97,7 @@ def search_for_studies() -> Response:
     named = next((value for tag, _, value in query.filters if tag == "0020000D"), "")
     uids = [uid.strip() for uid in named.split(",")] if named not in ("", "*") else None
     results, found = [], []
-    for study in index.study_summaries(engine(), uids, study_filter(current_principal(), "s")):
+    for study in index.study_summaries(reads(), uids, study_filter(current_principal(), "s")):
         attributes = qido.study_attributes(study, f"{own_base()}/studies/{study.study_uid}")
         if qido.matches(attributes, query.filters):
             results.append(qido.select_fields(attributes, qido.STUDY_TAGS, query))
@@ -94,7 +114,7 @@ def search_for_series(study: str | None = None) -> Response:
     allowed = study_filter(current_principal(), "s")
     if study is not None:
         require_searchable(study)
-    summaries = index.series_summaries(engine(), study, allowed=allowed)
+    summaries = index.series_summaries(reads(), study, allowed=allowed)
     if not summaries and study is not None:
         raise NotFound(f"study {study} is not held here")
     # All series: the study's attributes come with each (PS3.18 10.6.3.3.1).
@@ -117,7 +137,7 @@ def search_for_instances(study: str, series: str | None = None) -> Response:
     series = require_uid(series, "SeriesInstanceUID") if series is not None else None
     query = query_args()
     require_searchable(study)
-    instances = index.stored_instances(engine(), study, series)
+    instances = index.stored_instances(reads(), study, series)
     if not instances:
         raise NotFound(f"{'series ' + series if series else 'study ' + study} is not held here")
     results = []
@@ -165,19 +185,17 @@ def search_all_instances() -> Response:
 
 
 def require_searchable(study: str) -> None:
-    with engine().connect() as conn:
-        require_study(conn, current_principal(), "s", study)
+    require_study(reads(), current_principal(), "s", study)
 
 
 # -- WADO-RS -------------------------------------------------------------------------------
 def instances_or_404(study: str, series: str | None, sop: str | None) -> list[index.StoredInstance]:
     """The instances asked for, after access control: the whole study is reachable or none of it."""
     study = require_uid(study, "StudyInstanceUID")
-    with engine().connect() as conn:
-        require_study(conn, current_principal(), "r", study)
+    require_study(reads(), current_principal(), "r", study)
     series = require_uid(series, "SeriesInstanceUID") if series is not None else None
     sop = require_uid(sop, "SOPInstanceUID") if sop is not None else None
-    instances = index.stored_instances(engine(), study, series, sop)
+    instances = index.stored_instances(reads(), study, series, sop)
     if not instances:
         what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
         raise NotFound(f"{what} is not held here")
@@ -190,8 +208,8 @@ def instances_or_404(study: str, series: str | None, sop: str | None) -> list[in
 def note_dicom(interaction: str, study_uids: list[str], details: dict) -> None:
     """A DICOMweb access as the audit trail records it: the ImagingStudy resources naming the
     studies, one event per patient; a query keeps its raw query string."""
-    with engine().connect() as conn:
-        owners = study_owners(conn, study_uids) if study_uids else {}
+    owners = study_owners(reads(), study_uids) if study_uids else {}
+    end_reads()
     pairs = [pair for uid in study_uids for pair in owners.get(uid, [])]
     resources = sorted({f"ImagingStudy/{study_id}" for study_id, _ in pairs}) if interaction == "read" else []
     note(interaction, resources=resources, patients=[patient for _, patient in pairs] or [None],

@@ -5,6 +5,8 @@ and the README's production section.
 """
 from __future__ import annotations
 
+import functools
+
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from fhirimg.config import register_section
@@ -53,7 +55,12 @@ class BlobsSchema(Schema):
 
 def blobs_section(config: dict) -> dict:
     section = (config.get("sections") or {}).get("blobs")
-    return section if section is not None else BlobsSchema().load({})
+    return section if section is not None else default_blobs_section()
+
+
+@functools.cache
+def default_blobs_section() -> dict:
+    return BlobsSchema().load({})
 
 
 register_section("blobs", BlobsSchema)

@@ -6,17 +6,29 @@ their instances (the lowest SOP Instance UID) plus counts computed here.
 """
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import orjson
 from typing import Iterator
 
-from sqlalchemy import func, select, tuple_
+import orjson
+from sqlalchemy import bindparam, func, select, tuple_
 from sqlalchemy.engine import Engine
 
 from fhirimg.transfer.schema import dicom_instance
 
 BATCH = 500
+
+
+@contextmanager
+def reading(bind):
+    """A connection to read with: `bind` itself if it is one (a request's reads share one
+    connection and one snapshot), else a new one from the engine."""
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            yield conn
+    else:
+        yield bind
 
 
 @dataclass
@@ -54,7 +66,7 @@ class StoredInstance:
     sha256: str = ""
 
 
-def series_summaries(engine: Engine, study_uid: str | None = None,
+def series_summaries(bind, study_uid: str | None = None,
                      series_uid: str | None = None, study_uids: list[str] | None = None,
                      allowed=None) -> list[SeriesSummary]:
     """One summary per stored series (optionally of one study, some studies, or one series);
@@ -71,16 +83,16 @@ def series_summaries(engine: Engine, study_uid: str | None = None,
         query = query.where(t.c.study_uid.in_(study_uids[:1000]))
     if allowed is not None:
         query = query.where(t.c.study_uid.in_(allowed))
-    with engine.connect() as conn:
+    with reading(bind) as conn:
         rows = conn.execute(query).all()
         attributes = attributes_of(conn, [row.rep for row in rows])
     return [SeriesSummary(row.study_uid, row.series_uid, row.n, attributes.get(row.rep, {})) for row in rows]
 
 
-def study_summaries(engine: Engine, study_uids: list[str] | None = None, allowed=None) -> list[StudySummary]:
+def study_summaries(bind, study_uids: list[str] | None = None, allowed=None) -> list[StudySummary]:
     """Studies held, optionally only those named (a QIDO StudyInstanceUID list, done in SQL)."""
     studies: dict[str, StudySummary] = {}
-    for series in series_summaries(engine, study_uids=study_uids, allowed=allowed):
+    for series in series_summaries(bind, study_uids=study_uids, allowed=allowed):
         studies.setdefault(series.study_uid, StudySummary(series.study_uid)).series.append(series)
     return list(studies.values())
 
@@ -95,20 +107,27 @@ def attributes_of(conn, sop_uids: list[str]) -> dict[str, dict]:
     return out
 
 
-def stored_instances(engine: Engine, study_uid: str, series_uid: str | None = None,
+def stored_instances(bind, study_uid: str, series_uid: str | None = None,
                      sop_uid: str | None = None) -> list[StoredInstance]:
     """Instances of a study/series/instance in InstanceNumber order (what WADO-RS streams)."""
-    t = dicom_instance
-    query = select(t).where(t.c.study_uid == study_uid)
-    if series_uid is not None:
-        query = query.where(t.c.series_uid == series_uid)
-    if sop_uid is not None:
-        query = query.where(t.c.sop_uid == sop_uid)
-    query = query.order_by(t.c.series_uid, t.c.instance_number, t.c.sop_uid)
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
+    params = {"study": study_uid, "series": series_uid, "sop": sop_uid}
+    with reading(bind) as conn:
+        rows = conn.execute(instances_statement(series_uid is not None, sop_uid is not None), params).all()
     return [StoredInstance(r.study_uid, r.series_uid, r.sop_uid, r.path, r.size, r.transfer_syntax_uid,
                            r.instance_number, orjson.loads(r.attributes), r.sha256) for r in rows]
+
+
+@functools.cache
+def instances_statement(by_series: bool, by_sop: bool):
+    """The four shapes of the WADO-RS instance query, built once each (a small request
+    spent more building it than the database spent answering it)."""
+    t = dicom_instance
+    query = select(t).where(t.c.study_uid == bindparam("study"))
+    if by_series:
+        query = query.where(t.c.series_uid == bindparam("series"))
+    if by_sop:
+        query = query.where(t.c.sop_uid == bindparam("sop"))
+    return query.order_by(t.c.series_uid, t.c.instance_number, t.c.sop_uid)
 
 
 def iter_instances(engine: Engine, uid_filters: dict[str, list[str]], allowed=None,

@@ -341,3 +341,18 @@ def test_qido_and_metadata_answer_native_dicom_xml_one_part_per_data_set(site, s
     assert bulk.get("uri").endswith("/bulkdata/7FE00010")
     refused = site.client.get("/dicom-web/studies", headers={"Accept": "text/html"})
     assert refused.status_code == 406 and "application/dicom+xml" in refused.json["issue"][0]["diagnostics"]
+
+
+def test_reads_do_not_keep_the_sqlite_wal_from_starting_over(site, stored):
+    """A request's read connection was open across its audit commit, so SQLite's WAL never
+    restarted: it grew by ~100 KB per request (300 MB after 3 000) and requests slowed."""
+    import os
+    first, _ = stored
+    series = first.series[0]
+    sop = sorted(series.instances)[0]
+    url = f"/dicom-web/studies/{first.study_uid}/series/{series.series_uid}/instances/{sop}/metadata"
+    database = site.config["database_url"].removeprefix("sqlite:///")
+    for _ in range(400):
+        assert site.client.get(url).status_code == 200
+        site.client.get("/dicom-web/studies", query_string={"PatientID": "PAT-A"})
+    assert os.path.getsize(database + "-wal") < 12 * 2**20  # auto-checkpoint restarts it at ~4 MB
