@@ -3,7 +3,7 @@ side by side with a peer (by default a private Orthanc holding the same study).
 
 What a viewer does most is small: a study search, an instance's metadata, one instance, one
 frame, a rendered image. Each is timed `--repeat` times in sequence on one kept-alive
-connection (p50, p95), then a burst of `--burst` study searches on `--threads` threads gives
+connection per target, the targets taking turns (p50, p95), then a burst of `--burst` study searches on `--threads` threads gives
 requests per second. Without --base, the benchmark starts fhirimg (gunicorn, 2 workers,
 SQLite, anonymous as the Orthanc it is compared with) and Orthanc (Debian's orthanc and
 orthanc-dicomweb) and loads the same synthetic study into both (STOW-RS and Orthanc's REST).
@@ -78,22 +78,31 @@ def locate(target: Target) -> None:
     target.series, target.sop = first["0020000E"]["Value"][0], first["00080018"]["Value"][0]
 
 
-def measure(target: Target, repeat: int, burst: int, threads: int) -> Figures:
-    figures = Figures()
-    session = session_for(target)
-    for name, (url, accept) in target.requests().items():
-        seconds, errors = [], 0
-        for index in range(repeat + 3):  # three to warm the connection and caches
-            started = time.perf_counter()
-            response = session.get(url, headers={"Accept": accept}, timeout=60)
-            elapsed = time.perf_counter() - started
-            errors += response.status_code != 200
-            if index >= 3:
-                seconds.append(elapsed)
-        figures.p50[name] = statistics.median(seconds) * 1000
-        figures.p95[name] = sorted(seconds)[max(0, int(round(0.95 * (len(seconds) - 1))))] * 1000
-        figures.errors[name] = errors
-    figures.burst_per_s, figures.burst_errors = run_burst(target, burst, threads)
+def measure(targets: list[Target], repeat: int, burst: int, threads: int) -> list[Figures]:
+    """Each kind of request `repeat` times per target, the targets taking turns in rounds of
+    five (this VM's speed drifts by tens of percent over a minute: turns keep the
+    comparison fair); then each target's burst."""
+    figures = [Figures() for _ in targets]
+    sessions = [session_for(t) for t in targets]
+    for name in targets[0].requests():
+        seconds = [[] for _ in targets]
+        errors = [0 for _ in targets]
+        for index in range(-1, (repeat + 4) // 5):  # the first round warms connections and caches
+            for t, target in enumerate(targets):
+                url, accept = target.requests()[name]
+                for _ in range(5):
+                    started = time.perf_counter()
+                    response = sessions[t].get(url, headers={"Accept": accept}, timeout=60)
+                    elapsed = time.perf_counter() - started
+                    errors[t] += response.status_code != 200
+                    if index >= 0:
+                        seconds[t].append(elapsed)
+        for t, figure in enumerate(figures):
+            figure.p50[name] = statistics.median(seconds[t]) * 1000
+            figure.p95[name] = sorted(seconds[t])[max(0, int(round(0.95 * (len(seconds[t]) - 1))))] * 1000
+            figure.errors[name] = errors[t]
+    for target, figure in zip(targets, figures):
+        figure.burst_per_s, figure.burst_errors = run_burst(target, burst, threads)
     return figures
 
 
@@ -138,7 +147,7 @@ def report(ours: Figures, peer: Figures | None, peer_label: str) -> str:
               "without it the benchmark starts fhirimg and Orthanc itself.")
 @click.option("--peer", help="DICOMweb root to compare with (with --base; the same --study must be held there).")
 @click.option("--study", default="", help="StudyInstanceUID to measure on (default: the first study found).")
-@click.option("--repeat", default=20, show_default=True, help="Sequential requests per kind.")
+@click.option("--repeat", default=100, show_default=True, help="Sequential requests per kind and target.")
 @click.option("--burst", default=400, show_default=True, help="Study searches in the burst.")
 @click.option("--threads", default=100, show_default=True, help="Client threads of the burst.")
 @click.option("--instances", default=20, show_default=True, help="Instances of the study loaded (no --base).")
@@ -157,10 +166,8 @@ def command(base, peer, study, repeat, burst, threads, instances, rows) -> None:
 def run(ours: Target, theirs: Target | None, repeat: int, burst: int, threads: int) -> str:
     for target in filter(None, (ours, theirs)):
         locate(target)
-    # Interleaved (ours, theirs, ours, theirs) would mix their caches; each runs whole, ours first.
-    mine = measure(ours, repeat, burst, threads)
-    other = measure(theirs, repeat, burst, threads) if theirs else None
-    return report(mine, other, theirs.label if theirs else "")
+    figures = measure([t for t in (ours, theirs) if t is not None], repeat, burst, threads)
+    return report(figures[0], figures[1] if theirs else None, theirs.label if theirs else "")
 
 
 def run_private(workdir: Path, repeat: int, burst: int, threads: int, instances: int, rows: int) -> str:

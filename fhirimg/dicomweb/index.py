@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import bindparam, func, select, tuple_
 from sqlalchemy.engine import Engine
 
+from fhirimg.store import driver
 from fhirimg.transfer.schema import dicom_instance
 
 BATCH = 500
@@ -70,23 +71,32 @@ def series_summaries(bind, study_uid: str | None = None,
                      series_uid: str | None = None, study_uids: list[str] | None = None,
                      allowed=None) -> list[SeriesSummary]:
     """One summary per stored series (optionally of one study, some studies, or one series);
-    `allowed` is a SELECT of the study UIDs access control lets through (None: all)."""
-    t = dicom_instance
-    query = (select(t.c.study_uid, t.c.series_uid, func.min(t.c.sop_uid).label("rep"),
-                    func.count().label("n"))
-             .group_by(t.c.study_uid, t.c.series_uid).order_by(t.c.study_uid, t.c.series_uid))
-    if study_uid is not None:
-        query = query.where(t.c.study_uid == study_uid)
-    if series_uid is not None:
-        query = query.where(t.c.series_uid == series_uid)
-    if study_uids is not None:
-        query = query.where(t.c.study_uid.in_(study_uids[:1000]))
+    `allowed` is a SELECT of the study UIDs access control lets through (None: all).
+    One statement: the groups joined to their representative's attributes."""
+    query = summaries_statement(study_uid is not None, series_uid is not None, study_uids is not None)
     if allowed is not None:
-        query = query.where(t.c.study_uid.in_(allowed))
+        query = query.where(dicom_instance.c.study_uid.in_(allowed))
+    params = {"study": study_uid, "series": series_uid, "studies": (study_uids or [])[:1000]}
     with reading(bind) as conn:
-        rows = conn.execute(query).all()
-        attributes = attributes_of(conn, [row.rep for row in rows])
-    return [SeriesSummary(row.study_uid, row.series_uid, row.n, attributes.get(row.rep, {})) for row in rows]
+        rows = conn.execute(query, params).all()
+    return [SeriesSummary(row.study_uid, row.series_uid, row.n, orjson.loads(row.attributes)) for row in rows]
+
+
+@functools.cache
+def summaries_statement(by_study: bool, by_series: bool, by_studies: bool):
+    """Built once per shape (building it cost more than the query on a small index)."""
+    t = dicom_instance
+    groups = select(t.c.study_uid, t.c.series_uid, func.min(t.c.sop_uid).label("rep"), func.count().label("n"))
+    if by_study:
+        groups = groups.where(t.c.study_uid == bindparam("study"))
+    if by_series:
+        groups = groups.where(t.c.series_uid == bindparam("series"))
+    if by_studies:
+        groups = groups.where(t.c.study_uid.in_(bindparam("studies", expanding=True)))
+    groups = groups.group_by(t.c.study_uid, t.c.series_uid).subquery("groups")
+    return (select(groups.c.study_uid, groups.c.series_uid, groups.c.n, t.c.attributes)
+            .select_from(groups.join(t, t.c.sop_uid == groups.c.rep))
+            .order_by(groups.c.study_uid, groups.c.series_uid))
 
 
 def study_summaries(bind, study_uids: list[str] | None = None, allowed=None) -> list[StudySummary]:
@@ -97,37 +107,26 @@ def study_summaries(bind, study_uids: list[str] | None = None, allowed=None) -> 
     return list(studies.values())
 
 
-def attributes_of(conn, sop_uids: list[str]) -> dict[str, dict]:
-    t = dicom_instance
-    out = {}
-    for start in range(0, len(sop_uids), BATCH):
-        chunk = sop_uids[start:start + BATCH]
-        for row in conn.execute(select(t.c.sop_uid, t.c.attributes).where(t.c.sop_uid.in_(chunk))):
-            out[row.sop_uid] = orjson.loads(row.attributes)
-    return out
-
-
 def stored_instances(bind, study_uid: str, series_uid: str | None = None,
                      sop_uid: str | None = None) -> list[StoredInstance]:
-    """Instances of a study/series/instance in InstanceNumber order (what WADO-RS streams)."""
-    params = {"study": study_uid, "series": series_uid, "sop": sop_uid}
+    """Instances of a study/series/instance in InstanceNumber order (what WADO-RS streams).
+
+    Prebuilt SQL on the driver's cursor (store.driver): every WADO-RS request asks this, and
+    through SQLAlchemy Core it cost 0.24 ms of a 2 ms metadata request."""
     with reading(bind) as conn:
-        rows = conn.execute(instances_statement(series_uid is not None, sop_uid is not None), params).all()
-    return [StoredInstance(r.study_uid, r.series_uid, r.sop_uid, r.path, r.size, r.transfer_syntax_uid,
-                           r.instance_number, orjson.loads(r.attributes), r.sha256) for r in rows]
+        mark = "?" if conn.dialect.name == "sqlite" else "%s"
+        sql, params = INSTANCES_SQL + f" WHERE study_uid = {mark}", [study_uid]
+        for column, value in (("series_uid", series_uid), ("sop_uid", sop_uid)):
+            if value is not None:
+                sql += f" AND {column} = {mark}"
+                params.append(value)
+        rows = driver.fetch_all(conn, sql + " ORDER BY series_uid, instance_number, sop_uid", tuple(params))
+    return [StoredInstance(study, series, sop, path, size, syntax, number, orjson.loads(attributes), sha256)
+            for study, series, sop, path, size, syntax, number, attributes, sha256 in rows]
 
 
-@functools.cache
-def instances_statement(by_series: bool, by_sop: bool):
-    """The four shapes of the WADO-RS instance query, built once each (a small request
-    spent more building it than the database spent answering it)."""
-    t = dicom_instance
-    query = select(t).where(t.c.study_uid == bindparam("study"))
-    if by_series:
-        query = query.where(t.c.series_uid == bindparam("series"))
-    if by_sop:
-        query = query.where(t.c.sop_uid == bindparam("sop"))
-    return query.order_by(t.c.series_uid, t.c.instance_number, t.c.sop_uid)
+INSTANCES_SQL = ("SELECT study_uid, series_uid, sop_uid, path, size, transfer_syntax_uid, instance_number, "
+                 "attributes, sha256 FROM dicom_instance")
 
 
 def iter_instances(engine: Engine, uid_filters: dict[str, list[str]], allowed=None,

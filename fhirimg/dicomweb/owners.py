@@ -2,33 +2,29 @@
 what a DICOMweb access is recorded as in the audit trail (BALP PatientRead/PatientQuery)."""
 from __future__ import annotations
 
-import functools
-
-from sqlalchemy import and_, bindparam, select
 
 from ..auth.imaging import DICOM_UID_SYSTEM, OID_PREFIX
-from ..search.tables import search_reference, search_token
+from ..store import driver
 
 
 def study_owners(conn, study_uids: list[str]) -> dict[str, list[tuple[str, str | None]]]:
-    """Study UID -> [(ImagingStudy id, patient id or None)] of the live studies naming it."""
+    """Study UID -> [(ImagingStudy id, patient id or None)] of the live studies naming it.
+
+    Prebuilt SQL on the driver's cursor (store.driver): every DICOMweb access asks it for its
+    audit event, and through SQLAlchemy Core it cost 0.22 ms of a 2 ms metadata request."""
     out: dict[str, list[tuple[str, str | None]]] = {}
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
     for start in range(0, len(study_uids), 400):
         chunk = study_uids[start:start + 400]
         codes = chunk + [OID_PREFIX + uid for uid in chunk]
-        for code, study_id, patient in conn.execute(owners_statement(), {"codes": codes}):
+        sql = OWNERS_SQL.format(mark=mark, codes=", ".join([mark] * len(codes)))
+        for code, study_id, patient in driver.fetch_all(conn, sql, (DICOM_UID_SYSTEM, *codes)):
             uid = code[len(OID_PREFIX):] if code.startswith(OID_PREFIX) else code
             out.setdefault(uid, []).append((study_id, patient))
     return out
 
 
-@functools.cache
-def owners_statement():
-    """Built once: building it per request cost more than running it (every DICOMweb access
-    asks it for its audit event)."""
-    tok, ref = search_token, search_reference
-    return select(tok.c.code, tok.c.res_id, ref.c.target_id).select_from(tok.outerjoin(ref, and_(
-        ref.c.res_type == "ImagingStudy", ref.c.res_id == tok.c.res_id, ref.c.param == "subject",
-        ref.c.target_type == "Patient"))).where(
-        tok.c.res_type == "ImagingStudy", tok.c.param == "identifier", tok.c.system == DICOM_UID_SYSTEM,
-        tok.c.code.in_(bindparam("codes", expanding=True)))
+OWNERS_SQL = ("SELECT t.code, t.res_id, r.target_id FROM search_token t LEFT OUTER JOIN search_reference r "
+              "ON r.res_type = 'ImagingStudy' AND r.res_id = t.res_id AND r.param = 'subject' "
+              "AND r.target_type = 'Patient' WHERE t.res_type = 'ImagingStudy' AND t.param = 'identifier' "
+              "AND t.system = {mark} AND t.code IN ({codes})")
