@@ -6,6 +6,8 @@ request. Errors use the one error model (an OperationOutcome with the status).
 """
 from __future__ import annotations
 
+from itertools import chain
+
 from flask import Blueprint, Response, current_app, g, request
 
 from ..auth.imaging import require_study, study_filter
@@ -301,8 +303,7 @@ def retrieve_rendered_images(study: str, series: str | None = None) -> Response:
     if not images:
         raise NotFound("there is no image to render here")
     open_object = blobstore().open
-    parts = (codecs.Frame(rendered.render(wado.decodable(open_object, i), 1, rendering), rendering.media_type, "")
-             for i in images)
+    parts = (codecs.Frame(rendered_frame(open_object, i, 1, rendering), rendering.media_type, "") for i in images)
     boundary = wado.new_boundary()
     return Response(rendered_parts(parts, boundary), status=200,
                     content_type=wado.multipart_content_type(boundary, rendering.media_type))
@@ -324,11 +325,12 @@ def retrieve_rendered(study: str, series: str, sop: str, frames: str | None = No
     rendering = rendered.parse_rendering(request.args, request.headers.get("Accept", ""))
     numbers = wado.parse_frame_list(frames) if frames is not None else [1]
     instance = instances_or_404(study, series, sop)[0]
-    ds = wado.decodable(blobstore().open, instance)
-    negotiate.require_frame_numbers(numbers, codecs.frame_count(ds), instance.sop_uid)
+    open_object = blobstore().open  # the generator below runs after the request context
+    images = [rendered_frame(open_object, instance, n, rendering) for n in numbers[:1]]  # errors before the answer
     if len(numbers) == 1:
-        return Response(rendered.render(ds, numbers[0], rendering), status=200, content_type=rendering.media_type)
-    parts = (codecs.Frame(rendered.render(ds, n, rendering), rendering.media_type, "") for n in numbers)
+        return Response(images[0], status=200, content_type=rendering.media_type)
+    rest = (rendered_frame(open_object, instance, n, rendering) for n in numbers[1:])
+    parts = (codecs.Frame(image, rendering.media_type, "") for image in chain(images, rest))
     boundary = wado.new_boundary()
     return Response(rendered_parts(parts, boundary), status=200,
                     content_type=wado.multipart_content_type(boundary, rendering.media_type))
@@ -347,6 +349,10 @@ def retrieve_thumbnail(study: str, series: str | None = None, sop: str | None = 
         raise FhirError(400, "invalid", "a thumbnail is of one frame", ["frames"])
     level = "instance" if sop else "series" if series else "study"
     instance = rendered.representative(instances_or_404(study, series, sop), level)
-    ds = wado.decodable(blobstore().open, instance)
-    negotiate.require_frame_numbers(numbers, codecs.frame_count(ds), instance.sop_uid)
-    return Response(rendered.render(ds, numbers[0], rendering), status=200, content_type=rendering.media_type)
+    return Response(rendered_frame(blobstore().open, instance, numbers[0], rendering), status=200,
+                    content_type=rendering.media_type)
+
+
+def rendered_frame(open_object, instance, number: int, rendering) -> bytes:
+    array, header = wado.frame_pixels(open_object, instance, number)
+    return rendered.render(header, array, rendering)

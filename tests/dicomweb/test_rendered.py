@@ -156,3 +156,32 @@ def test_a_rendered_image_is_not_offered_as_dicom(store):
     uids = store.put(ct(88))
     refused = store.site.client.get(store.url(uids, "/rendered"), headers={"Accept": "application/dicom"})
     assert refused.status_code == 406 and refused.json["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("case", ["signed 12 of 16", "rgb planar", "rgb interleaved", "8-bit"])
+def test_uncompressed_frames_are_read_as_pydicom_reads_them(case):
+    """Rendering reads an uncompressed frame from its bytes and the index attributes, without
+    parsing the file: the array must be pydicom's (sign extension, planar configuration)."""
+    from fhirimg.dicomweb.rendered import JsonHeader
+    from fhirimg.dicomweb.wado import native_array
+    ds = pydicom.dcmread(io.BytesIO(ct(89, rows=6, columns=5)))
+    rng = np.random.default_rng(89)
+    if case == "signed 12 of 16":
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 12, 11
+        values = rng.integers(-2048, 2048, size=(6, 5)).astype(np.int16)
+        raw = (values.astype(np.uint16) & 0x0FFF) | 0xA000  # junk above bit 11, as old modalities left
+        ds.PixelData = raw.astype("<u2").tobytes()
+    elif case.startswith("rgb"):
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "RGB"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PlanarConfiguration = 1 if case == "rgb planar" else 0
+        values = rng.integers(0, 256, size=(6, 5, 3)).astype(np.uint8)
+        ds.PixelData = (values.transpose(2, 0, 1) if case == "rgb planar" else values).tobytes()
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = rng.integers(0, 256, size=(6, 5)).astype(np.uint8).tobytes()
+    header = JsonHeader(ds.to_json_dict(bulk_data_threshold=1, bulk_data_element_handler=lambda e: None))
+    ours = native_array(ds.PixelData, header)
+    assert ours.dtype == ds.pixel_array.dtype and np.array_equal(ours, ds.pixel_array)
+    if case == "signed 12 of 16":
+        assert np.array_equal(ours, values)
