@@ -152,7 +152,9 @@ def report(ours: Figures, peer: Figures | None, peer_label: str) -> str:
 @click.option("--threads", default=100, show_default=True, help="Client threads of the burst.")
 @click.option("--instances", default=20, show_default=True, help="Instances of the study loaded (no --base).")
 @click.option("--rows", default=512, show_default=True, help="Rows = columns of each instance (no --base).")
-def command(base, peer, study, repeat, burst, threads, instances, rows) -> None:
+@click.option("--audit/--no-audit", default=True, show_default=True,
+              help="The started fhirimg records every access (its default); --no-audit shows what that costs.")
+def command(base, peer, study, repeat, burst, threads, instances, rows, audit) -> None:
     """Small-request latency (p50/p95) and burst req/s, fhirimg beside a peer archive."""
     if base:
         ours = Target("fhirimg", base.rstrip("/"), study, headers=auth_headers())
@@ -160,7 +162,7 @@ def command(base, peer, study, repeat, burst, threads, instances, rows) -> None:
         click.echo(run(ours, theirs, repeat, burst, threads))
         return
     with tempfile.TemporaryDirectory(prefix="fhirimg-bench-dicomweb-") as workdir:
-        click.echo(run_private(Path(workdir), repeat, burst, threads, instances, rows))
+        click.echo(run_private(Path(workdir), repeat, burst, threads, instances, rows, audit))
 
 
 def run(ours: Target, theirs: Target | None, repeat: int, burst: int, threads: int) -> str:
@@ -170,13 +172,15 @@ def run(ours: Target, theirs: Target | None, repeat: int, burst: int, threads: i
     return report(figures[0], figures[1] if theirs else None, theirs.label if theirs else "")
 
 
-def run_private(workdir: Path, repeat: int, burst: int, threads: int, instances: int, rows: int) -> str:
+def run_private(workdir: Path, repeat: int, burst: int, threads: int, instances: int, rows: int,
+                audit: bool = True) -> str:
     from .push import Fhirimg, multipart_body, write_study
     from .retrieve_source import PrivateOrthanc
     paths = write_study(workdir, instances, rows, series=2)
     for name in ("fhirimg", "orthanc"):
         (workdir / name).mkdir()
-    fhirimg = Fhirimg(workdir / "fhirimg", listener=False)
+    fhirimg = Fhirimg(workdir / "fhirimg", listener=False,
+                      extra_env={} if audit else {"FHIRIMG_AUDIT__ENABLED": "false"})
     orthanc = None
     try:
         orthanc = PrivateOrthanc(workdir / "orthanc")
@@ -189,7 +193,8 @@ def run_private(workdir: Path, repeat: int, burst: int, threads: int, instances:
             orthanc.upload(path.read_bytes())
         import pydicom
         study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
-        header = (f"{instances} instances of {rows}x{rows} (16-bit, uncompressed) in both; "
+        header = (f"{instances} instances of {rows}x{rows} (16-bit, uncompressed) in both; fhirimg on SQLite, "
+                  f"anonymous, audit {'on' if audit else 'OFF'}; "
                   f"{repeat} sequential requests per kind, burst of {burst} on {threads} threads\n")
         return header + run(Target("fhirimg", f"{fhirimg.url}/dicom-web", study),
                              Target("Orthanc", orthanc.dicomweb, study), repeat, burst, threads)

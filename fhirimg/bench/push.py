@@ -75,13 +75,13 @@ def multipart_body(paths: list[Path], boundary: str) -> bytes:
 class Fhirimg:
     """`fhirimg serve` (and the DICOM listener) on a fresh database and blob store."""
 
-    def __init__(self, workdir: Path, listener: bool):
+    def __init__(self, workdir: Path, listener: bool, extra_env: dict | None = None):
         self.workdir = workdir
         self.http_port, self.dicom_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRIMG_")}
         env.update({"FHIRIMG_DATABASE_URL": f"sqlite:///{workdir / 'fhirimg.db'}", "FHIRIMG_VAR_DIR": str(workdir / "var"),
                     "FHIRIMG_AUTH__MODE": "none", "FHIRIMG_AUTH__ALLOW_ANONYMOUS": "true",
-                    "FHIRIMG_LOG_LEVEL": "WARNING"})
+                    "FHIRIMG_LOG_LEVEL": "WARNING", **(extra_env or {})})
         config = workdir / "fhirimg.toml"
         config.write_text(f'[dicom]\nport = {self.dicom_port}\nae_title = "FHIRIMG"\n'
                           f'[[dicom.callers]]\nae_title = "{BENCH_AET}"\nhosts = ["127.0.0.1"]\n')
