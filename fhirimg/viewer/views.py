@@ -62,8 +62,11 @@ def viewer_config() -> dict:
             "configuration": {
                 "friendlyName": "fhirimg", "name": "fhirimg",
                 "wadoUriRoot": dicomweb, "qidoRoot": dicomweb, "wadoRoot": dicomweb,
-                "qidoSupportsIncludeField": True, "imageRendering": "wadors", "thumbnailRendering": "wadors",
-                "enableStudyLazyLoad": True, "supportsFuzzyMatching": False, "supportsWildcard": True,
+                "qidoSupportsIncludeField": True, "imageRendering": "wadors",
+                # Series thumbnails are fhirimg's own /thumbnail (a small JPEG rendered from
+                # the middle image), not whole frames decoded in the browser.
+                "thumbnailRendering": "thumbnail", "thumbnailRequestStrategy": "fetch",
+                "enableStudyLazyLoad": True, "supportsFuzzyMatching": True, "supportsWildcard": True,
                 "staticWado": False, "singlepart": "bulkdata,video",
                 "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
                 "omitQuotationForMultipartRequest": True,

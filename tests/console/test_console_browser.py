@@ -212,6 +212,9 @@ def test_the_viewer_opens_from_the_study_page_and_shows_its_images(page, stack):
     messages = []
     viewer.on("console", lambda m: messages.append(f"{m.type}: {m.text[:300]}"))
     viewer.on("response", lambda r: messages.append(f"{r.status} {r.url[:200]}") if r.status >= 400 else None)
+    thumbnail_responses = []
+    viewer.on("response", lambda r: thumbnail_responses.append((r.status, r.headers.get("content-type", ""), r.url))
+              if "/thumbnail" in r.url else None)
     try:
         sign_in_if_asked(viewer)
         canvas = viewer.wait_for_selector("canvas.cornerstone-canvas, .cornerstone-viewport-element canvas")
@@ -224,3 +227,11 @@ def test_the_viewer_opens_from_the_study_page_and_shows_its_images(page, stack):
     picture = Image.open(BytesIO(canvas.screenshot())).convert("L")
     spread = ImageStat.Stat(picture).stddev[0]
     assert spread > 5, f"the viewport looks blank (grey-level deviation {spread:.1f})"
+    # Issue 21: the series thumbnails are fhirimg's rendered /thumbnail images, and no
+    # request of the viewer failed (OHIF fell back after 6 failed requests before).
+    thumbnails = viewer.evaluate("""() => [...document.querySelectorAll('img')]
+        .filter(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0).length""")
+    assert thumbnails >= len(stack.study.series), (thumbnails, messages)
+    assert [r for r in thumbnail_responses if r[0] == 200 and r[1].startswith("image/jpeg")], thumbnail_responses
+    failed = [m for m in messages if m[:1] in "45" and " http" in m]
+    assert not failed, failed
