@@ -81,7 +81,7 @@ def dicom_json(document: list, status: int = 200) -> Response:
         if media.type == DICOM_XML or (media.type == "multipart/related" and media.params.get("type") == DICOM_XML):
             boundary = wado.new_boundary()
             parts = [codecs.Frame(nativexml.native_xml(item), DICOM_XML, "") for item in document]
-            return Response(b"".join(rendered_parts(parts, boundary)) if parts else f"--{boundary}--\r\n",
+            return Response(b"".join(wado.stream_frames(parts, boundary)) if parts else f"--{boundary}--\r\n",
                             status=status, content_type=wado.multipart_content_type(boundary, DICOM_XML))
     raise NotAcceptable(f"cannot answer {request.headers.get('Accept')!r}: QIDO-RS and metadata are "
                         f'served as {DICOM_JSON} or multipart/related; type="{DICOM_XML}"')
@@ -305,17 +305,8 @@ def retrieve_rendered_images(study: str, series: str | None = None) -> Response:
     open_object = blobstore().open
     parts = (codecs.Frame(rendered_frame(open_object, i, 1, rendering), rendering.media_type, "") for i in images)
     boundary = wado.new_boundary()
-    return Response(rendered_parts(parts, boundary), status=200,
+    return Response(wado.stream_frames(parts, boundary), status=200,
                     content_type=wado.multipart_content_type(boundary, rendering.media_type))
-
-
-def rendered_parts(images, boundary: str):
-    for image in images:
-        yield (f"--{boundary}\r\nContent-Type: {image.media_type}\r\n"
-               f"Content-Length: {len(image.data)}\r\n\r\n").encode()
-        yield image.data
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
 
 
 @blueprint.route("/studies/<study>/series/<series>/instances/<sop>/rendered", methods=["GET"])
@@ -332,7 +323,7 @@ def retrieve_rendered(study: str, series: str, sop: str, frames: str | None = No
     rest = (rendered_frame(open_object, instance, n, rendering) for n in numbers[1:])
     parts = (codecs.Frame(image, rendering.media_type, "") for image in chain(images, rest))
     boundary = wado.new_boundary()
-    return Response(rendered_parts(parts, boundary), status=200,
+    return Response(wado.stream_frames(parts, boundary), status=200,
                     content_type=wado.multipart_content_type(boundary, rendering.media_type))
 
 

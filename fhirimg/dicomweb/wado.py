@@ -253,9 +253,11 @@ def frames_of(fh: BinaryIO, layout: PixelLayout, numbers: list[int]) -> Iterator
 
 
 def stream_frames(frames: Iterable[codecs.Frame], boundary: str) -> Iterator[bytes]:
-    """Frame parts, each naming its media type and transfer syntax (PS3.18 8.7.3.3)."""
+    """Parts of frames, bulk data, rendered images or XML, each naming its media type and,
+    for pixel data, its transfer syntax (PS3.18 8.7.3.3)."""
     for frame in frames:
-        yield (f"--{boundary}\r\nContent-Type: {frame.media_type}; transfer-syntax={frame.transfer_syntax}\r\n"
+        syntax = f"; transfer-syntax={frame.transfer_syntax}" if frame.transfer_syntax else ""
+        yield (f"--{boundary}\r\nContent-Type: {frame.media_type}{syntax}\r\n"
                f"Content-Length: {len(frame.data)}\r\n\r\n").encode()
         yield frame.data
         yield b"\r\n"
