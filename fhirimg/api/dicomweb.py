@@ -67,6 +67,18 @@ def blobstore() -> BlobStore:
     return store
 
 
+def scratch() -> str:
+    """Where transcoding's temporary files go: fhirimg's own directory (they hold patient
+    data), not the machine's shared /tmp."""
+    path = current_app.extensions.get("fhirimg.codec_scratch")
+    if path is None:
+        from pathlib import Path
+        directory = Path(current_app.config["FHIRIMG"]["var_dir"]) / "tmp" / "codecs"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = current_app.extensions["fhirimg.codec_scratch"] = str(directory)
+    return path
+
+
 def own_base() -> str:
     section = transfer_section(current_app.config["FHIRIMG"])
     return (section["own_dicomweb_base"] or public_root() + DICOMWEB_PREFIX).rstrip("/")
@@ -227,7 +239,7 @@ def retrieve_dicom(study: str, series: str | None = None, sop: str | None = None
     planned = wado.plan_instances(instances, choices)
     boundary = wado.new_boundary()
     verify = blobs_section(current_app.config["FHIRIMG"])["verify_on_read"]
-    return Response(wado.stream_instances(planned, blobstore().open, boundary, verify), status=200,
+    return Response(wado.stream_instances(planned, blobstore().open, boundary, verify, scratch()), status=200,
                     content_type=wado.multipart_content_type(boundary))
 
 
@@ -248,7 +260,7 @@ def retrieve_pixel_data(study: str, series: str, sop: str) -> Response:
     the client asks for one media type alone (PS3.18 8.7.3; OHIF asks application/octet-stream)."""
     choices = negotiate.frame_choices(request.headers.get("Accept", ""))
     instance = instances_or_404(study, series, sop)[0]
-    media, syntax, parts = wado.read_pixel_data(blobstore().open, instance, choices)
+    media, syntax, parts = wado.read_pixel_data(blobstore().open, instance, choices, scratch())
     return frames_response([codecs.Frame(data, media, syntax) for data in parts], choices)
 
 
@@ -272,7 +284,7 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str) -> Response:
     choices = negotiate.frame_choices(request.headers.get("Accept", ""))
     numbers = wado.parse_frame_list(frames)
     instance = instances_or_404(study, series, sop)[0]
-    choice, data = wado.read_frames(blobstore().open, instance, numbers, choices)
+    choice, data = wado.read_frames(blobstore().open, instance, numbers, choices, scratch())
     if not choice.multipart and len(numbers) == 1:
         frame = next(data)
         return Response(frame.data, status=200, content_type=f"{frame.media_type}; transfer-syntax="

@@ -19,6 +19,7 @@ import io
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -44,6 +45,9 @@ UNCOMPRESSED = NATIVE | {DEFLATED_LE}
 ENCAPSULATED = frozenset({RLE, JPEG_BASELINE, JPEG_EXTENDED, JPEG_LOSSLESS, JPEG_LOSSLESS_SV1,
                           JPEG_LS, JPEG_LS_NEAR, J2K_LOSSLESS, J2K})
 LOSSY = frozenset({JPEG_BASELINE, JPEG_EXTENDED, JPEG_LS_NEAR, J2K})
+# A whole object is transcoded in memory (about four times its size at the peak): larger
+# ones are served as stored, streamed. Frames are served from any size, one at a time.
+MAX_TRANSCODED_BYTES = 256 * 2**20
 # What a retrieve can be transcoded into (any stored syntax GDCM reads can be the source).
 TARGETS = (EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE, RLE, JPEG_LOSSLESS_SV1, JPEG_LS, J2K_LOSSLESS,
            JPEG_BASELINE)
@@ -66,7 +70,7 @@ class CannotTranscode(Exception):
     """The object cannot be served in the syntax asked for (the message says why)."""
 
 
-def cannot_transcode(attributes: dict, stored: str, target: str) -> str | None:
+def cannot_transcode(attributes: dict, stored: str, target: str, size: int = 0) -> str | None:
     """Why an instance (its index attributes) cannot become `target`, or None if it can.
 
     Read before streaming starts, so a request that cannot be met is a 406 with this
@@ -75,6 +79,9 @@ def cannot_transcode(attributes: dict, stored: str, target: str) -> str | None:
         return None
     if target not in TARGETS:
         return f"transcoding into {target} is not offered"
+    if size > MAX_TRANSCODED_BYTES:
+        return (f"the object is {size // 2**20} MiB; objects over {MAX_TRANSCODED_BYTES // 2**20} MiB are "
+                "served only as stored (transcoding holds the whole object in memory)")
     if stored not in UNCOMPRESSED and stored not in ENCAPSULATED:
         return f"objects stored as {stored} are served only as stored"
     if "7FE00010" not in attributes and "00280010" not in attributes:
@@ -95,7 +102,7 @@ def first_int(attributes: dict, tag: str) -> int | None:
         return None
 
 
-def transcode(data: bytes, target: str) -> bytes:
+def transcode(data: bytes, target: str, scratch: str | None = None) -> bytes:
     """A whole Part 10 object re-encoded in `target`; lossless targets keep every pixel."""
     ds = pydicom.dcmread(io.BytesIO(data))
     stored = str(ds.file_meta.TransferSyntaxUID)
@@ -104,7 +111,7 @@ def transcode(data: bytes, target: str) -> bytes:
     try:
         if target in UNCOMPRESSED:
             return write_uncompressed(ds, target)
-        return encode_with_gdcm(data, target, ds)
+        return encode_with_gdcm(data, target, ds, scratch)
     except CannotTranscode:
         raise
     except Exception as exc:  # codec errors carry no common type
@@ -121,13 +128,14 @@ def write_uncompressed(ds: Dataset, target: str) -> bytes:
     return out.getvalue()
 
 
-def encode_with_gdcm(data: bytes, target: str, ds: Dataset) -> bytes:
+def encode_with_gdcm(data: bytes, target: str, ds: Dataset, scratch: str | None = None) -> bytes:
     """GDCM's ImageChangeTransferSyntax works on files: the object goes through two
-    temporary files (unlinked at once), bounded by one instance."""
+    temporary files in `scratch` (fhirimg's own directory: they hold patient data),
+    removed at once, bounded by one instance."""
     import gdcm
     if target == JPEG_BASELINE and int(ds.get("BitsAllocated", 0)) != 8:
         raise CannotTranscode("JPEG baseline holds 8-bit samples only")
-    with temporary_path() as source, temporary_path() as result:
+    with temporary_path(scratch) as source, temporary_path(scratch) as result:
         with open(source, "wb") as fh:
             fh.write(data)
         reader = gdcm.ImageReader()
@@ -162,10 +170,13 @@ def mark_lossy(data: bytes, target: str) -> bytes:
 
 
 class temporary_path:
-    """A private temporary file name, removed on exit whatever happened."""
+    """A private (0600) temporary file name in `directory`, removed on exit whatever happened."""
+
+    def __init__(self, directory: str | None = None):
+        self.directory = directory
 
     def __enter__(self) -> str:
-        fd, self.path = tempfile.mkstemp(prefix="fhirimg-codec-", suffix=".dcm")
+        fd, self.path = tempfile.mkstemp(prefix="codec-", suffix=".dcm", dir=self.directory)
         os.close(fd)
         return self.path
 
@@ -183,19 +194,53 @@ class Frame:
     transfer_syntax: str
 
 
-def frame_count(ds: Dataset) -> int:
+def frame_count(ds) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
-def stored_frame(ds: Dataset, number: int) -> bytes:
-    """Frame `number` (1-based) of encapsulated pixel data, as stored (PS3.5 A.4)."""
-    return get_frame(ds.PixelData, number - 1, number_of_frames=frame_count(ds))
+class PixelSource:
+    """An object's pixel data read frame by frame from its open file (or S3 object): the
+    header is parsed with the value deferred, a stored frame is its fragments read from
+    where they lie, a decoded frame is decoded alone. Memory is bounded by one frame, so a
+    600 MB cine loop is served to a viewer frame by frame like a 500 KB CT."""
+
+    def __init__(self, fh: BinaryIO, sop_uid: str):
+        self.fh, self.sop_uid = fh, sop_uid
+        self.ds = pydicom.dcmread(fh, defer_size=1024)
+        self.syntax = str(self.ds.file_meta.TransferSyntaxUID)
+        if "PixelData" not in self.ds:
+            raise NoPixelData(f"instance {sop_uid} has no pixel data")
+        self.offset = self.ds.get_item("PixelData", keep_deferred=True).value_tell
+        self.frames = frame_count(self.ds)
+
+    def stored(self, number: int) -> bytes:
+        """Frame `number` (1-based) of encapsulated pixel data, as stored (PS3.5 A.4)."""
+        self.fh.seek(self.offset)
+        offsets = None
+        if "ExtendedOffsetTable" in self.ds and "ExtendedOffsetTableLengths" in self.ds:
+            offsets = (self.ds.ExtendedOffsetTable, self.ds.ExtendedOffsetTableLengths)
+        return get_frame(self.fh, number - 1, number_of_frames=self.frames, extended_offsets=offsets)
+
+    def decoded(self, number: int) -> np.ndarray:
+        """Frame `number` decoded (YBR colour converted to RGB)."""
+        from pydicom.pixels import pixel_array
+        self.fh.seek(0)
+        return pixel_array(self.fh, index=number - 1)
+
+    def frame(self, number: int, target: str, scratch: str | None = None) -> Frame:
+        """Frame `number` in syntax `target`: the stored fragments when it is the stored
+        encapsulated syntax, else decoded (and re-encoded for a compressed target)."""
+        if target == self.syntax and self.syntax in ENCAPSULATED:
+            return Frame(self.stored(number), MEDIA_OF[self.syntax], self.syntax)
+        array = self.decoded(number)
+        if target in UNCOMPRESSED:
+            return Frame(native_bytes(array), "application/octet-stream", EXPLICIT_LE)
+        encoded = pydicom.dcmread(io.BytesIO(transcode(single_frame_object(self.ds, array), target, scratch)))
+        return Frame(get_frame(encoded.PixelData, 0, number_of_frames=1), MEDIA_OF[target], target)
 
 
-def decoded_frame(ds: Dataset, number: int) -> np.ndarray:
-    """Frame `number` decoded to an array (YBR colour converted to RGB)."""
-    from pydicom.pixels import pixel_array
-    return pixel_array(ds, index=number - 1)
+class NoPixelData(Exception):
+    pass
 
 
 def native_bytes(array: np.ndarray) -> bytes:
@@ -203,19 +248,7 @@ def native_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def frame_in(ds: Dataset, number: int, target: str) -> Frame:
-    """Frame `number` of `ds` in syntax `target` ('*' = as stored), for WADO-RS frames."""
-    stored = str(ds.file_meta.TransferSyntaxUID)
-    if target in ("*", stored) and stored in ENCAPSULATED:
-        return Frame(stored_frame(ds, number), MEDIA_OF[stored], stored)
-    if target in ("*",) or target in UNCOMPRESSED:
-        return Frame(native_bytes(decoded_frame(ds, number)), "application/octet-stream", EXPLICIT_LE)
-    one = single_frame_object(ds, decoded_frame(ds, number))
-    encoded = pydicom.dcmread(io.BytesIO(transcode(one, target)))
-    return Frame(stored_frame(encoded, 1), MEDIA_OF[target], target)
-
-
-def single_frame_object(ds: Dataset, array: np.ndarray) -> bytes:
+def single_frame_object(ds, array: np.ndarray) -> bytes:
     """A one-frame uncompressed copy of `ds`'s image (what a frame is re-encoded from)."""
     one = Dataset()
     one.file_meta = pydicom.dataset.FileMetaDataset()

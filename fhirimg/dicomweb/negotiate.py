@@ -110,16 +110,17 @@ def frame_choices(header: str) -> list[Choice]:
     return choices
 
 
-def pick(choices: list[Choice], stored: str, attributes: dict, what: str) -> tuple[Choice, str]:
+def pick(choices: list[Choice], stored: str, attributes: dict, what: str, size: int = 0) -> tuple[Choice, str]:
     """The first choice this instance can be served in, and the syntax to serve ('*' never
-    comes back: it becomes the stored syntax). Raises 406 naming what could be served."""
+    comes back: it becomes the stored syntax). `size`: a whole object's, when it would be
+    transcoded whole. Raises 406 naming what could be served."""
     reasons = []
     for choice in choices:
         target = target_of(choice, stored)
         if target is None:
             reasons.append(f"{choice.syntax} is not a transfer syntax of {choice.media_type}")
             continue
-        reason = codecs.cannot_transcode(attributes, stored, target)
+        reason = codecs.cannot_transcode(attributes, stored, target, size)
         if reason is None:
             return choice, target
         reasons.append(reason)

@@ -9,7 +9,6 @@ is random per response (a fixed one can occur inside pixel data).
 from __future__ import annotations
 
 import hashlib
-import io
 import uuid
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -33,7 +32,7 @@ LITTLE_ENDIAN_NATIVE = frozenset({codecs.IMPLICIT_LE, codecs.EXPLICIT_LE})
 def plan_instances(instances: list[StoredInstance], choices: list[Choice]) -> list[tuple[StoredInstance, str]]:
     """Each instance with the syntax it will be sent in; a 406 if any cannot be served (the
     whole answer or nothing, never a study with holes)."""
-    return [(i, pick(choices, i.transfer_syntax_uid, i.attributes, f"instance {i.sop_uid}")[1])
+    return [(i, pick(choices, i.transfer_syntax_uid, i.attributes, f"instance {i.sop_uid}", i.size)[1])
             for i in instances]
 
 
@@ -46,7 +45,7 @@ def multipart_content_type(boundary: str, part_type: str = "application/dicom") 
 
 
 def stream_instances(planned: Iterable[tuple[StoredInstance, str]], open_object: Opener, boundary: str,
-                     verify: bool = False) -> Iterator[bytes]:
+                     verify: bool = False, scratch: str | None = None) -> Iterator[bytes]:
     """The multipart body, one object at a time: an object sent as stored is read in blocks
     (memory bounded by READ_BLOCK); a transcoded one is held whole while it is sent.
 
@@ -58,7 +57,7 @@ def stream_instances(planned: Iterable[tuple[StoredInstance, str]], open_object:
             yield part_head(boundary, syntax, instance.size)
             yield from stored_blocks(instance, open_object, verify)
         else:
-            data = transcoded(instance, open_object, syntax, verify)
+            data = transcoded(instance, open_object, syntax, verify, scratch)
             yield part_head(boundary, syntax, len(data))
             yield data
         yield b"\r\n"
@@ -92,9 +91,10 @@ def read_object(instance: StoredInstance, open_object: Opener, verify: bool = Fa
     return b"".join(stored_blocks(instance, open_object, verify))
 
 
-def transcoded(instance: StoredInstance, open_object: Opener, syntax: str, verify: bool) -> bytes:
+def transcoded(instance: StoredInstance, open_object: Opener, syntax: str, verify: bool,
+               scratch: str | None = None) -> bytes:
     try:
-        return codecs.transcode(read_object(instance, open_object, verify), syntax)
+        return codecs.transcode(read_object(instance, open_object, verify), syntax, scratch)
     except codecs.CannotTranscode as exc:
         # Only reached for what the index could not foresee (a corrupt codestream): the
         # stream stops without its closing delimiter, and the log names the instance.
@@ -118,28 +118,36 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-def read_pixel_data(open_object: Opener, instance: StoredInstance,
-                    choices: list[Choice]) -> tuple[str, str, Iterator[bytes]]:
+def read_pixel_data(open_object: Opener, instance: StoredInstance, choices: list[Choice],
+                    scratch: str | None = None) -> tuple[str, str, Iterator[bytes]]:
     """The Pixel Data bulk data (PS3.18 8.4): (media type, syntax, parts). Uncompressed, one
-    part holding every frame; encapsulated (as stored or transcoded), one part per frame."""
+    part holding every frame; encapsulated (as stored or transcoded), one part per frame,
+    made as the answer is sent."""
     choice, target = pick(choices, instance.transfer_syntax_uid, instance.attributes, f"instance {instance.sop_uid}")
     if target in codecs.UNCOMPRESSED and instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE:
         with open_object(instance.path) as fh:
             layout = pixel_layout(fh, instance)
             fh.seek(layout.offset)
             return "application/octet-stream", codecs.EXPLICIT_LE, iter([fh.read(layout.length)])
-    ds = decodable(open_object, instance)
-    frames = [codecs.frame_in(ds, n, target) for n in range(1, codecs.frame_count(ds) + 1)]
-    if target in codecs.UNCOMPRESSED:
-        return "application/octet-stream", codecs.EXPLICIT_LE, iter([b"".join(f.data for f in frames)])
-    return frames[0].media_type, target, iter([f.data for f in frames])
+    choice, frames = read_frames(open_object, instance, None, [choice], scratch)
+    first = next(frames)
+    rest = (frame.data for frame in frames)
+    if target in codecs.UNCOMPRESSED:  # one part: the frames one after the other
+        return "application/octet-stream", codecs.EXPLICIT_LE, iter([first.data + b"".join(rest)])
+    return first.media_type, target, chain_frames(first.data, rest)
 
 
-def decodable(open_object: Opener, instance: StoredInstance) -> pydicom.Dataset:
-    ds = pydicom.dcmread(io.BytesIO(read_object(instance, open_object)))
-    if "PixelData" not in ds:
-        raise FhirError(404, "not-found", f"instance {instance.sop_uid} has no pixel data")
-    return ds
+def pixel_source(open_object: Opener, instance: StoredInstance) -> codecs.PixelSource:
+    """The object opened for reading frame by frame (the caller closes ``source.fh``)."""
+    fh = open_object(instance.path)
+    try:
+        return codecs.PixelSource(fh, instance.sop_uid)
+    except codecs.NoPixelData as exc:
+        fh.close()
+        raise FhirError(404, "not-found", str(exc)) from None
+    except BaseException:
+        fh.close()
+        raise
 
 
 def metadata_of(instance: StoredInstance, instance_url: str) -> dict:
@@ -203,28 +211,39 @@ def pixel_layout(fh: BinaryIO, instance: StoredInstance) -> PixelLayout:
     return PixelLayout(raw.value_tell, raw.length, frame_size, int(ds.get("NumberOfFrames", 1) or 1), bits)
 
 
-def read_frames(open_object: Opener, instance: StoredInstance, numbers: list[int],
-                choices: list[Choice]) -> tuple[Choice, Iterator[codecs.Frame]]:
-    """Frames in the first representation the request accepts that this instance can be
-    given in: uncompressed frames of an uncompressed object are byte ranges of the stored
-    file (nothing decoded); encapsulated ones are the stored fragments with ``*`` or their
-    own media type, else decoded (and re-encoded) by ``codecs``. The first frame is made
-    before the answer starts, so an object that cannot be decoded is an error, not a
-    broken stream."""
+def read_frames(open_object: Opener, instance: StoredInstance, numbers: list[int] | None,
+                choices: list[Choice], scratch: str | None = None) -> tuple[Choice, Iterator[codecs.Frame]]:
+    """Frames (None: all) in the first representation the request accepts that this
+    instance can be given in: uncompressed frames of an uncompressed object are byte ranges
+    of the stored file (nothing decoded); encapsulated ones are the stored fragments with
+    ``*`` or their own media type, else decoded (and re-encoded) by ``codecs``, one at a
+    time. The first frame is made before the answer starts, so an object that cannot be
+    decoded is an error, not a broken stream."""
     choice, target = pick(choices, instance.transfer_syntax_uid, instance.attributes, f"instance {instance.sop_uid}")
-    if instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE and target in codecs.UNCOMPRESSED:
+    if instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE and target in codecs.UNCOMPRESSED and numbers:
         return choice, native_frames(open_object, instance, numbers)
-    ds = decodable(open_object, instance)
-    require_frame_numbers(numbers, codecs.frame_count(ds), instance.sop_uid)
+    source = pixel_source(open_object, instance)
     try:
-        first = codecs.frame_in(ds, numbers[0], target)
-    except Exception as exc:  # codec errors carry no common type
-        raise NotAcceptable(f"instance {instance.sop_uid}: frame {numbers[0]} cannot be given as {target} "
-                            f"({exc}); ask with transfer-syntax=* for the stored encoding") from exc
-    return choice, chain_frames(first, (codecs.frame_in(ds, n, target) for n in numbers[1:]))
+        numbers = numbers or list(range(1, source.frames + 1))
+        require_frame_numbers(numbers, source.frames, instance.sop_uid)
+        try:
+            first = source.frame(numbers[0], target, scratch)
+        except Exception as exc:  # codec errors carry no common type
+            raise NotAcceptable(f"instance {instance.sop_uid}: frame {numbers[0]} cannot be given as {target} "
+                                f"({exc}); ask with transfer-syntax=* for the stored encoding") from exc
+    except BaseException:
+        source.fh.close()
+        raise
+    return choice, chain_frames(first, frames_from(source, numbers[1:], target, scratch))
 
 
-def chain_frames(first: codecs.Frame, rest: Iterator[codecs.Frame]) -> Iterator[codecs.Frame]:
+def frames_from(source: codecs.PixelSource, numbers: list[int], target: str, scratch: str | None):
+    with source.fh:
+        for number in numbers:
+            yield source.frame(number, target, scratch)
+
+
+def chain_frames(first, rest: Iterator) -> Iterator:
     yield first
     yield from rest
 
@@ -267,16 +286,17 @@ def stream_frames(frames: Iterable[codecs.Frame], boundary: str) -> Iterator[byt
 def frame_pixels(open_object: Opener, instance: StoredInstance, number: int):
     """(array, header) of one frame, for rendering. An uncompressed frame is a byte range of
     the stored object read into an array as its index attributes describe it (no parse of
-    the file: a 512x512 CT renders in a third of the time); anything else is decoded."""
+    the file: a 512x512 CT renders in a third of the time); anything else is decoded alone."""
     from .rendered import JsonHeader
     header = JsonHeader(instance.attributes)
     photometric = str(header.get("PhotometricInterpretation", ""))
     if instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE and photometric != "PALETTE COLOR":
         [frame] = native_frames(open_object, instance, [number])
         return native_array(frame.data, header), header
-    ds = decodable(open_object, instance)
-    require_frame_numbers([number], codecs.frame_count(ds), instance.sop_uid)
-    return codecs.decoded_frame(ds, number), ds
+    source = pixel_source(open_object, instance)
+    with source.fh:
+        require_frame_numbers([number], source.frames, instance.sop_uid)
+        return source.decoded(number), source.ds  # the data set: a palette's lookup tables
 
 
 def native_array(data: bytes, header) -> np.ndarray:

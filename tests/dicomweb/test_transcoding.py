@@ -271,3 +271,68 @@ def test_frames_that_cannot_be_given_as_asked_are_406_and_missing_frames_404(sto
     assert refused.status_code == 406 and refused.json["resourceType"] == "OperationOutcome"
     missing = store.site.client.get(store.url(uids, "/frames/4"), headers={"Accept": f"{OCTETS}; transfer-syntax=*"})
     assert missing.status_code == 404 and "3 frame(s)" in missing.json["issue"][0]["diagnostics"]
+
+
+def test_an_object_too_large_to_transcode_is_406_and_served_as_stored_with_star(store, monkeypatch):
+    monkeypatch.setattr(codecs, "MAX_TRANSCODED_BYTES", 1000)
+    uids = store.put(one_instance(72), codecs.RLE)
+    refused = store.site.client.get(store.url(uids), headers={"Accept": DICOM})
+    assert refused.status_code == 406 and "served only as stored" in refused.json["issue"][0]["diagnostics"]
+    [(headers, body)] = multipart(store.site.client.get(store.url(uids), headers={"Accept": DICOM + "; transfer-syntax=*"}))
+    assert body == store.stored[uids[2]]
+    # Frames are made one at a time, from any size of object.
+    assert store.site.client.get(store.url(uids, "/frames/1")).status_code == 200
+
+
+def test_transcoding_leaves_no_file_and_writes_none_outside_fhirimgs_directory(store, monkeypatch):
+    import tempfile
+    made = []
+    real = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        fd, path = real(*args, **kwargs)
+        made.append(path)
+        return fd, path
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    uids = store.put(one_instance(73), codecs.RLE)
+    response = store.site.client.get(store.url(uids), headers={"Accept": f"{DICOM}; transfer-syntax={codecs.JPEG_LS}"})
+    assert response.status_code == 200 and made
+    var_dir = Path(store.site.config["var_dir"]).resolve()
+    assert all(Path(path).resolve().is_relative_to(var_dir) for path in made), made
+    assert not any(Path(path).exists() for path in made)
+
+
+def test_a_frame_of_a_large_compressed_object_is_read_without_reading_the_object(store, monkeypatch):
+    """A viewer scrolling a long cine loop asks for one frame at a time: each is its own
+    fragments, read where they lie (the whole object was read for every frame)."""
+    uids = store.put(multi_frame(74, frames=40), codecs.RLE)
+    size = len(store.stored[uids[2]])
+    read = []
+
+    class Counting:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def read(self, n=-1):
+            data = self.fh.read(n)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+    from fhirimg.api import dicomweb
+    with store.site.app.app_context():
+        real_store = dicomweb.blobstore()
+    real_open = real_store.open
+    monkeypatch.setattr(real_store, "open", lambda path: Counting(real_open(path)))
+    for accept in (f"{OCTETS}; transfer-syntax=*", OCTETS):
+        read.clear()
+        response = store.site.client.get(store.url(uids, "/frames/37"), headers={"Accept": accept})
+        assert response.status_code == 200
+        assert sum(read) < size / 4, (accept, sum(read), size)
