@@ -155,7 +155,7 @@ def parse_history_query(params: list[tuple[str, str]], res_type: str | None, res
 
 
 def parse_count(value: str, max_count: int) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise Invalid(f"_count must be a non-negative integer, got {value!r}", ["_count"])
     return min(int(value), max_count)
 

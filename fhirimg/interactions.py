@@ -67,7 +67,7 @@ def read(uow: UnitOfWork, res_type: str, res_id: str) -> Result:
 
 
 def vread(uow: UnitOfWork, res_type: str, res_id: str, version: str) -> Result:
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()) or len(version) > 18:
         raise NotFound(f"version {version!r} is not a version of {res_type}/{res_id}: versions are numbers")
     stored = uow.vread(res_type, res_id, int(version))
     if stored is None:
@@ -228,7 +228,7 @@ def parse_if_match(value: str | None) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise Invalid(f"If-Match must be an ETag like W/\"3\", got {value!r}", ["If-Match"])
     return int(text)
 

@@ -116,7 +116,7 @@ def page_url(base: str, params: list[tuple[str, str]]) -> str:
 @blueprint.route("/AuditEvent/<res_id>/_history/1", methods=["GET", "HEAD"])
 def read(res_id: str) -> Response:
     condition = reach("r")
-    if not res_id.isdigit() or len(res_id) > 18:
+    if not (res_id.isascii() and res_id.isdigit()) or len(res_id) > 18:
         raise NotFound(f"AuditEvent/{res_id[:64]} is not known")
     event = audit_event
     with engine().connect() as conn:

@@ -275,7 +275,7 @@ def integer_parameter(params: dict, name: str, default: int) -> int:
     text = params.get(name)
     if text is None or text == "":
         return default
-    if not str(text).isdigit() or len(str(text)) > 18:
+    if not (str(text).isascii() and str(text).isdigit()) or len(str(text)) > 18:
         raise Invalid(f"{name} must be a non-negative integer", [name], code="value")
     return int(text)
 

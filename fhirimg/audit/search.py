@@ -63,7 +63,7 @@ def parse_query(params: list[tuple[str, str]], default_count: int, max_count: in
 
 def apply_result_parameter(query: AuditQuery, code: str, value: str, max_count: int) -> None:
     if code == "_count":
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise Invalid(f"_count must be a non-negative integer, got {value!r}", ["_count"])
         query.count = min(int(value), max_count)
     elif code == "_sort":
@@ -81,7 +81,7 @@ def condition(code: str, modifier: str, value: str, name: str, base: str):
     if code in DATES:
         return date_predicate(value, name, event.c.recorded_ms, event.c.recorded_ms)
     if code == "_id":
-        return event.c.seq == int(value) if value.isdigit() else event.c.seq == -1
+        return event.c.seq == int(value) if value.isascii() and value.isdigit() else event.c.seq == -1
     if code in TOKENS or modifier == "identifier":
         return token_condition(code, value)
     if code in URIS:

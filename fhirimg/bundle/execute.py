@@ -149,7 +149,7 @@ def page_size(params: list[tuple[str, str]], settings) -> int:
     value = dict(params).get("_count")
     if value is None:
         return settings.default_page_size
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise Invalid(f"_count must be a non-negative integer, got {value!r}", ["_count"])
     return min(int(value), settings.max_page_size)
 

@@ -109,6 +109,12 @@ def transcode(data: bytes, target: str, scratch: str | None = None) -> bytes:
     if stored == target:
         return data
     try:
+        if stored == EXPLICIT_BE:
+            # pydicom does not swap byte order when it writes; GDCM does (values, pixel words).
+            data = encode_with_gdcm(data, EXPLICIT_LE, ds, scratch)
+            if target == EXPLICIT_LE:
+                return data
+            ds = pydicom.dcmread(io.BytesIO(data))
         if target in UNCOMPRESSED:
             return write_uncompressed(ds, target)
         return encode_with_gdcm(data, target, ds, scratch)

@@ -64,7 +64,7 @@ def parse_query(args: list[tuple[str, str]]) -> Query:
 
 
 def parse_count(key: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise Invalid(f"{key}={value!r} must be an integer from {low} to {high}", [key])
     return int(value)
 

@@ -108,7 +108,8 @@ class CorruptObject(Exception):
 def parse_frame_list(text: str) -> list[int]:
     """``1,3,5`` (PS3.18 8.3.3.1.3): 1-based frame numbers, at most 10 000 of them."""
     items = text.split(",")
-    if len(items) > 10_000 or not all(i.isdigit() and len(i) <= 6 and int(i) >= 1 for i in items):
+    # isascii: "²".isdigit() is true and int() refuses it.
+    if len(items) > 10_000 or not all(i.isascii() and i.isdigit() and len(i) <= 6 and int(i) >= 1 for i in items):
         raise FhirError(400, "invalid", f"frame list {text[:80]!r} must be 1-based frame numbers "
                                        "separated by commas", ["frames"])
     numbers = [int(i) for i in items]

@@ -74,7 +74,7 @@ def items(attributes: dict, tag: str) -> list[dict]:
 def fhir_date(da: str) -> str | None:
     """DICOM DA (YYYYMMDD) to a FHIR date; None when it is not one."""
     da = da.strip()
-    if len(da) != 8 or not da.isdigit():
+    if len(da) != 8 or not (da.isascii() and da.isdigit()):
         return None
     try:
         return datetime.date(int(da[:4]), int(da[4:6]), int(da[6:])).isoformat()
@@ -92,7 +92,8 @@ def fhir_datetime(da: str, tm: str, offset: str) -> str | None:
         return None
     tm, offset = tm.strip(), offset.strip()
     digits = tm.split(".")[0]
-    if len(offset) != 5 or offset[0] not in "+-" or not offset[1:].isdigit() or len(digits) < 4 or not digits.isdigit():
+    ascii_digits = offset[1:].isascii() and offset[1:].isdigit() and digits.isascii() and digits.isdigit()
+    if len(offset) != 5 or offset[0] not in "+-" or not ascii_digits or len(digits) < 4:
         return date
     hh, mm, ss = digits[:2], digits[2:4], digits[4:6] or "00"
     if int(hh) > 23 or int(mm) > 59 or int(ss) > 59:

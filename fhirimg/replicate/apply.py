@@ -172,7 +172,7 @@ def _version_of(etag, resource) -> int | None:
     if isinstance(etag, str) and _ETAG.match(etag):
         return int(_ETAG.match(etag).group(1))
     meta = resource.get("meta") if isinstance(resource, dict) else None
-    if isinstance(meta, dict) and str(meta.get("versionId", "")).isdigit():
+    if isinstance(meta, dict) and str(meta.get("versionId", "")).isascii() and str(meta.get("versionId", "")).isdigit():
         return int(meta["versionId"])
     return None
 

@@ -181,7 +181,7 @@ def retry_after(value: str | None, ceiling: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), ceiling)
     try:
         return max(0.0, min(parsedate_to_datetime(value).timestamp() - time.time(), ceiling))

@@ -82,7 +82,7 @@ class SearchRequest:
                 raise Invalid(f"_sort: {len(keys)} keys; at most {MAX_SORT_KEYS}", ["_sort"], code="too-costly")
             self.sort = [parse_sort_key(self.res_type, k) for k in keys]
         elif name == "_count":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise Invalid(f"_count must be a non-negative integer, got {value!r}", ["_count"])
             self.count = int(value)
         elif name == "_total":

@@ -138,7 +138,7 @@ def _check_size(part: Part, max_part_bytes: PartLimit) -> None:
     declared itself, is cut (PartTooLarge)."""
     limit = max_part_bytes() if callable(max_part_bytes) else max_part_bytes
     declared = part.headers.get("content-length", "")
-    if declared.isdigit() and (limit is None or int(declared) < limit):
+    if declared.isascii() and declared.isdigit() and (limit is None or int(declared) < limit):
         limit = int(declared)
     if limit is not None and part.size > limit:
         raise PartTooLarge(limit)

@@ -344,7 +344,7 @@ class Retriever:
         """Check one received part and move it into the store, or discard and record it."""
         staged = part.sink
         declared = part.headers.get("content-length")
-        if not part.is_complete or (declared and declared.isdigit() and int(declared) != part.size):
+        if not part.is_complete or (declared and declared.isascii() and declared.isdigit() and int(declared) != part.size):
             staged.discard()  # broken off: not a rejection, the fallback fetches it again
             return
         try:
