@@ -284,20 +284,27 @@ def retrieve_frames(study: str, series: str, sop: str, frames: str) -> Response:
     choices = negotiate.frame_choices(request.headers.get("Accept", ""))
     numbers = wado.parse_frame_list(frames)
     instance = instances_or_404(study, series, sop)[0]
+    if all(not c.multipart for c in choices) and len(numbers) > 1:
+        raise NotAcceptable(f"{len(numbers)} frames are answered as multipart/related parts (PS3.18 8.7.3): "
+                            "ask for multipart/related, or for one frame")
     choice, data = wado.read_frames(blobstore().open, instance, numbers, choices, scratch())
-    if not choice.multipart and len(numbers) == 1:
+    if not choice.multipart:
         frame = next(data)
+        data.close()  # closes the object
         return Response(frame.data, status=200, content_type=f"{frame.media_type}; transfer-syntax="
                                                              f"{frame.transfer_syntax}")
     return frames_response(data, choices)
 
 
 def frames_response(frames, choices) -> Response:
-    """Frames as multipart/related whose type is the media type of its parts."""
+    """Frames as multipart/related whose type is the media type of its parts; bulk data
+    that is one value (uncompressed pixel data) may be the whole body when asked alone."""
     frames = iter(frames)
     first = next(frames)
     if len(choices) == 1 and not choices[0].multipart and choices[0].media_type == first.media_type:
-        rest = b"".join(f.data for f in frames)  # one media type alone asked: one body (bulk data)
+        rest = b"".join(f.data for f in frames)
+        if rest and first.media_type != "application/octet-stream":
+            raise NotAcceptable("compressed pixel data is several frames: ask for multipart/related")
         return Response(first.data + rest, status=200, content_type=first.media_type)
     boundary = wado.new_boundary()
     body = wado.stream_frames(wado.chain_frames(first, frames), boundary)
@@ -328,6 +335,9 @@ def retrieve_rendered(study: str, series: str, sop: str, frames: str | None = No
     rendering = rendered.parse_rendering(request.args, request.headers.get("Accept", ""))
     numbers = wado.parse_frame_list(frames) if frames is not None else [1]
     instance = instances_or_404(study, series, sop)[0]
+    # Every frame number is checked before the answer starts (not when its part is made).
+    negotiate.require_frame_numbers(numbers, codecs.first_int(instance.attributes, "00280008") or 1,
+                                    instance.sop_uid)
     open_object = blobstore().open  # the generator below runs after the request context
     images = [rendered_frame(open_object, instance, n, rendering) for n in numbers[:1]]  # errors before the answer
     if len(numbers) == 1:

@@ -160,12 +160,9 @@ class JsonHeader:
 def presentable(ds, array: np.ndarray, window: Window | None) -> np.ndarray:
     """8-bit grey or RGB values of a decoded frame."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-        rgb = apply_color_lut(array, ds)
-        return to_8_bit(rgb, 8 if rgb.dtype == np.uint8 else 16)
-    if array.ndim == 3:  # colour, already RGB
-        return to_8_bit(array, int(ds.get("BitsStored", 8)))
+    if array.ndim == 3:  # colour, already RGB (YBR converted, palettes applied)
+        bits = 8 if array.dtype == np.uint8 else 16 if photometric == "PALETTE COLOR" else int(ds.get("BitsStored", 8))
+        return to_8_bit(array, bits)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     window = window or stored_window(ds)

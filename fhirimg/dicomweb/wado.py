@@ -27,6 +27,9 @@ Opener = Callable[[str], BinaryIO]  # an index row's key -> its stored object, r
 EXPLICIT_VR_LE = codecs.EXPLICIT_LE
 UNCOMPRESSED = codecs.NATIVE
 LITTLE_ENDIAN_NATIVE = frozenset({codecs.IMPLICIT_LE, codecs.EXPLICIT_LE})
+# Uncompressed frames of these are rendered from their bytes; YBR and palette colour and
+# bit-packed data are decoded by pydicom (colour conversion, lookup tables, unpacking).
+READ_AS_IS = frozenset({"MONOCHROME1", "MONOCHROME2", "RGB"})
 
 
 def plan_instances(instances: list[StoredInstance], choices: list[Choice]) -> list[tuple[StoredInstance, str]]:
@@ -130,12 +133,24 @@ def read_pixel_data(open_object: Opener, instance: StoredInstance, choices: list
             layout = pixel_layout(fh, instance)
             fh.seek(layout.offset)
             return "application/octet-stream", codecs.EXPLICIT_LE, iter([fh.read(layout.length)])
+    if target in codecs.UNCOMPRESSED and decoded_size(instance.attributes) > codecs.MAX_TRANSCODED_BYTES:
+        raise NotAcceptable(f"instance {instance.sop_uid}: its pixel data decoded is over "
+                            f"{codecs.MAX_TRANSCODED_BYTES // 2**20} MiB; ask for its frames, or with "
+                            "transfer-syntax=* for the stored fragments")
     choice, frames = read_frames(open_object, instance, None, [choice], scratch)
     first = next(frames)
     rest = (frame.data for frame in frames)
     if target in codecs.UNCOMPRESSED:  # one part: the frames one after the other
         return "application/octet-stream", codecs.EXPLICIT_LE, iter([first.data + b"".join(rest)])
     return first.media_type, target, chain_frames(first.data, rest)
+
+
+def decoded_size(attributes: dict) -> int:
+    """Bytes of an image's pixel data uncompressed, from its attributes."""
+    value = 1
+    for tag in ("00280010", "00280011", "00280002", "00280008"):
+        value *= codecs.first_int(attributes, tag) or 1
+    return value * ((codecs.first_int(attributes, "00280100") or 8) + 7) // 8
 
 
 def pixel_source(open_object: Opener, instance: StoredInstance) -> codecs.PixelSource:
@@ -208,7 +223,9 @@ def pixel_layout(fh: BinaryIO, instance: StoredInstance) -> PixelLayout:
     if getattr(raw, "value_tell", None) is None or raw.length in (None, 0xFFFFFFFF):
         raise NotAcceptable(f"instance {instance.sop_uid}: its pixel data is not stored natively")
     bits = int(ds.BitsAllocated)
-    frame_size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
+    # YBR_FULL_422 keeps two values a pixel, not three (PS3.3 C.7.6.3.1.2).
+    samples = 2 if ds.get("PhotometricInterpretation") == "YBR_FULL_422" else int(ds.get("SamplesPerPixel", 1))
+    frame_size = int(ds.Rows) * int(ds.Columns) * samples * bits // 8
     return PixelLayout(raw.value_tell, raw.length, frame_size, int(ds.get("NumberOfFrames", 1) or 1), bits)
 
 
@@ -235,13 +252,19 @@ def read_frames(open_object: Opener, instance: StoredInstance, numbers: list[int
     except BaseException:
         source.fh.close()
         raise
-    return choice, chain_frames(first, frames_from(source, numbers[1:], target, scratch))
+    return choice, frames_from(source, first, numbers[1:], target, scratch)
 
 
-def frames_from(source: codecs.PixelSource, numbers: list[int], target: str, scratch: str | None):
-    with source.fh:
+def frames_from(source: codecs.PixelSource, first: codecs.Frame, numbers: list[int], target: str,
+                scratch: str | None) -> Iterator[codecs.Frame]:
+    """The frames, made one at a time; the object is closed when the answer ends or is
+    closed, even after the first frame alone."""
+    try:
+        yield first
         for number in numbers:
             yield source.frame(number, target, scratch)
+    finally:
+        source.fh.close()
 
 
 def chain_frames(first, rest: Iterator) -> Iterator:
@@ -285,19 +308,25 @@ def stream_frames(frames: Iterable[codecs.Frame], boundary: str) -> Iterator[byt
 
 
 def frame_pixels(open_object: Opener, instance: StoredInstance, number: int):
-    """(array, header) of one frame, for rendering. An uncompressed frame is a byte range of
-    the stored object read into an array as its index attributes describe it (no parse of
-    the file: a 512x512 CT renders in a third of the time); anything else is decoded alone."""
+    """(array, header) of one frame, for rendering. An uncompressed grey or RGB frame is a
+    byte range of the stored object read into an array as its index attributes describe it
+    (only the header is parsed: a 512x512 CT renders in a third of the time); anything else
+    is decoded alone, a palette applied."""
     from .rendered import JsonHeader
     header = JsonHeader(instance.attributes)
     photometric = str(header.get("PhotometricInterpretation", ""))
-    if instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE and photometric != "PALETTE COLOR":
+    if instance.transfer_syntax_uid in LITTLE_ENDIAN_NATIVE and photometric in READ_AS_IS \
+            and int(header.get("BitsAllocated", 0) or 0) >= 8:
         [frame] = native_frames(open_object, instance, [number])
         return native_array(frame.data, header), header
     source = pixel_source(open_object, instance)
     with source.fh:
         require_frame_numbers([number], source.frames, instance.sop_uid)
-        return source.decoded(number), source.ds  # the data set: a palette's lookup tables
+        array = source.decoded(number)  # YBR becomes RGB, 1-bit data is unpacked
+        if photometric == "PALETTE COLOR":  # while the object is open: its tables may be deferred
+            from pydicom.pixels import apply_color_lut
+            array = apply_color_lut(array, source.ds)
+        return array, source.ds
 
 
 def native_array(data: bytes, header) -> np.ndarray:

@@ -185,3 +185,39 @@ def test_uncompressed_frames_are_read_as_pydicom_reads_them(case):
     assert ours.dtype == ds.pixel_array.dtype and np.array_equal(ours, ds.pixel_array)
     if case == "signed 12 of 16":
         assert np.array_equal(ours, values)
+
+
+def test_a_frame_list_naming_a_missing_frame_is_404_before_any_image_is_sent(store):
+    uids = store.put(ct(90))
+    response = store.site.client.get(store.url(uids, "/frames/1,2/rendered"))
+    assert response.status_code == 404 and response.json["resourceType"] == "OperationOutcome"
+
+
+def test_uncompressed_ybr_and_bit_packed_images_are_rendered_as_pydicom_decodes_them(store):
+    """YBR_FULL bytes were drawn as if they were RGB; a 1-bit image (a segmentation) broke a
+    study's rendered answer after its 200."""
+    ds = pydicom.dcmread(io.BytesIO(ct(91, rows=8, columns=6)))
+    rng = np.random.default_rng(91)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rng.integers(0, 256, size=(8, 6, 3)).astype(np.uint8).tobytes()
+    for keyword in ("RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth"):
+        delattr(ds, keyword)
+    uids = store.put(to_part10(ds))
+    png = image_of(store.site.client.get(store.url(uids, "/rendered"), headers={"Accept": "image/png"}))
+    expected = pydicom.dcmread(io.BytesIO(store.originals[uids[2]])).pixel_array  # pydicom: YBR -> RGB
+    assert np.abs(png - expected.astype(int)).max() <= 1
+
+    mask = pydicom.dcmread(io.BytesIO(ct(92, rows=8, columns=8)))
+    mask.StudyInstanceUID, mask.SeriesInstanceUID = uids[0], uids[1]
+    mask.BitsAllocated, mask.BitsStored, mask.HighBit = 1, 1, 0
+    bits = (np.arange(64).reshape(8, 8) % 3 == 0).astype(np.uint8)
+    mask.PixelData = np.packbits(bits.ravel(), bitorder="little").tobytes()
+    for keyword in ("RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth"):
+        delattr(mask, keyword)
+    mask_uids = store.put(to_part10(mask))
+    shown = image_of(store.site.client.get(store.url(mask_uids, "/rendered"), headers={"Accept": "image/png"}))
+    assert np.array_equal(shown > 127, bits.astype(bool))
+    study = store.site.client.get(f"/dicom-web/studies/{uids[0]}/rendered")
+    assert study.status_code == 200 and study.data.count(b"Content-Type: image/jpeg") == 2
+    assert study.data.rstrip().endswith(b"--")  # the whole answer, closing delimiter included
