@@ -175,9 +175,13 @@ def search_all_instances() -> Response:
                  for column in [qido.UID_COLUMNS.get(tag)] if column}
     wanted = query.limit or qido.ALL_INSTANCES_MAX
     level_tags = qido.INSTANCE_TAGS + qido.SERIES_TAGS + qido.STUDY_TAGS
-    results, found, skipped, more = [], set(), 0, False
+    results, found, skipped, more, scanned = [], set(), 0, False, 0
     base = own_base()
     for instance in index.iter_instances(engine(), narrowing, study_filter(current_principal(), "s")):
+        scanned += 1
+        if scanned > qido.ALL_INSTANCES_SCANNED:
+            more = True  # a filter the index cannot use, over a large archive: stop, and say so
+            break
         url = f"{base}/studies/{instance.study_uid}/series/{instance.series_uid}/instances/{instance.sop_uid}"
         attributes = qido.instance_attributes(instance, url)
         if not qido.matches(attributes, query.filters):
@@ -192,7 +196,11 @@ def search_all_instances() -> Response:
         found.add(instance.study_uid)
     note_dicom("search-type", sorted(found), {"service": "QIDO-RS"})
     response = dicom_json(results)
-    if more and not query.limit:
+    if scanned > qido.ALL_INSTANCES_SCANNED:
+        response.headers["Warning"] = (f'299 {base}: "The search stopped after {qido.ALL_INSTANCES_SCANNED} '
+                                       'instances; narrow it by StudyInstanceUID, SeriesInstanceUID or '
+                                       'SOPInstanceUID."')
+    elif more and not query.limit:
         response.headers["Warning"] = (f'299 {base}: "The number of results exceeded the maximum supported '
                                        f'by the server ({wanted}). Additional results can be requested."')
     return response

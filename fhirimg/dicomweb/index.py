@@ -24,7 +24,7 @@ BATCH = 500
 @contextmanager
 def reading(bind):
     """A connection to read with: `bind` itself if it is one (a request's reads share one
-    connection and one snapshot), else a new one from the engine."""
+    connection: one checkout, one BEGIN), else a new one from the engine."""
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             yield conn

@@ -26,9 +26,13 @@ def add_attributes(parent: ElementTree.Element, dataset: dict) -> None:
     for tag in sorted(dataset):
         element = dataset[tag]
         attributes = {"tag": tag.upper(), "vr": element.get("vr", "UN")}
-        keyword = keyword_for_tag(int(tag, 16)) if not int(tag[:4], 16) % 2 else ""
+        private = int(tag[:4], 16) % 2 == 1
+        keyword = keyword_for_tag(int(tag, 16)) if not private else ""
         if keyword:
             attributes["keyword"] = keyword
+        creator = private_creator(dataset, tag) if private else None
+        if creator:
+            attributes["privateCreator"] = creator
         node = ElementTree.SubElement(parent, "DicomAttribute", attributes)
         add_value(node, element)
 
@@ -48,7 +52,7 @@ def add_value(node: ElementTree.Element, element: dict) -> None:
         else:
             child = ElementTree.SubElement(node, "Value", {"number": str(number)})
             if value is not None:
-                child.text = str(value)
+                child.text = xml_text(str(value))
 
 
 def add_person_name(node: ElementTree.Element, number: int, value: dict) -> None:
@@ -60,4 +64,23 @@ def add_person_name(node: ElementTree.Element, number: int, value: dict) -> None
         representation = ElementTree.SubElement(name, group)
         for part, text in zip(NAME_PARTS, value[group].split("^")):
             if text:
-                ElementTree.SubElement(representation, part).text = text
+                ElementTree.SubElement(representation, part).text = xml_text(text)
+
+
+def private_creator(dataset: dict, tag: str) -> str | None:
+    """The Private Creator of a private element (gggg,xxee is reserved by gggg,00xx: PS3.5
+    7.8.1), which PS3.19 names in the privateCreator attribute."""
+    group, element = tag[:4], int(tag[4:], 16)
+    if element < 0x1000:
+        return None
+    values = (dataset.get(f"{group}00{element >> 8:02X}".upper()) or {}).get("Value") or []
+    return str(values[0]) if values else None
+
+
+XML_ILLEGAL = {c: "\ufffd" for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)} | {0xFFFE: "\ufffd", 0xFFFF: "\ufffd"}
+
+
+def xml_text(text: str) -> str:
+    """Text XML 1.0 can hold: control characters (a form feed is legal in LT, ST, UT) become
+    U+FFFD rather than making the document ill-formed."""
+    return text.translate(XML_ILLEGAL)

@@ -27,6 +27,9 @@ INSTANCE_TAGS = ("00080005", "00080016", "00080018", "00080056", "00080201", "00
 CONTROL_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
 MAX_LIMIT = 10_000
 ALL_INSTANCES_MAX = 10_000  # an all-instances query without a limit answers at most this many
+# ... and reads at most this many instances: a filter on an attribute the index has no column
+# for (PatientName=zzz) would otherwise parse every instance held, at every request.
+ALL_INSTANCES_SCANNED = 200_000
 UID_COLUMNS = {"0020000D": "study_uid", "0020000E": "series_uid", "00080018": "sop_uid"}
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})

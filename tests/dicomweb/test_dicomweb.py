@@ -356,3 +356,26 @@ def test_reads_do_not_keep_the_sqlite_wal_from_starting_over(site, stored):
         assert site.client.get(url).status_code == 200
         site.client.get("/dicom-web/studies", query_string={"PatientID": "PAT-A"})
     assert os.path.getsize(database + "-wal") < 12 * 2**20  # auto-checkpoint restarts it at ~4 MB
+
+
+def test_native_xml_is_well_formed_for_any_text_and_names_private_creators():
+    """PS3.19 A.1: a form feed (legal in LT/ST/UT) made the document ill-formed; private
+    attributes carry their Private Creator."""
+    from xml.etree import ElementTree
+    from fhirimg.dicomweb.nativexml import native_xml
+    document = native_xml({"00081030": {"vr": "LO", "Value": ["CHEST\x0cABDOMEN"]},
+                           "00090010": {"vr": "LO", "Value": ["ACME 1.0"]},
+                           "00091001": {"vr": "LO", "Value": ["vendor value"]},
+                           "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe\x01^Jane"}]}})
+    root = ElementTree.fromstring(document)  # raises on an ill-formed document
+    ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    assert root.find("d:DicomAttribute[@tag='00091001']", ns).get("privateCreator") == "ACME 1.0"
+    assert root.find("d:DicomAttribute[@tag='00081030']/d:Value", ns).text == "CHEST\ufffdABDOMEN"
+
+
+def test_an_all_instances_search_stops_after_the_scan_bound_and_says_so(site, stored, monkeypatch):
+    from fhirimg.dicomweb import qido as qido_module
+    monkeypatch.setattr(qido_module, "ALL_INSTANCES_SCANNED", 3)
+    response = site.client.get("/dicom-web/instances", query_string={"PatientName": "nobody"})
+    assert response.status_code == 200 and response.json == []
+    assert "stopped after 3 instances" in response.headers["Warning"]
