@@ -376,4 +376,4 @@ def retrieve_thumbnail(study: str, series: str | None = None, sop: str | None = 
 
 def rendered_frame(open_object, instance, number: int, rendering) -> bytes:
     array, header = wado.frame_pixels(open_object, instance, number)
-    return rendered.render(header, array, rendering)
+    return rendered.render(header, array, rendering, number)

@@ -221,3 +221,40 @@ def test_uncompressed_ybr_and_bit_packed_images_are_rendered_as_pydicom_decodes_
     study = store.site.client.get(f"/dicom-web/studies/{uids[0]}/rendered")
     assert study.status_code == 200 and study.data.count(b"Content-Type: image/jpeg") == 2
     assert study.data.rstrip().endswith(b"--")  # the whole answer, closing delimiter included
+
+
+def test_an_enhanced_multi_frame_image_is_windowed_from_its_functional_groups(store):
+    """Enhanced CT keeps Rescale and Window per frame (PS3.3 C.7.6.16); they were ignored and
+    a window in HU was applied to raw stored values."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    ds = pydicom.dcmread(io.BytesIO(ct(93)))
+    for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth"):
+        delattr(ds, keyword)
+    frames = np.random.default_rng(93).integers(0, 4096, size=(2, ds.Rows, ds.Columns), dtype=np.uint16)
+    ds.NumberOfFrames, ds.PixelData = 2, frames.tobytes()
+    transformation = Dataset()
+    transformation.RescaleIntercept, transformation.RescaleSlope, transformation.RescaleType = -1024, 1, "HU"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = Sequence([transformation])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for center, width in ((40, 400), (500, 2000)):
+        voi, item = Dataset(), Dataset()
+        voi.WindowCenter, voi.WindowWidth = center, width
+        item.FrameVOILUTSequence = Sequence([voi])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    uids = store.put(to_part10(ds))
+    for number, (center, width) in ((1, (40, 400)), (2, (500, 2000))):
+        got = image_of(store.site.client.get(store.url(uids, f"/frames/{number}/rendered"),
+                                             headers={"Accept": "image/png"}))
+        expected = linear(frames[number - 1] * 1.0 - 1024, center, width)
+        assert np.abs(got - expected).max() <= 1, number
+
+
+def test_a_viewport_far_larger_than_the_image_enlarges_it_at_most_four_times(store):
+    uids = store.put(ct(94, rows=48, columns=40))
+    response = store.site.client.get(store.url(uids, "/rendered"), query_string={"viewport": "4096,4096"},
+                                     headers={"Accept": "image/png"})
+    assert image_of(response).shape == (192, 160)
