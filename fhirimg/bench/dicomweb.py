@@ -131,15 +131,20 @@ def report(ours: Figures, peer: Figures | None, peer_label: str) -> str:
         line = f"{name:<14}{ours.p50[name]:>10.2f}ms{ours.p95[name]:>6.1f}ms"
         if peer:
             line += f"{peer.p50[name]:>14.2f}ms{peer.p95[name]:>6.1f}ms{ours.p50[name] / peer.p50[name]:>14.2f}"
-        errors = ours.errors[name] + (peer.errors[name] if peer else 0)
-        lines.append(line + (f"  ({errors} errors)" if errors else ""))
+        lines.append(line + error_note(ours.errors[name], peer.errors[name] if peer else 0, peer_label))
     burst = f"{'burst req/s':<14}{ours.burst_per_s:>12.0f}{'':>8}"
     if peer:
         burst += f"{peer.burst_per_s:>16.0f}{'':>8}{ours.burst_per_s / peer.burst_per_s:>14.2f}"
-    lines.append(burst + (f"  ({ours.burst_errors + (peer.burst_errors if peer else 0)} errors)"
-                          if ours.burst_errors or (peer and peer.burst_errors) else ""))
+    lines.append(burst + error_note(ours.burst_errors, peer.burst_errors if peer else 0, peer_label))
     lines.append("p50 ratio below 1 and burst ratio above 1: fhirimg ahead")
     return "\n".join(lines)
+
+
+def error_note(ours: int, theirs: int, peer_label: str) -> str:
+    """Failed requests (not 200), each side's own."""
+    if not ours and not theirs:
+        return ""
+    return f"  (errors: fhirimg {ours}, {peer_label or 'peer'} {theirs})"
 
 
 @click.command("dicomweb")
