@@ -44,8 +44,9 @@ url = "{a.url}"
 interval = "1s"
 ''')
     env = {**os.environ, "FHIRIMG_CONFIG": str(config)}
+    log = tmp_path / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "fhirimg.cli", "worker"], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: version_count(b.engine) == version_count(a.engine), 60, "the first scheduled pull")
         requests.post(f"{a.url}/Patient", json=make_patient(family="Later"), headers=FHIR).raise_for_status()
@@ -53,7 +54,12 @@ interval = "1s"
         assert all_versions(b.engine) == all_versions(a.engine)
     finally:
         worker.terminate()
-        worker.wait(20)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:  # once in CI (session 12): say where it was
+            worker.kill()
+            raise AssertionError("the worker did not stop within 20 s of SIGTERM; its log ends:\n"
+                                 + log.read_text(errors="replace")[-3000:]) from None
 
 
 def test_status_shows_cursor_behind_lag_and_last_error(make_site, tmp_path, monkeypatch):
