@@ -20,12 +20,10 @@ from fhirimg.errors import FhirError, NotAcceptable
 
 from . import codecs
 from .index import StoredInstance
-from .negotiate import Choice, parse_accept, pick, require_frame_numbers, split_outside_quotes  # noqa: F401
+from .negotiate import Choice, pick, require_frame_numbers
 
 READ_BLOCK = 1 << 20
 Opener = Callable[[str], BinaryIO]  # an index row's key -> its stored object, readable and seekable
-EXPLICIT_VR_LE = codecs.EXPLICIT_LE
-UNCOMPRESSED = codecs.NATIVE
 LITTLE_ENDIAN_NATIVE = frozenset({codecs.IMPLICIT_LE, codecs.EXPLICIT_LE})
 # Uncompressed frames of these are rendered from their bytes; YBR and palette colour and
 # bit-packed data are decoded by pydicom (colour conversion, lookup tables, unpacking).
@@ -200,7 +198,7 @@ def pixel_reference(attributes: dict, instance: StoredInstance, uri: str) -> dic
     metadata do for a value it leaves out."""
     if "00280010" not in attributes:  # no Rows: not an image
         return attributes
-    vr = "OW" if instance.transfer_syntax_uid in UNCOMPRESSED else "OB"
+    vr = "OW" if instance.transfer_syntax_uid in codecs.NATIVE else "OB"
     return {**attributes, "7FE00010": {"vr": vr, "BulkDataURI": uri}}
 
 
