@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from ..audit.chain import verify_chain
+from ..audit.fold import catch_up
 from ..audit.search import as_resource, parse_query, patient_condition, run_query
 from ..audit.schema import audit_event
 from ..auth.compartment import patient_ids
@@ -86,6 +87,7 @@ def searchset(params: list[tuple[str, str]]) -> Response:
     limits = current_app.config["FHIRIMG"]["limits"]
     condition = reach("s")
     query = parse_query(params, limits["default_page_size"], limits["max_page_size"], base_url())
+    catch_up(engine())  # search values still to be folded in (SQLite) are written first
     with engine().connect() as conn:
         rows, following, total = run_query(conn, query, condition)
     base = base_url()

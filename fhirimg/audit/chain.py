@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import func, select
 
 from ..store import driver
+from .fold import fold_behind
 from .index import index_values
 from .schema import audit_anchor, audit_event, audit_head
 
@@ -43,26 +44,28 @@ class Appended:
 
 def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended | None:
     """Append (event, patient id, recorded ms) rows in the caller's transaction, chained after
-    the current head, with their search values; the head row's lock orders concurrent
-    appenders (commit order = chain order). Prebuilt SQL on the driver's cursor: this runs
-    for every write and for every group of reads (Core statements cost ~1 ms more a group)."""
+    the current head; the head row's lock orders concurrent appenders (commit order = chain
+    order). Prebuilt SQL on the driver's cursor: this runs for every write and for every
+    group of reads (Core statements cost ~1 ms more a group).
+
+    PostgreSQL writes the events' search values in the same statement; on SQLite they follow
+    in batches (audit/fold.py)."""
     if not events:
         return None
     if conn.dialect.name == "postgresql":
         return append_postgres(conn, events)
     seq, prev = driver.fetch_all(conn, HEAD_SQL)[0]  # SQLite: the write lock is held already
     first = seq + 1
-    rows, index_rows = [], []
+    rows = []
     for event, patient, recorded_ms in events:
         seq += 1
         content = canonical_json(event)
         digest = row_hash(prev, seq, content)
         rows.append((seq, recorded_ms, bounded_id(patient), content.decode("utf-8"), prev, digest))
-        index_rows += [(seq, *row) for row in index_values(event)]
         prev = digest
     driver.run_many(conn, "INSERT INTO audit_event VALUES (?, ?, ?, ?, ?, ?)", rows)
-    driver.run_many(conn, "INSERT INTO audit_index VALUES (?, ?, ?, ?)", index_rows)
     driver.run(conn, "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
+    fold_behind(conn, seq)
     return Appended(first, seq, prev)
 
 

@@ -1,7 +1,8 @@
 """Tables of the audit trail, and the triggers that make them append-only.
 
 ``audit_event`` holds the chained events, ``audit_index`` the search values of each (R5
-AuditEvent search parameters), ``audit_head`` the chain's last seq and hash. Rows may be
+AuditEvent search parameters), ``audit_head`` the chain's last seq and hash, ``audit_indexed``
+how far ``audit_index`` has got (on SQLite it is written behind the chain: audit/fold.py). Rows may be
 deleted only at or below the retention anchor (``audit_anchor``), which ``fhirimg audit
 prune`` raises in the same transaction, after an export, recording the prune as an event.
 """
@@ -44,6 +45,15 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# One row: every event up to seq has its search values in audit_index. PostgreSQL writes them
+# in the append statement and moves this with the head; SQLite folds them in behind the chain
+# (audit/fold.py), since there each index row lands on its own page of the WAL.
+audit_indexed = Table(
+    "audit_indexed", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
 )
 
 # Append-only too: each prune adds a row; the chain now starts after the highest through_seq,
@@ -121,6 +131,7 @@ BEGIN
     SELECT first_seq - 1 + x.n, x.param, x.system, x.value
     FROM json_to_recordset(search) AS x(n bigint, param text, system text, value text);
     UPDATE audit_head SET seq = h_seq, hash = h_hash WHERE id = 1;
+    UPDATE audit_indexed SET seq = h_seq WHERE id = 1;
     last_seq := h_seq;
     head_hash := h_hash;
     RETURN NEXT;
@@ -135,6 +146,11 @@ def _genesis(target, connection, **_):
     connection.execute(target.insert().values(id=1, seq=0, hash="0" * 64))
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(POSTGRES_APPEND_FUNCTION)
+
+
+@event.listens_for(audit_indexed, "after_create")
+def _nothing_indexed(target, connection, **_):
+    connection.execute(target.insert().values(id=1, seq=0))
 
 
 register_metadata(metadata)

@@ -161,7 +161,11 @@ def test_the_capability_statement_lists_audit_event_read_and_search(client):
 
 def test_the_audit_index_is_append_only_too(engine, population):
     from sqlalchemy.exc import DBAPIError
+    from fhirimg.audit.fold import catch_up
     from fhirimg.store.engine import WRITE_OPTION
+    catch_up(engine)  # SQLite writes the search values behind the chain
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_index")).scalar() > 0
     with pytest.raises(DBAPIError, match="append-only"):
         with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
             conn.execute(text("DELETE FROM audit_index"))

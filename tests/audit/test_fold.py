@@ -1,0 +1,147 @@
+"""Search values written behind the chain (audit/fold.py): on SQLite an event's search values
+are folded into audit_index after its commit, never lost, never twice, always there before a
+search; on PostgreSQL the append writes them itself and there is nothing to fold."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+
+from fhirimg.audit import schema as _tables  # noqa: F401  (registers the audit tables)
+from fhirimg.audit.chain import append_events
+from fhirimg.audit.committer import GroupCommitter
+from fhirimg.audit.events import Actor, event_rows
+from fhirimg.audit.fold import FOLD_AT, backlog, catch_up, fold
+from fhirimg.audit.index import index_values
+from fhirimg.store import create_schema
+from fhirimg.store.engine import WRITE_OPTION
+
+
+@pytest.fixture
+def audited(engine):
+    create_schema(engine)
+    return engine
+
+
+def reads(count: int, start: int = 0) -> list:
+    actor = Actor("client-a", "site-1", network="127.0.0.1", token_id="t1")
+    rows = []
+    for n in range(start, start + count):
+        act = actor.act("read", 1_700_000_000_000 + n, resources=[f"ImagingStudy/s{n}"],
+                        details={"StudyInstanceUID": f"1.2.3.{n}"})
+        rows += event_rows(act, [f"p{n % 7}"])
+    return rows
+
+
+def expected_index(rows) -> int:
+    return sum(len(index_values(event)) for event, _, _ in rows)
+
+
+def counts(engine) -> tuple[int, int, int]:
+    """(index rows, watermark, head)."""
+    with engine.connect() as conn:
+        return (conn.execute(text("SELECT count(*) FROM audit_index")).scalar(),
+                conn.execute(text("SELECT seq FROM audit_indexed WHERE id = 1")).scalar(),
+                conn.execute(text("SELECT seq FROM audit_head WHERE id = 1")).scalar())
+
+
+def test_search_values_are_complete_after_catch_up_and_never_repeated(audited):
+    rows = reads(150)
+    gc = GroupCommitter(audited)
+    for row in rows:
+        gc.record([row])
+    index, watermark, head = counts(audited)
+    if audited.dialect.name == "postgresql":
+        assert (index, watermark, head) == (expected_index(rows), 150, 150)
+        assert catch_up(audited) == 0
+        return
+    assert head == 150 and 150 - FOLD_AT < watermark < 150  # the appenders folded, in batches
+    assert index == expected_index(rows[:watermark])
+    assert catch_up(audited, batch=64) == 150 - watermark
+    assert counts(audited) == (expected_index(rows), 150, 150)
+    assert catch_up(audited) == 0 and counts(audited)[0] == expected_index(rows)
+
+
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL has nothing to fold (tested above)
+
+
+@SQLITE_ONLY
+def test_appenders_keep_fewer_than_fold_at_events_waiting(audited):
+    """No thread and no search needed: one appender in FOLD_AT folds what waits."""
+    gc = GroupCommitter(audited)
+    rows = reads(3 * FOLD_AT + 5)
+    waiting, folds = [], 0
+    for row in rows:
+        gc.record([row])
+        with audited.connect() as conn:
+            waiting.append(backlog(conn))
+        folds += len(waiting) > 1 and waiting[-1] < waiting[-2]
+    assert max(waiting) == FOLD_AT - 1 and folds == 3
+    index, watermark, _ = counts(audited)
+    assert index == expected_index(rows[:watermark])
+
+
+def test_writes_appended_outside_the_committer_are_folded_too(audited):
+    rows = reads(30)
+    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        append_events(conn, rows)
+    catch_up(audited)
+    assert counts(audited) == (expected_index(rows), 30, 30)
+
+
+def test_folders_racing_each_other_write_each_value_once(audited):
+    rows = reads(600)
+    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        append_events(conn, rows)
+    errors = []
+
+    def run():
+        try:
+            catch_up(audited, batch=25)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert counts(audited) == (expected_index(rows), 600, 600)
+    with audited.connect() as conn:
+        repeated = conn.execute(text("SELECT seq, param, value, count(*) FROM audit_index "
+                                     "GROUP BY seq, param, system, value HAVING count(*) > 1")).all()
+    assert repeated == []
+
+
+@SQLITE_ONLY
+def test_a_fold_that_fails_leaves_neither_rows_nor_a_moved_watermark(audited):
+    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        append_events(conn, reads(40))
+
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash):
+        with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+            assert fold(conn, 64) == 40
+            raise Crash()
+    assert counts(audited) == (0, 0, 40)
+    with audited.connect() as conn:
+        assert backlog(conn) == 40
+
+
+def test_a_search_finds_an_event_recorded_just_before_it(client, engine):
+    """Through the API: the read's event is searchable by the very next request (on SQLite
+    before any fold thread could have run)."""
+    created = client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "Fold"}]})
+    assert created.status_code == 201, created.get_data(as_text=True)
+    pid = created.get_json()["id"]
+    assert client.get(f"/fhir/Patient/{pid}").status_code == 200
+    found = client.get(f"/fhir/AuditEvent?patient={pid}&code=read")
+    assert found.status_code == 200, found.get_data(as_text=True)
+    codes = [e["resource"]["code"]["coding"][0]["code"] for e in found.get_json().get("entry", [])]
+    assert codes == ["read"]
+    with engine.connect() as conn:
+        assert backlog(conn) <= 2  # at most this search's own events wait
