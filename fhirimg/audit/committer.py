@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import FhirError
 from ..store import driver
-from ..store.engine import WRITE_OPTION
+from ..store.engine import WRITE_OPTION, writer_gate
 from .chain import append_events
 
 log = logging.getLogger("fhirimg.audit")
@@ -101,13 +101,31 @@ class GroupCommitter:
             if self.autocommit:  # PostgreSQL: the append is one statement, its own transaction
                 append_events(self.conn, rows)
             else:
-                with self.conn.begin():
-                    append_events(self.conn, rows)
+                self.commit_sqlite(rows)
         except Exception:
             self.conn.close()
             self.conn = None
             raise
         self.commits += 1
+
+    def commit_sqlite(self, rows: list) -> None:
+        """BEGIN IMMEDIATE and COMMIT on the sqlite3 connection itself, through the engine's
+        writer gate as every writer of the process: through SQLAlchemy's transaction and
+        its begin/commit events they cost ~80 us of the ~130 a read's commit took."""
+        raw = driver.raw_connection(self.conn)
+        gate = writer_gate(self.engine)
+        gate.enter(raw)
+        try:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                append_events(self.conn, rows)
+                raw.commit()
+            except BaseException:
+                if raw.in_transaction:
+                    raw.rollback()
+                raise
+        finally:
+            gate.leave(raw)
 
     def connect(self):
         """The committer's own connection (out of the pool), whose lock waits end within the

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -66,7 +67,7 @@ def _sqlite_engine(url, echo: bool, pool_size: int) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    gate = WriterGate(engine)
+    gate = GATES[engine] = WriterGate(engine)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
@@ -83,6 +84,15 @@ def _sqlite_engine(url, echo: bool, pool_size: int) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+GATES: "weakref.WeakKeyDictionary[Engine, WriterGate]" = weakref.WeakKeyDictionary()
+
+
+def writer_gate(engine: Engine) -> "WriterGate":
+    """The gate of an SQLite engine, for a writer that begins and commits on the driver's
+    connection itself (the audit committer) and so must enter and leave it by hand."""
+    return GATES[engine]
 
 
 class WriterGate:
