@@ -6,7 +6,7 @@ of making a read's event durable before its answer. So the chain (``audit_event`
 appended alone, and the search values follow in batches: an appending transaction that finds
 ``FOLD_AT`` or more events without them folds up to ``FOLD_MAX`` in (events of one batch
 share most leaves: the same client, action, outcome and codes). One request in ``FOLD_AT``
-pays a few milliseconds; the rest pay nothing. What is searched is never behind: an
+pays ~10 ms; the rest pay nothing. What is searched is never behind: an
 AuditEvent search first folds whatever is left (``catch_up``).
 
 ``audit_indexed.seq`` says how far the fold has got. It moves in the transaction that writes
@@ -22,8 +22,11 @@ from ..store import driver
 from ..store.engine import WRITE_OPTION
 from .index import index_values
 
-FOLD_AT = 64  # events without search values that make an appender fold
-FOLD_MAX = 256  # events one appender folds (the write lock is held ~10 ms more)
+# One appender in FOLD_AT folds (~0.08 ms an event): at 128 that is under 1% of requests, so
+# p99 stays clean (measured on one connection: p50 0.09, p99 0.33, max 11 ms; at 64, p99 was
+# 6.6 ms; search values written with each event: p50 0.23, p99 0.36 ms).
+FOLD_AT = 128  # events without search values that make an appender fold
+FOLD_MAX = 256  # events one appender folds at most
 CATCH_UP_BATCH = 2000  # a search waiting for the fold takes bigger bites
 
 WATERMARK_SQL = "SELECT seq FROM audit_indexed WHERE id = 1"
