@@ -122,11 +122,31 @@ def public_root() -> str:
     Host only if it is loopback or on allowed_hosts, else the serve address - a forged
     Host (evil.example:666) never reaches a client's links. X-Forwarded-* headers are not
     read: behind a proxy, set base_url."""
-    from ..transfer.netpolicy import is_loopback_name
     config = current_app.config["FHIRIMG"]
     if config["base_url"]:
         configured = config["base_url"]
         return configured[:-len("/fhir")] if configured.endswith("/fhir") else configured
+    # Every answer with a link asks; werkzeug's url_root and the loopback test cost ~20 us.
+    # Cached by what they are computed from; an answer that needed the arrival socket's port
+    # is not cached, and hostile Host values cannot grow the cache past ROOTS_CACHED.
+    environ = request.environ
+    key = (environ.get("HTTP_HOST"), environ.get("SERVER_NAME"), environ.get("SERVER_PORT"),
+           environ.get("wsgi.url_scheme"), environ.get("SCRIPT_NAME"))
+    roots = current_app.extensions.setdefault("fhirimg.public_roots", {})
+    root = roots.get(key)
+    if root is None:
+        root, cacheable = request_root(config)
+        if cacheable and len(roots) < ROOTS_CACHED:
+            roots[key] = root
+    return root
+
+
+ROOTS_CACHED = 64
+
+
+def request_root(config: dict) -> tuple[str, bool]:
+    """public_root from the request (no base_url); and whether it may be cached."""
+    from ..transfer.netpolicy import is_loopback_name
     host = (request.host or "").lower()
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]", 1)[0] + "]"
     loopback = is_loopback_name(name.strip("[]"))
@@ -138,10 +158,11 @@ def public_root() -> str:
             port = local_port()
             if port and port != (443 if request.scheme == "https" else 80):
                 root = f"{request.scheme}://{name}:{port}"
-        return root
+            return root, False
+        return root, True
     serve = config["serve"]
     listen = "127.0.0.1" if serve["host"] in ("0.0.0.0", "::", "") else serve["host"]
-    return f"http://{listen}:{serve['port']}"
+    return f"http://{listen}:{serve['port']}", True
 
 
 def local_port() -> int | None:

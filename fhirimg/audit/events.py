@@ -88,13 +88,14 @@ def event_rows(act: Act, patients: list[str | None]) -> list[tuple[dict, str | N
 
 def audit_event(act: Act, patient: str | None) -> dict:
     category, code = classification(act.interaction)
+    instant = format_instant(act.recorded_ms)
     event = {
         "resourceType": "AuditEvent",
         "category": [{"coding": [category]}],
         "code": {"coding": [code]},
         "action": ACTIONS.get(act.interaction, "E"),
-        "occurredDateTime": format_instant(act.recorded_ms),
-        "recorded": format_instant(act.recorded_ms),
+        "occurredDateTime": instant,
+        "recorded": instant,
         "outcome": outcome(act),
         "agent": agents(act),
         "source": {"observer": {"identifier": {"value": act.site}},

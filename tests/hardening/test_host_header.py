@@ -66,3 +66,31 @@ def test_a_configured_base_url_is_the_root_of_retrieve_urls(database, engine):
     app = create_app(config, engine=engine)
     with app.test_request_context("/dicom-web/studies", headers={"Host": "127.0.0.1:9999"}):
         assert dicomweb.own_base() == "https://imaging.example.org/dicom-web"
+
+
+def test_the_root_of_a_portless_loopback_host_is_never_cached_across_sockets(site):
+    """public_root is cached per Host; a port-less loopback Host takes the arrival socket's
+    port, which two requests with the same Host may differ in."""
+    from fhirimg.api import dicomweb
+
+    class Socket:
+        def __init__(self, port):
+            self.port = port
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+    for port in (8124, 8125, 8124):
+        with site.application.test_request_context("/dicom-web/studies", headers={"Host": "localhost"},
+                                                   environ_base={"gunicorn.socket": Socket(port)}):
+            assert dicomweb.own_base() == f"http://localhost:{port}/dicom-web"
+
+
+def test_forged_hosts_cannot_grow_the_root_cache(site):
+    from fhirimg.api import dicomweb
+    from fhirimg.api.negotiation import ROOTS_CACHED
+    for n in range(3 * ROOTS_CACHED):
+        with site.application.test_request_context("/dicom-web/studies", headers={"Host": f"evil{n}.example"}):
+            assert dicomweb.own_base() == "http://127.0.0.1:8123/dicom-web"
+    assert len(site.application.extensions["fhirimg.public_roots"]) == ROOTS_CACHED
+    with site.application.test_request_context("/dicom-web/studies", headers={"Host": "pacs.example.org"}):
+        assert dicomweb.own_base() == "http://pacs.example.org/dicom-web"  # computed, not cached
