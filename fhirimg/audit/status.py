@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from ..store.records import format_instant
 from .chain import chain_start
 from .cursors import audit_forward, export_watermark
+from .fold import backlog
 from .schema import audit_event, audit_head
 from .senders import configured_targets
 
@@ -40,6 +41,7 @@ class AuditStatus:
     export_watermark: int
     anchor_seq: int
     anchor_hash: str
+    search_backlog: int = 0  # events whose search values are still to be folded in (SQLite)
     targets: list[TargetStatus] = field(default_factory=list)
 
     @property
@@ -54,7 +56,9 @@ class AuditStatus:
         lines = [f"chain: {self.events} events (seq {self.anchor_seq + 1}..{self.head_seq}), head {self.head_hash}",
                  f"recorded: oldest {self.oldest or '-'}, newest {self.newest or '-'}",
                  (f"retention: {retention}; export watermark seq {self.export_watermark}; "
-                  f"anchor seq {self.anchor_seq} {self.anchor_hash}")]
+                  f"anchor seq {self.anchor_seq} {self.anchor_hash}"),
+                 f"search values: {self.search_backlog} events still to be folded in (the next search does it)"
+                 if self.search_backlog else "search values: up to date"]
         for t in self.targets:
             lines.append(f"forward {t.name} ({t.kind}): through seq {t.cursor}, {t.behind} behind, "
                          f"{t.failures} failures, last success {t.last_success or 'never'}, "
@@ -71,6 +75,7 @@ def audit_status(engine, config: dict) -> AuditStatus:
                                              func.max(audit_event.c.recorded_ms))).one()
         status = AuditStatus(head.seq - anchor, head.seq, head.hash, _instant(oldest), _instant(newest),
                              config["audit"]["retention_days"], export_watermark(conn), anchor, anchor_hash)
+        status.search_backlog = backlog(conn)
         cursors = {row.target: row for row in conn.execute(select(audit_forward)).all()}
     for target in configured_targets(config):
         row = cursors.get(target.name)

@@ -145,3 +145,16 @@ def test_a_search_finds_an_event_recorded_just_before_it(client, engine):
     assert codes == ["read"]
     with engine.connect() as conn:
         assert backlog(conn) <= 2  # at most this search's own events wait
+
+
+@SQLITE_ONLY
+def test_audit_status_says_how_many_events_wait_for_their_search_values(audited, config):
+    from fhirimg.audit.status import audit_status
+    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        append_events(conn, reads(12))
+    status = audit_status(audited, config)
+    assert status.search_backlog == 12 and "12 events still to be folded in" in status.describe()
+    catch_up(audited)
+    status = audit_status(audited, config)
+    assert status.search_backlog == 0 and "search values: up to date" in status.describe()
+    assert status.to_json()["search_backlog"] == 0
