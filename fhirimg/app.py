@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+import weakref
 
 from flask import Flask, g, request
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -26,17 +27,20 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}\Z")
 class App(Flask):
     """Flask, remembering which functions are synchronous: Flask asks inspect for every view
     and every hook of every request (ten times a request here, ~10 us), and the answer for a
-    function never changes."""
+    function never changes. Weakly: a closure made for one request (after_this_request) is
+    forgotten with it."""
 
     def ensure_sync(self, func):
-        cache = self.__dict__.setdefault("_sync_functions", {})
+        known = self.__dict__.setdefault("_sync_functions", weakref.WeakKeyDictionary())
         try:
-            return cache[func]
-        except KeyError:
-            cache[func] = found = super().ensure_sync(func)
-            return found
-        except TypeError:  # an unhashable callable
+            if known.get(func):
+                return func
+        except TypeError:  # not weakly referable
             return super().ensure_sync(func)
+        found = super().ensure_sync(func)
+        if found is func:
+            known[func] = True
+        return found
 
 
 def create_app(config: dict | None = None, engine=None) -> Flask:

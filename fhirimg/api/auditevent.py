@@ -87,7 +87,8 @@ def searchset(params: list[tuple[str, str]]) -> Response:
     limits = current_app.config["FHIRIMG"]["limits"]
     condition = reach("s")
     query = parse_query(params, limits["default_page_size"], limits["max_page_size"], base_url())
-    catch_up(engine())  # search values still to be folded in (SQLite) are written first
+    if query.uses_index:  # search values still to be folded in (SQLite) are written first
+        catch_up(engine())
     with engine().connect() as conn:
         rows, following, total = run_query(conn, query, condition)
     base = base_url()

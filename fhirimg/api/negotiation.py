@@ -127,8 +127,9 @@ def public_root() -> str:
         configured = config["base_url"]
         return configured[:-len("/fhir")] if configured.endswith("/fhir") else configured
     # Every answer with a link asks; werkzeug's url_root and the loopback test cost ~20 us.
-    # Cached by what they are computed from; an answer that needed the arrival socket's port
-    # is not cached, and hostile Host values cannot grow the cache past ROOTS_CACHED.
+    # Cached by what they are computed from, for Hosts that are used (loopback or allowed):
+    # not an answer that needed the arrival socket's port, nor a refused Host's (so forged
+    # Hosts never take the places of real ones), and never more than ROOTS_CACHED.
     environ = request.environ
     key = (environ.get("HTTP_HOST"), environ.get("SERVER_NAME"), environ.get("SERVER_PORT"),
            environ.get("wsgi.url_scheme"), environ.get("SCRIPT_NAME"))
@@ -162,7 +163,7 @@ def request_root(config: dict) -> tuple[str, bool]:
         return root, True
     serve = config["serve"]
     listen = "127.0.0.1" if serve["host"] in ("0.0.0.0", "::", "") else serve["host"]
-    return f"http://{listen}:{serve['port']}", True
+    return f"http://{listen}:{serve['port']}", False
 
 
 def local_port() -> int | None:

@@ -13,12 +13,12 @@ import hashlib
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 
 from ..store import driver
 from .fold import fold_behind
 from .index import index_values
-from .schema import audit_anchor, audit_event, audit_head
+from .schema import audit_anchor, audit_event, audit_head, audit_index, audit_indexed
 
 GENESIS = "0" * 64
 
@@ -142,4 +142,28 @@ def verify_chain(conn, batch: int = 5000) -> Verdict:
         return Verdict(False, count, prev, last + 1 if head.seq > last else head.seq,
                        f"the head says {head.seq} rows ending in {head.hash[:12]}..., the table ends at {last}",
                        anchor)
+    hidden = first_unsearchable(conn, anchor)
+    if hidden is not None:
+        return Verdict(False, count, prev, hidden, "it has no search values although audit_indexed says it has "
+                       "(a search would never find it)", anchor)
     return Verdict(True, count, prev, anchor_seq=anchor)
+
+
+def first_unsearchable(conn, anchor: int, batch: int = 1000) -> int | None:
+    """The first event up to the fold's watermark that should have search values and has
+    none: moving the watermark by hand would otherwise hide events from every search while
+    the chain still verifies. (fhirimg's events always have some - their action and codes;
+    an event without a coded value has none to write, so it is not a gap.)"""
+    indexed = conn.execute(select(audit_indexed.c.seq).where(audit_indexed.c.id == 1)).scalar() or 0
+    e, i = audit_event, audit_index
+    after = anchor
+    while True:
+        rows = conn.execute(select(e.c.seq, e.c.event).where(
+            e.c.seq > after, e.c.seq <= indexed, ~exists(select(i.c.seq).where(i.c.seq == e.c.seq)))
+            .order_by(e.c.seq).limit(batch)).all()
+        for seq, event in rows:
+            if index_values(orjson.loads(event)):
+                return seq
+        if len(rows) < batch:
+            return None
+        after = rows[-1].seq

@@ -121,8 +121,11 @@ class GroupCommitter:
                 append_events(self.conn, rows)
                 raw.commit()
             except BaseException:
-                if raw.in_transaction:
-                    raw.rollback()
+                try:
+                    if raw.in_transaction:
+                        raw.rollback()
+                except Exception:  # noqa: BLE001 - a closed connection: the first error is the one to raise
+                    pass
                 raise
         finally:
             gate.leave(raw)

@@ -1,4 +1,5 @@
-"""Search values of an AuditEvent (the R5 AuditEvent search parameters), written with it.
+"""Search values of an AuditEvent (the R5 AuditEvent search parameters): written with it on
+PostgreSQL, folded in behind the chain on SQLite (audit/fold.py).
 
 One row per value: a token as (system, code) - ``code`` alone finds any system, ``system|code``
 one - a reference as ``Type/id`` with no system (an entity that names a version,

@@ -28,7 +28,8 @@ audit_event = Table(
 )
 
 # One row per (event, search parameter, value): tokens and identifiers as (system, value),
-# references as (NULL, "Type/id"). Derived from the event (audit/index.py), written with it.
+# references as (NULL, "Type/id"). Derived from the event (audit/index.py): written with it on
+# PostgreSQL, folded in behind the chain on SQLite (audit/fold.py).
 audit_index = Table(
     "audit_index", metadata,
     Column("seq", SEQ, nullable=False),

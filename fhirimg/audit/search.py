@@ -36,6 +36,7 @@ class AuditQuery:
     cursor: str | None = None
     canonical: str = ""
     total: bool = False
+    uses_index: bool = False  # a condition reads audit_index (SQLite: fold first, audit/fold.py)
 
 
 def parse_query(params: list[tuple[str, str]], default_count: int, max_count: int, base: str) -> AuditQuery:
@@ -56,6 +57,7 @@ def parse_query(params: list[tuple[str, str]], default_count: int, max_count: in
         if not values or len(values) > MAX_VALUES or not all(values):
             raise Invalid(f"{name} needs 1 to {MAX_VALUES} non-empty values", [name])
         query.conditions.append(or_(*[condition(code, modifier, v, name, base) for v in values]))
+        query.uses_index = query.uses_index or code not in DATES | {"_id"}
         kept.append((name, value))
     query.canonical = orjson.dumps(sorted(kept) + [("_sort", query.newest_first)]).decode()
     return query

@@ -158,3 +158,58 @@ def test_audit_status_says_how_many_events_wait_for_their_search_values(audited,
     status = audit_status(audited, config)
     assert status.search_backlog == 0 and "search values: up to date" in status.describe()
     assert status.to_json()["search_backlog"] == 0
+
+
+@SQLITE_ONLY
+def test_verify_names_the_first_event_a_moved_watermark_hides_from_search(audited):
+    """The watermark is the one row of the trail that is updated: moving it by hand past
+    events without search values would hide them from every search; verify says so."""
+    from fhirimg.audit.chain import verify_chain
+    rows = reads(20)
+    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        append_events(conn, rows[:5])
+    catch_up(audited)
+    with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+        append_events(conn, rows[5:])
+    with audited.connect() as conn:
+        assert verify_chain(conn).ok
+    with audited.begin() as conn:
+        conn.execute(text("UPDATE audit_indexed SET seq = 20 WHERE id = 1"))
+    with audited.connect() as conn:
+        verdict = verify_chain(conn)
+    assert not verdict.ok and verdict.broken_at == 6 and "search" in verdict.reason
+
+
+@SQLITE_ONLY
+def test_an_event_whose_values_cannot_be_folded_does_not_fail_the_requests_after_it(audited, monkeypatch, caplog):
+    import fhirimg.audit.fold as fold_module
+    gc = GroupCommitter(audited)
+    rows = reads(FOLD_AT + 10)
+    for row in rows[:FOLD_AT - 1]:
+        gc.record([row])
+
+    def broken(event):
+        raise ValueError("a value the index cannot hold")
+    monkeypatch.setattr(fold_module, "index_values", broken)
+    for row in rows[FOLD_AT - 1:]:
+        gc.record([row])  # each of these tries to fold, fails inside its savepoint, and commits its own event
+    index, watermark, head = counts(audited)
+    assert (index, watermark, head) == (0, 0, FOLD_AT + 10)
+    assert "not folded in" in caplog.text
+    monkeypatch.undo()
+    assert catch_up(audited) == FOLD_AT + 10 and counts(audited)[0] == expected_index(rows)
+
+
+@SQLITE_ONLY
+def test_a_search_by_date_alone_does_not_fold(client, engine):
+    """Only a condition on audit_index needs the values folded in first (a write lock)."""
+    assert client.get("/fhir/Patient?_count=1").status_code == 200
+    with engine.connect() as conn:
+        waiting = backlog(conn)
+    assert waiting >= 1
+    assert client.get("/fhir/AuditEvent?date=ge2000-01-01").status_code == 200
+    with engine.connect() as conn:
+        assert backlog(conn) >= waiting  # nothing folded (and this search's own event waits too)
+    assert client.get("/fhir/AuditEvent?code=search-type").status_code == 200
+    with engine.connect() as conn:
+        assert backlog(conn) <= 1  # folded up to the search (its own event is after it)

@@ -85,12 +85,21 @@ def test_the_root_of_a_portless_loopback_host_is_never_cached_across_sockets(sit
             assert dicomweb.own_base() == f"http://localhost:{port}/dicom-web"
 
 
-def test_forged_hosts_cannot_grow_the_root_cache(site):
+def test_the_root_cache_stops_growing_at_its_bound(site):
     from fhirimg.api import dicomweb
     from fhirimg.api.negotiation import ROOTS_CACHED
-    for n in range(3 * ROOTS_CACHED):
-        with site.application.test_request_context("/dicom-web/studies", headers={"Host": f"evil{n}.example"}):
-            assert dicomweb.own_base() == "http://127.0.0.1:8123/dicom-web"
+    for n in range(ROOTS_CACHED + 10):  # loopback names with distinct ports: each its own key
+        with site.application.test_request_context("/dicom-web/studies", headers={"Host": f"localhost:{9000 + n}"}):
+            assert dicomweb.own_base() == f"http://localhost:{9000 + n}/dicom-web"
     assert len(site.application.extensions["fhirimg.public_roots"]) == ROOTS_CACHED
     with site.application.test_request_context("/dicom-web/studies", headers={"Host": "pacs.example.org"}):
-        assert dicomweb.own_base() == "http://pacs.example.org/dicom-web"  # computed, not cached
+        assert dicomweb.own_base() == "http://pacs.example.org/dicom-web"  # answered, not cached
+    assert len(site.application.extensions["fhirimg.public_roots"]) == ROOTS_CACHED
+
+
+def test_forged_hosts_take_no_place_in_the_root_cache(site):
+    from fhirimg.api import dicomweb
+    for n in range(10):
+        with site.application.test_request_context("/dicom-web/studies", headers={"Host": f"evil{n}.example"}):
+            assert dicomweb.own_base() == "http://127.0.0.1:8123/dicom-web"
+    assert site.application.extensions.get("fhirimg.public_roots", {}) == {}

@@ -78,6 +78,24 @@ def test_writes_after_the_upgrade_continue_the_history_and_the_chain(upgraded, b
     assert result.exit_code == 0 and result.output.startswith("OK: "), result.output
 
 
+def test_the_release_events_are_searchable_once_after_the_upgrade(upgraded, config):
+    """0004_audit_indexed starts the fold's watermark at the head: the release's events already
+    have their search values, and none is folded in a second time."""
+    engine, (seq, _), _ = upgraded
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT seq FROM audit_indexed WHERE id = 1")).scalar() == seq
+        before = conn.execute(text("SELECT count(*) FROM audit_index")).scalar()
+    client = authorized(create_app(config, engine=engine))
+    found = client.get("/fhir/AuditEvent?action=R,C,U,D,E&_count=1000").json
+    ids = [int(e["resource"]["id"]) for e in found["entry"] if int(e["resource"]["id"]) <= seq]
+    assert sorted(ids) == list(range(1, seq + 1))
+    with engine.connect() as conn:
+        repeated = conn.execute(text("SELECT count(*) FROM (SELECT seq, param, value FROM audit_index WHERE seq <= :s "
+                                     "GROUP BY seq, param, system, value HAVING count(*) > 1) AS r"), {"s": seq}).scalar()
+        assert repeated == 0 and conn.execute(text("SELECT count(*) FROM audit_index WHERE seq <= :s"),
+                                              {"s": seq}).scalar() == before
+
+
 def test_upgrade_refuses_a_database_whose_tables_differ_and_changes_nothing(release_engine, config_file):
     with release_engine.begin() as conn:
         conn.execute(text("ALTER TABLE site_identity ADD COLUMN note TEXT"))

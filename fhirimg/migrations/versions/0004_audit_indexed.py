@@ -26,6 +26,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":  # the append before this revision, which knew no audit_indexed
+        from fhirimg.migrations.baseline import POSTGRES_APPEND_FUNCTION as BEFORE
+        op.get_bind().exec_driver_sql(BEFORE)
     op.drop_table("audit_indexed")
 
 
