@@ -7,7 +7,8 @@ appended alone, and the search values follow in batches: an appending transactio
 ``FOLD_AT`` or more events without them folds up to ``FOLD_MAX`` in (events of one batch
 share most leaves: the same client, action, outcome and codes). One request in ``FOLD_AT``
 pays ~10 ms; the rest pay nothing. What is searched is never behind: an
-AuditEvent search first folds whatever is left (``catch_up``).
+AuditEvent search on any parameter but date and _id first folds whatever is left
+(``catch_up``).
 
 ``audit_indexed.seq`` says how far the fold has got. It moves in the transaction that writes
 the rows, under SQLite's write lock, so a crash or two processes folding at once can neither
@@ -36,6 +37,7 @@ CATCH_UP_BATCH = 2000  # a search waiting for the fold takes bigger bites
 WATERMARK_SQL = "SELECT seq FROM audit_indexed WHERE id = 1"
 HEAD_SEQ_SQL = "SELECT seq FROM audit_head WHERE id = 1"
 EVENTS_SQL = "SELECT seq, event FROM audit_event WHERE seq > ? ORDER BY seq LIMIT ?"
+ANCHOR_SQL = "SELECT COALESCE(MAX(through_seq), 0) FROM audit_anchor"
 
 
 def fold_behind(conn, head: int) -> int:
@@ -43,11 +45,12 @@ def fold_behind(conn, head: int) -> int:
     FOLD_AT events or more wait. Inside a savepoint: an event whose search values cannot be
     written must not fail the appender's own event (every request would answer 503); the
     fold is logged and left to the next appender or search, which say so again."""
-    if head - driver.fetch_all(conn, WATERMARK_SQL)[0][0] < FOLD_AT:
+    done = driver.fetch_all(conn, WATERMARK_SQL)[0][0]
+    if head - done < FOLD_AT:
         return 0
     driver.run(conn, "SAVEPOINT audit_fold")
     try:
-        count = fold(conn, FOLD_MAX)
+        count = fold(conn, FOLD_MAX, done=done)
     except Exception:  # noqa: BLE001 - the chain row is what must commit
         driver.run(conn, "ROLLBACK TO audit_fold")
         driver.run(conn, "RELEASE audit_fold")
@@ -57,10 +60,12 @@ def fold_behind(conn, head: int) -> int:
     return count
 
 
-def fold(conn, limit: int, through: int | None = None) -> int:
-    """Index up to `limit` events past the watermark (and at most up to seq `through`), in
-    the caller's SQLite write transaction; how many were indexed."""
-    done = driver.fetch_all(conn, WATERMARK_SQL)[0][0]
+def fold(conn, limit: int, through: int | None = None, done: int | None = None) -> int:
+    """Index up to `limit` events past the watermark `done` (read here unless the caller in
+    this transaction has it), at most up to seq `through`, in the caller's SQLite write
+    transaction; how many were indexed."""
+    if done is None:
+        done = driver.fetch_all(conn, WATERMARK_SQL)[0][0]
     if through is not None:
         limit = min(limit, max(through - done, 0))
         if not limit:
@@ -79,9 +84,6 @@ def backlog(conn) -> int:
     head = driver.fetch_all(conn, HEAD_SEQ_SQL)[0][0]
     done = max(driver.fetch_all(conn, WATERMARK_SQL)[0][0], driver.fetch_all(conn, ANCHOR_SQL)[0][0])
     return max(head - done, 0)
-
-
-ANCHOR_SQL = "SELECT COALESCE(MAX(through_seq), 0) FROM audit_anchor"
 
 
 def catch_up(engine, batch: int = CATCH_UP_BATCH) -> int:
