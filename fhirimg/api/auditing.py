@@ -2,10 +2,11 @@
 
 Writes are recorded by the unit of work, in the transaction that writes them (the actor
 made here names the client). Everything else a request does - reads, searches, history,
-DICOMweb, $retrieve, token requests - is committed by its view as it notes it (``note``),
-through the process's group committer, before the answer is built; refusals, failures and
-writes that wrote nothing are recorded by ``finish`` (after_request), before the first
-byte goes out. If the events cannot be made durable the client gets a 503, not the data.
+DICOMweb, $retrieve, token requests - is handed to the process's group committer by its view
+as it notes it (``note``), so that it commits while the answer is built; refusals, failures
+and writes that wrote nothing are noted by ``finish`` (after_request), which then waits for
+every event of the request to be durable before the first byte goes out. If they cannot be
+made durable the client gets a 503, not the data.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from flask import Flask, Response, current_app, g, request
 
 from ..audit.committer import AuditUnavailable, GroupCommitter
 from ..audit.events import Actor, event_rows
+from ..audit.fold import FOLD_AT
 from ..audit.writes import patient_of
 from ..resources import is_valid_id
 
@@ -56,8 +58,8 @@ def note(interaction: str, *, resources=(), patients=(None,), query: str | None 
     so that they commit while the view builds its answer; ``finish`` waits for them."""
     item = Note(interaction, list(patients) or [None], list(resources), query, dict(details or {}), status, reason)
     g.setdefault("audit_notes", []).append(item)
-    if is_audited():  # committed now (AuditUnavailable is a 503 like any FhirError)
-        committer().record(rows_of([item], item.status or 200))
+    if is_audited():  # (AuditUnavailable, on SQLite, is a 503 like any FhirError)
+        g.setdefault("audit_tickets", []).append(committer().submit(rows_of([item], item.status or 200)))
 
 
 def note_read(interaction: str, stored) -> None:
@@ -167,21 +169,27 @@ def rows_of(notes: list[Note], status: int) -> list:
 
 def finish(response: Response) -> Response:
     """Before the first byte: a request whose view noted nothing (a refusal, a failure, a write
-    that wrote nothing) is recorded here, or answered 503. A request that failed after its
-    view noted what it did records the failure as well."""
+    that wrote nothing) is noted here; then every event of the request must be durable, or
+    the answer is a 503. A request that failed after its view noted what it did records the
+    failure as well."""
     if not is_audited():
         return response
+    gc = committer()
     status = response.status_code
-    if status < 400 and g.get("audit_notes"):
-        return response  # the view's notes were committed as it made them
-    fallback = default_note(status)
-    if fallback is None:
-        return response
+    tickets = g.get("audit_tickets", [])
     try:
-        committer().record(rows_of([fallback], status))
+        fallback = None if status < 400 and g.get("audit_notes") else default_note(status)
+        if fallback is not None:
+            tickets.append(gc.submit(rows_of([fallback], status)))
+        for ticket in tickets:
+            gc.wait(ticket)
     except AuditUnavailable as error:
         from .negotiation import error_response
         return error_response(error)
+    if gc.pipelined:
+        gc.counted(sum(len(uow.written) for uow in g.get("audit_units", ())))
+        if gc.since_fold >= FOLD_AT:  # the search values this process left behind, once the answer is out
+            response.call_on_close(gc.fold_if_due)
     return response
 
 

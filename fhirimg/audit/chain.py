@@ -48,8 +48,8 @@ def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended 
     order). Prebuilt SQL on the driver's cursor: this runs for every write and for every
     group of reads (Core statements cost ~1 ms more a group).
 
-    PostgreSQL writes the events' search values in the same statement; on SQLite they follow
-    in batches (audit/fold.py)."""
+    Their search values follow in batches (audit/fold.py): on SQLite an appender folds when
+    enough wait; on PostgreSQL the group committer does, after a response has gone out."""
     if not events:
         return None
     if conn.dialect.name == "postgresql":
@@ -72,14 +72,19 @@ def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended 
 def append_postgres(conn, events: list[tuple[dict, str | None, int]]) -> Appended:
     """One statement (schema.POSTGRES_APPEND_FUNCTION): PostgreSQL numbers and chains the
     events under the head's lock with the same hash as row_hash."""
-    rows, index_rows = [], []
-    for n, (event, patient, recorded_ms) in enumerate(events, 1):
-        rows.append({"recorded_ms": recorded_ms, "patient": bounded_id(patient),
-                     "event": canonical_json(event).decode("utf-8")})
-        index_rows += [{"n": n, "param": param, "system": system, "value": value}
-                       for param, system, value in index_values(event)]
-    first, last, head = driver.fetch_all(conn, APPEND_SQL, (driver.json_rows(rows), driver.json_rows(index_rows)))[0]
+    first, last, head = driver.fetch_all(conn, APPEND_SQL, (postgres_rows([postgres_event(e) for e in events]),))[0]
     return Appended(first, last, head)
+
+
+def postgres_event(row: tuple[dict, str | None, int]) -> dict:
+    """One (event, patient id, recorded ms) row as the append function takes it."""
+    event, patient, recorded_ms = row
+    return {"recorded_ms": recorded_ms, "patient": bounded_id(patient), "event": canonical_json(event).decode("utf-8")}
+
+
+def postgres_rows(items: list[dict]) -> str:
+    """The append function's argument: the rows as one JSON text, in chain order."""
+    return driver.json_rows(items)
 
 
 def bounded_id(patient: str | None) -> str | None:
@@ -88,7 +93,7 @@ def bounded_id(patient: str | None) -> str | None:
 
 HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1"
 LOCK_HEAD_SQL = HEAD_SQL + " FOR UPDATE"  # PostgreSQL: what a prune holds while it re-anchors
-APPEND_SQL = "SELECT first_seq, last_seq, head_hash FROM fhirimg_audit_append(%s::json, %s::json)"
+APPEND_SQL = "SELECT first_seq, last_seq, head_hash FROM fhirimg_audit_append(%s::json)"
 
 
 @dataclass

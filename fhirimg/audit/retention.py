@@ -24,6 +24,7 @@ from ..store.records import format_instant
 from .chain import LOCK_HEAD_SQL, append_events, chain_start
 from .cursors import audit_export, export_watermark
 from .events import Actor, event_rows
+from .fold import FOLD_SQL
 from .portable import exported_resource
 from .schema import audit_anchor, audit_event, audit_head, audit_index
 
@@ -163,6 +164,8 @@ def prune_audit(engine, retention_days: int, actor: Actor, clock: Clock = now_ms
     now = clock()
     with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
         lock_head(conn)
+        if conn.dialect.name == "postgresql":  # a fold under way would index events pruned here
+            driver.fetch_all(conn, FOLD_SQL["postgresql"].watermark)
         plan = plan_prune(conn, retention_days, now)
         if dry_run or plan.through_seq <= plan.anchor:
             return plan

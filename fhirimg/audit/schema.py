@@ -2,7 +2,7 @@
 
 ``audit_event`` holds the chained events, ``audit_index`` the search values of each (R5
 AuditEvent search parameters), ``audit_head`` the chain's last seq and hash, ``audit_indexed``
-how far ``audit_index`` has got (on SQLite it is written behind the chain: audit/fold.py). Rows may be
+how far ``audit_index`` has got (it is written behind the chain: audit/fold.py). Rows may be
 deleted only at or below the retention anchor (``audit_anchor``), which ``fhirimg audit
 prune`` raises in the same transaction, after an export, recording the prune as an event.
 """
@@ -28,8 +28,8 @@ audit_event = Table(
 )
 
 # One row per (event, search parameter, value): tokens and identifiers as (system, value),
-# references as (NULL, "Type/id"). Derived from the event (audit/index.py): written with it on
-# PostgreSQL, folded in behind the chain on SQLite (audit/fold.py).
+# references as (NULL, "Type/id"). Derived from the event (audit/index.py), folded in behind
+# the chain (audit/fold.py).
 audit_index = Table(
     "audit_index", metadata,
     Column("seq", SEQ, nullable=False),
@@ -48,9 +48,9 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
-# One row: every event up to seq has its search values in audit_index. PostgreSQL writes them
-# in the append statement and moves this with the head; SQLite folds them in behind the chain
-# (audit/fold.py), since there each index row lands on its own page of the WAL.
+# One row: every event up to seq has its search values in audit_index. They are folded in
+# behind the chain (audit/fold.py): written with each event they were most of the cost of
+# making a read's event durable, on both databases.
 audit_indexed = Table(
     "audit_indexed", metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
@@ -107,12 +107,13 @@ for _table in (audit_event, audit_index, audit_anchor):
     event.listen(_table, "after_create", _append_only)
 
 
-# PostgreSQL: lock the head, chain, insert events and search values, move the head - one
-# statement, so that the group committer's autocommit connection records a group in one
-# round trip (a read's event cost three before: lock, insert, commit). The hash is the
-# one chain.row_hash computes: SHA-256 of prev_hash, "\n", seq, "\n", the event's UTF-8.
+# PostgreSQL: lock the head, chain and insert the events, move the head - one statement, so
+# that the group committer's autocommit connection records a group in one round trip (a
+# read's event cost three before: lock, insert, commit). The hash is the one chain.row_hash
+# computes: SHA-256 of prev_hash, "\n", seq, "\n", the event's UTF-8. The search values
+# follow behind the chain, as on SQLite (audit/fold.py).
 POSTGRES_APPEND_FUNCTION = r"""
-CREATE OR REPLACE FUNCTION fhirimg_audit_append(events json, search json)
+CREATE OR REPLACE FUNCTION fhirimg_audit_append(events json)
 RETURNS TABLE (first_seq bigint, last_seq bigint, head_hash text) LANGUAGE plpgsql AS $$
 DECLARE
     h_seq bigint; h_hash text; e record; digest text;
@@ -121,18 +122,12 @@ BEGIN
     first_seq := h_seq + 1;
     FOR e IN SELECT * FROM json_to_recordset(events) AS x(recorded_ms bigint, patient text, event text) LOOP
         h_seq := h_seq + 1;
-        digest := encode(sha256(convert_to(h_hash || E'
-' || h_seq::text || E'
-' || e.event, 'UTF8')), 'hex');
+        digest := encode(sha256(convert_to(h_hash || E'\n' || h_seq::text || E'\n' || e.event, 'UTF8')), 'hex');
         INSERT INTO audit_event (seq, recorded_ms, patient, event, prev_hash, row_hash)
         VALUES (h_seq, e.recorded_ms, e.patient, e.event, h_hash, digest);
         h_hash := digest;
     END LOOP;
-    INSERT INTO audit_index (seq, param, system, value)
-    SELECT first_seq - 1 + x.n, x.param, x.system, x.value
-    FROM json_to_recordset(search) AS x(n bigint, param text, system text, value text);
     UPDATE audit_head SET seq = h_seq, hash = h_hash WHERE id = 1;
-    UPDATE audit_indexed SET seq = h_seq WHERE id = 1;
     last_seq := h_seq;
     head_hash := h_hash;
     RETURN NEXT;

@@ -1,9 +1,10 @@
-"""Search values written behind the chain (audit/fold.py): on SQLite an event's search values
-are folded into audit_index after its commit, never lost, never twice, always there before a
-search; on PostgreSQL the append writes them itself and there is nothing to fold."""
+"""Search values written behind the chain (audit/fold.py): an event's search values are folded
+into audit_index after its commit, never lost, never twice, always there before a search. On
+SQLite an appender folds; on PostgreSQL the committer's process does, after a response."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from sqlalchemy import text
@@ -52,9 +53,11 @@ def test_search_values_are_complete_after_catch_up_and_never_repeated(audited):
     for row in rows:
         gc.record([row])
     index, watermark, head = counts(audited)
-    if audited.dialect.name == "postgresql":
-        assert (index, watermark, head) == (expected_index(rows), 150, 150)
-        assert catch_up(audited) == 0
+    if audited.dialect.name == "postgresql":  # nothing folded until a response has gone out
+        assert (index, watermark, head) == (0, 0, 150) and gc.since_fold == 150
+        assert gc.fold_if_due() == 150 and gc.since_fold == 0
+        assert counts(audited) == (expected_index(rows), 150, 150)
+        assert gc.fold_if_due() == 0 and catch_up(audited) == 0
         return
     assert head == 150 and 150 - FOLD_AT < watermark < 150  # the appenders folded, in batches
     assert index == expected_index(rows[:watermark])
@@ -63,7 +66,8 @@ def test_search_values_are_complete_after_catch_up_and_never_repeated(audited):
     assert catch_up(audited) == 0 and counts(audited)[0] == expected_index(rows)
 
 
-SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL has nothing to fold (tested above)
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])  # appenders fold there (PostgreSQL: below)
+POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgres"])
 
 
 @SQLITE_ONLY
@@ -115,7 +119,6 @@ def test_folders_racing_each_other_write_each_value_once(audited):
     assert repeated == []
 
 
-@SQLITE_ONLY
 def test_a_fold_that_fails_leaves_neither_rows_nor_a_moved_watermark(audited):
     with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
         append_events(conn, reads(40))
@@ -147,7 +150,6 @@ def test_a_search_finds_an_event_recorded_just_before_it(client, engine):
         assert backlog(conn) <= 2  # at most this search's own events wait
 
 
-@SQLITE_ONLY
 def test_audit_status_says_how_many_events_wait_for_their_search_values(audited, config):
     from fhirimg.audit.status import audit_status
     with audited.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
@@ -160,7 +162,6 @@ def test_audit_status_says_how_many_events_wait_for_their_search_values(audited,
     assert status.to_json()["search_backlog"] == 0
 
 
-@SQLITE_ONLY
 def test_verify_names_the_first_event_a_moved_watermark_hides_from_search(audited):
     """The watermark is the one row of the trail that is updated: moving it by hand past
     events without search values would hide them from every search; verify says so."""
@@ -200,7 +201,6 @@ def test_an_event_whose_values_cannot_be_folded_does_not_fail_the_requests_after
     assert catch_up(audited) == FOLD_AT + 10 and counts(audited)[0] == expected_index(rows)
 
 
-@SQLITE_ONLY
 def test_a_search_by_date_alone_does_not_fold(client, engine):
     """Only a condition on audit_index needs the values folded in first (a write lock)."""
     assert client.get("/fhir/Patient?_count=1").status_code == 200
@@ -213,3 +213,101 @@ def test_a_search_by_date_alone_does_not_fold(client, engine):
     assert client.get("/fhir/AuditEvent?code=search-type").status_code == 200
     with engine.connect() as conn:
         assert backlog(conn) <= 1  # folded up to the search (its own event is after it)
+
+
+@POSTGRES_ONLY
+def test_a_server_folds_what_it_appended_once_its_answers_are_out(client, engine):
+    """PostgreSQL: no appender folds (it holds the chain head); the process folds after a
+    response once it has appended FOLD_AT events, its reads and its writes alike."""
+    created = client.post("/fhir/Patient", json={"resourceType": "Patient"})
+    pid = created.get_json()["id"]
+    seen = []
+    for _ in range(FOLD_AT + 20):
+        answer = client.get(f"/fhir/Patient/{pid}")
+        assert answer.status_code == 200
+        answer.close()  # what the WSGI server does once the body is out
+        with engine.connect() as conn:
+            seen.append(backlog(conn))
+    assert max(seen) <= FOLD_AT + 1  # the token request, the create and FOLD_AT - 1 reads at most
+    assert min(seen[FOLD_AT - 5:]) < 5  # and folded, without a search
+
+
+@POSTGRES_ONLY
+def test_a_fold_after_a_response_that_fails_is_logged_and_retried(audited, monkeypatch, caplog):
+    import fhirimg.audit.fold as fold_module
+    gc = GroupCommitter(audited)
+    rows = reads(FOLD_AT + 10)
+    monkeypatch.setattr(fold_module, "index_values", lambda event: 1 / 0)
+    for row in rows:
+        gc.record([row])  # the events commit: their search values are not their commit's business
+    assert gc.fold_if_due() == 0 and "not folded in" in caplog.text
+    assert counts(audited) == (0, 0, FOLD_AT + 10)
+    monkeypatch.undo()
+    assert catch_up(audited) == FOLD_AT + 10 and counts(audited)[0] == expected_index(rows)
+
+
+@POSTGRES_ONLY
+def test_events_are_sent_at_submit_and_durable_when_wait_returns(audited):
+    """Pipelined: submit sends the append and returns while PostgreSQL works on it (here,
+    blocked behind another transaction's lock on the chain head); wait returns once it
+    has committed, and the answer read by one waiter settles every ticket it carried."""
+    gc = GroupCommitter(audited)
+    rows = reads(3)
+    with audited.connect() as blocker:
+        blocker.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
+        started = time.monotonic()
+        first = gc.submit([rows[0]])
+        second, third = gc.submit([rows[1]]), gc.submit([rows[2]])  # wait for the next append
+        assert time.monotonic() - started < 1.0 and not first.done
+        assert gc.inflight == [first] and gc.waiting == [second, third]
+        done = threading.Event()
+        waiter = threading.Thread(target=lambda: (gc.wait(third), done.set()))
+        waiter.start()
+        assert not done.wait(0.3)  # still behind the lock: not durable, not answered
+        blocker.rollback()
+    waiter.join(10)
+    assert done.is_set() and first.done and second.done and third.done
+    assert gc.commits == 2  # the first append, then the two that gathered behind it
+    gc.wait(first)
+    assert counts(audited)[2] == 3
+
+
+@POSTGRES_ONLY
+def test_an_append_that_fails_fails_its_group_and_the_next_one_commits(audited, caplog):
+    from fhirimg.audit.committer import AuditUnavailable
+    gc = GroupCommitter(audited, timeout=0.5)  # the committer's lock_timeout
+    rows = reads(2)
+    with audited.connect() as blocker:
+        blocker.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
+        ticket = gc.submit([rows[0]])
+        with pytest.raises(AuditUnavailable):
+            gc.wait(ticket)
+        blocker.rollback()
+    assert "audit events not recorded" in caplog.text
+    gc.record([rows[1]])
+    assert counts(audited)[2] == 1
+
+
+@POSTGRES_ONLY
+def test_concurrent_requests_share_appends_and_lose_none(audited):
+    gc = GroupCommitter(audited)
+    rows = reads(400)
+    errors = []
+
+    def request(chunk):
+        try:
+            for row in chunk:
+                gc.wait(gc.submit([row]))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(rows[n::8],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and counts(audited)[2] == 400
+    assert gc.commits <= 400 and gc.inflight is None and gc.waiting == []
+    with audited.connect() as conn:
+        from fhirimg.audit.chain import verify_chain
+        assert verify_chain(conn).ok

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic import command
 from sqlalchemy import text
 
@@ -64,3 +65,40 @@ def test_every_module_that_registers_tables_is_imported_for_a_new_database():
         [sys.executable, "-c", "import sys; from fhirimg.migrations.tables import all_metadata; all_metadata(); "
          "print('\\n'.join(sys.modules))"], check=True, capture_output=True, text=True).stdout.split()
     assert [name for name in registering if name not in imported] == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_going_back_before_0005_folds_what_waits_and_appends_as_0004_did(bare_engine):
+    """0005 leaves PostgreSQL's search values to the fold; its downgrade writes those still
+    waiting (0004's append moves the watermark with the head, so they would never be
+    found), and 0004's append writes them itself again. Up again, the fold takes over."""
+    from fhirimg.audit.chain import append_events
+    from fhirimg.audit.events import Actor, event_rows
+    from fhirimg.audit.fold import backlog
+    from fhirimg.store.engine import WRITE_OPTION
+
+    def append(count):
+        actor = Actor("client-a", "site-1")
+        with bare_engine.connect().execution_options(**{WRITE_OPTION: True}) as conn, conn.begin():
+            for n in range(count):
+                append_events(conn, event_rows(actor.act("read", 1_700_000_000_000 + n,
+                                                         resources=[f"ImagingStudy/s{n}"]), [None]))
+
+    def state():
+        with bare_engine.connect() as conn:
+            return backlog(conn), conn.execute(text("SELECT count(DISTINCT seq) FROM audit_index")).scalar()
+
+    run_revisions_from_nothing(bare_engine)
+    append(7)
+    assert state() == (7, 0)
+    with schema_lock(bare_engine) as conn:
+        command.downgrade(PACKAGED.config(conn), "0004_audit_indexed")
+    assert state() == (0, 7)
+    with bare_engine.connect() as conn, conn.begin():  # 0004's two-argument append, search values included
+        conn.execute(text("SELECT fhirimg_audit_append(CAST(:e AS json), CAST('[]' AS json))"),
+                     {"e": '[{"recorded_ms": 1, "patient": null, "event": "{}"}]'})
+    assert state() == (0, 7)  # its watermark moved with the head
+    with schema_lock(bare_engine) as conn:
+        command.upgrade(PACKAGED.config(conn), "head")
+    append(2)
+    assert state() == (2, 7)
