@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import gc
 import os
+import traceback
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 
 ISSUE_CODES = {400: "structure", 403: "forbidden", 408: "timeout", 413: "too-long", 414: "too-long",
@@ -66,13 +68,45 @@ class GunicornApplication(BaseApplication):
 ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
 
 
+class AccessLogger(Logger):
+    """gunicorn's logger, with the access line of ACCESS_LOG_FORMAT written directly: the
+    generic one builds a dict of every atom and every request and response header for each
+    request (~3-6% of a small DICOMweb request's CPU, py-spy --gil). Same line, same log."""
+
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        try:
+            rid = next((value for name, value in resp.headers if name.lower() == "x-request-id"), "-")
+            millis = request_time.seconds * 1000 + request_time.microseconds // 1000
+            sent = getattr(resp, "sent", None)
+            self.access_log.info("%s %s \"%s %s %s\" %s %s %sms rid=%s", environ.get("REMOTE_ADDR", "-"), self.now(),
+                                 environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", "-"),
+                                 environ.get("SERVER_PROTOCOL", "-"), str(resp.status).split(None, 1)[0],
+                                 "-" if sent is None else sent, millis, rid)
+        except Exception:  # noqa: BLE001 - as gunicorn's own: a log line never fails a request
+            self.error(traceback.format_exc())
+
+
 def resident_mb() -> float:
-    """This process's resident memory now (Linux /proc; 0 elsewhere)."""
+    """This process's resident memory now (Linux /proc; 0 elsewhere). Read after every
+    request: the file stays open (per process: /proc/self is the opener's), and each read
+    at offset 0 is a fresh figure (open, read and close cost ~20 us a request)."""
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return int(os.pread(statm_fd(), 128, 0).split()[1]) * PAGE_SIZE / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_statm: tuple[int, int] | None = None  # (pid, fd)
+
+
+def statm_fd() -> int:
+    global _statm
+    if _statm is None or _statm[0] != os.getpid():
+        _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+    return _statm[1]
 
 
 def recycle_when_large(limit_mb: int):
@@ -92,7 +126,7 @@ def gunicorn_options(serve: dict) -> dict:
             "worker_class": "fhirimg.intake.worker.IntakeWorker",
             "max_requests": serve["max_requests"], "max_requests_jitter": serve["max_requests_jitter"],
             "post_request": recycle_when_large(serve["max_worker_memory_mb"]),
-            "accesslog": "-", "access_log_format": ACCESS_LOG_FORMAT,
+            "accesslog": "-", "access_log_format": ACCESS_LOG_FORMAT, "logger_class": "fhirimg.serve.AccessLogger",
             "graceful_timeout": 10, "limit_request_line": 8190,
             # gunicorn >= 24 opens a control socket at one fixed path in $HOME: a second
             # instance on the machine (tests, a replica, bench) would take it over.
