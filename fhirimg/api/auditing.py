@@ -184,6 +184,7 @@ def finish(response: Response) -> Response:
         for ticket in tickets:
             gc.wait(ticket)
     except AuditUnavailable as error:
+        gc.kick()  # this request's later events, if its wait gave up before they were sent
         from .negotiation import error_response
         return error_response(error)
     if gc.pipelined:

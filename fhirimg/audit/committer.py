@@ -71,7 +71,9 @@ class GroupCommitter:
         self.folding = False
         self.conn = None
         self.pipe: Pipe | None = None
+        self.inflight_deadline = 0.0
         self.pid = os.getpid()
+        self.inherited: list = []  # a forked child's references to its parent's connections
 
     def record(self, rows: list[tuple[dict, str | None, int]]) -> None:
         """Return once `rows` are committed; AuditUnavailable if they could not be (in time)."""
@@ -83,6 +85,7 @@ class GroupCommitter:
         ticket = Ticket(rows, done=not rows)
         if ticket.done:
             return ticket
+        self.after_fork()
         if not self.pipelined:
             self.lead_until_done(ticket)
             return ticket
@@ -98,7 +101,7 @@ class GroupCommitter:
             deadline = time.monotonic() + self.timeout
             with self.cond:
                 while not ticket.done:
-                    if self.inflight is not None and not self.reading:
+                    if self.inflight is not None and not self.reading and time.monotonic() < deadline:
                         self.read_answer(deadline)
                         continue
                     if self.inflight is None and self.waiting and not self.reading:
@@ -131,13 +134,14 @@ class GroupCommitter:
         batch = self.take_batch()
         self.leading = True
         self.cond.release()
-        error = None
+        error: BaseException | None = RuntimeError("the commit was interrupted")
         try:
             self.commit([row for ticket in batch for row in ticket.rows])
+            error = None
         except Exception as exc:  # noqa: BLE001 - every waiter of the group is told
             log.error("audit events not recorded (%d requests will answer 503): %s", len(batch), exc)
             error = exc
-        finally:
+        finally:  # an interruption (BaseException) fails the group too, and goes on up
             self.cond.acquire()
             self.leading = False
             self.settle(batch, error)
@@ -193,33 +197,61 @@ class GroupCommitter:
     # -- PostgreSQL: pipelined -------------------------------------------------------------
 
     def send(self) -> None:
-        """Send what waits as one append (condition held, nothing in flight)."""
+        """Send what waits as one append (condition held, nothing in flight). A connection is
+        opened with the condition released - a database that does not answer must time out
+        the requests that wait, not hold every other one at the lock - the batch marked in
+        flight and being read meanwhile, so that no one else sends or reads."""
         batch = self.take_batch()
+        self.inflight, self.reading = batch, True
+        error: BaseException | None = RuntimeError("the send was interrupted")
         try:
-            self.ensure_connection()
+            if self.pipe is None:
+                self.cond.release()
+                try:
+                    self.ensure_connection()
+                finally:
+                    self.cond.acquire()
+            self.inflight_deadline = time.monotonic() + self.timeout  # statement_timeout's
             self.pipe.send(postgres_rows([item for ticket in batch for item in ticket.sendable]),
-                           time.monotonic() + self.timeout)
+                           self.inflight_deadline)
+            error = None
         except Exception as exc:  # noqa: BLE001 - every waiter of the group is told
             log.error("audit events not recorded (%d requests will answer 503): %s", len(batch), exc)
-            self.drop_connection()
-            self.settle(batch, exc)
-            return
-        self.inflight = batch
+            error = exc
+        finally:
+            self.reading = False
+            if error is not None:
+                self.inflight = None
+                self.drop_connection()
+                self.settle(batch, error)
+            else:
+                self.cond.notify_all()
 
     def read_answer(self, deadline: float) -> None:
         """Read the answer to the append in flight (condition held; released while reading),
-        settle its group and send what gathered meanwhile."""
+        settle its group and send what gathered meanwhile. A reader whose own time runs out
+        first hands the reading back: the group's time is the append's, not this request's."""
         batch, self.reading = self.inflight, True
+        until = min(deadline, self.inflight_deadline)
         self.cond.release()
-        error = None
+        error: BaseException | None = RuntimeError("reading the answer was interrupted")
         try:
-            self.pipe.receive(deadline)
+            self.pipe.receive(until)
+            error = None
+        except TimeoutError as exc:
+            error = exc
         except Exception as exc:  # noqa: BLE001 - every waiter of the group is told
             log.error("audit events not recorded (%d requests will answer 503): %s", len(batch), exc)
             error = exc
         finally:
             self.cond.acquire()
-            self.reading, self.inflight = False, None
+            self.reading = False
+            if isinstance(error, TimeoutError) and time.monotonic() < self.inflight_deadline:
+                self.cond.notify_all()  # this request's time is up, not the group's: another reads on
+                return
+            if isinstance(error, TimeoutError):
+                log.error("audit events not recorded (%d requests will answer 503): %s", len(batch), error)
+            self.inflight = None
             if error is None:
                 self.commits += 1
                 self.since_fold += sum(len(ticket.rows) for ticket in batch)
@@ -228,6 +260,14 @@ class GroupCommitter:
             self.settle(batch, error)
             if self.waiting:
                 self.send()
+
+    def kick(self) -> None:
+        """Send what waits if nothing is in flight: a request that gave up waiting may leave
+        its later events behind, and an idle process would otherwise never send them."""
+        if self.pipelined:
+            with self.cond:
+                if self.inflight is None and not self.reading and self.waiting:
+                    self.send()
 
     def counted(self, appended: int) -> None:
         """Events this process appended elsewhere (a request's writes): they wait to be folded too."""
@@ -248,15 +288,28 @@ class GroupCommitter:
 
     # -- the connection ----------------------------------------------------------------------
 
+    def after_fork(self) -> None:
+        """A forked child starts afresh: its parent's lock, groups and connection are not its
+        own. The parent's connection is kept referenced, never closed: closing it here would
+        end the parent's session on the socket both share."""
+        if self.pid != os.getpid():
+            self.inherited.append(self.conn)
+            self.cond = threading.Condition()
+            self.conn = self.pipe = self.inflight = None
+            self.waiting, self.reading, self.leading, self.folding = [], False, False, False
+            self.pid = os.getpid()
+
     def ensure_connection(self) -> None:
         # One connection, used by one leader at a time (a pool checkout per group cost ~0.1
-        # ms on SQLite); after an error it is dropped, and a forked child opens its own.
-        if self.conn is None or self.pid != os.getpid():
-            if self.pid != os.getpid():  # the parent's state is not the child's
-                self.conn = self.pipe = self.inflight = None
-                self.waiting, self.reading, self.leading = [], False, False
-            self.conn, self.pid = self.connect(), os.getpid()
-            self.pipe = Pipe(driver.raw_connection(self.conn)) if self.pipelined else None
+        # ms on SQLite); after an error it is dropped and the next group opens another.
+        if self.conn is None:
+            conn = self.connect()
+            try:
+                pipe = Pipe(driver.raw_connection(conn)) if self.pipelined else None
+            except Exception:
+                conn.close()
+                raise
+            self.conn, self.pipe = conn, pipe
 
     def drop_connection(self) -> None:
         if self.conn is not None:
@@ -308,28 +361,32 @@ class Pipe:
     def send(self, param: str, deadline: float) -> None:
         self.pg.send_query_prepared(APPEND_STATEMENT, [param.encode("utf-8")])
         while self.pg.flush():  # 1: more to send (a large group on a full socket buffer)
-            self.ready(select.POLLOUT, deadline)
+            if self.ready(select.POLLOUT | select.POLLIN, deadline) & select.POLLIN:
+                self.pg.consume_input()  # what the server sends meanwhile (libpq's advice)
 
     def receive(self, deadline: float) -> None:
-        """The answer, in full: returns once PostgreSQL has committed; AppendFailed or
-        TimeoutError otherwise."""
+        """The answer, in full (every result, up to the end of the statement): returns once
+        PostgreSQL has committed; AppendFailed or TimeoutError otherwise. Each wait for the
+        socket is bounded; libpq keeps what was read, so a later call goes on from there."""
         from psycopg import pq
+        results = []
         while True:
             self.pg.consume_input()
-            if not self.pg.is_busy():
+            if self.pg.is_busy():
+                self.ready(select.POLLIN, deadline)
+                continue
+            result = self.pg.get_result()  # not busy: does not block
+            if result is None:
                 break
-            self.ready(select.POLLIN, deadline)
-        results = []
-        while (result := self.pg.get_result()) is not None:
             results.append(result)
         if not results or results[0].status != pq.ExecStatus.TUPLES_OK:
             message = results[0].error_message.decode("utf-8", "replace") if results else "no answer"
             raise AppendFailed(message.strip())
 
-    def ready(self, events: int, deadline: float) -> None:
+    def ready(self, events: int, deadline: float) -> int:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("PostgreSQL did not answer the audit append in time")
         poller = select.poll()
         poller.register(self.pg.socket, events | select.POLLERR | select.POLLHUP)
-        poller.poll(remaining * 1000)
+        return sum(mask for _, mask in poller.poll(remaining * 1000))

@@ -161,11 +161,15 @@ def _postgres_engine(url, schema: str | None, echo: bool, pool_size: int) -> Eng
     if schema:
         options.append(f"-csearch_path={schema}")
     connect_args = {"options": " ".join(options)}
+    if "connect_timeout" not in url.query:  # libpq waits for ever for a host that drops packets
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     engine = create_engine(url, echo=echo, connect_args=connect_args, pool_size=pool_size,
                            max_overflow=pool_size * 2)
     ping_after_idle(engine)
     return engine
 
+
+CONNECT_TIMEOUT_SECONDS = 10
 
 # A pooled connection unused for this long is checked before use (the server may have
 # restarted or a firewall dropped it); a busy one is not.

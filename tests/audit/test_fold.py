@@ -311,3 +311,33 @@ def test_concurrent_requests_share_appends_and_lose_none(audited):
     with audited.connect() as conn:
         from fhirimg.audit.chain import verify_chain
         assert verify_chain(conn).ok
+
+
+@POSTGRES_ONLY
+def test_a_reader_whose_own_time_runs_out_hands_the_reading_back(audited):
+    """A request's deadline is its own: when it runs out while the append it reads for is
+    still within the group's time, the group stays in flight for another waiter."""
+    gc = GroupCommitter(audited, timeout=5)
+    rows = reads(1)
+    with audited.connect() as blocker:
+        blocker.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
+        ticket = gc.submit([rows[0]])
+        with gc.cond:
+            gc.read_answer(time.monotonic() + 0.3)
+            assert gc.inflight == [ticket] and not gc.reading and not ticket.done and gc.conn is not None
+        blocker.rollback()
+    gc.wait(ticket)
+    assert ticket.error is None and counts(audited)[2] == 1
+
+
+@POSTGRES_ONLY
+def test_a_forked_child_starts_afresh_and_leaves_its_parents_connection_alone(audited):
+    gc = GroupCommitter(audited)
+    rows = reads(2)
+    gc.record([rows[0]])
+    parents = gc.conn
+    gc.pid = -1  # as a child sees its parent's committer after fork
+    gc.record([rows[1]])
+    assert gc.conn is not parents and not parents.closed and gc.inherited == [parents]
+    assert counts(audited)[2] == 2
+    parents.close()

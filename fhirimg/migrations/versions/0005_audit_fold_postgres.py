@@ -30,8 +30,10 @@ def downgrade() -> None:
     if bind.dialect.name != "postgresql":
         return
     # The append before this revision moves the watermark with the head: everything waiting
-    # is folded in first, or those events would never be found by a search.
+    # is folded in first, or those events would never be found by a search. The head is
+    # locked first (as a prune does), so that no server still running appends behind the fold.
     from fhirimg.audit.fold import fold
+    bind.exec_driver_sql("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
     while fold(bind, 5000):
         pass
     bind.exec_driver_sql("DROP FUNCTION fhirimg_audit_append(json)")
