@@ -121,7 +121,10 @@ def test_every_stored_version_has_exactly_one_write_event_after_20_kills(tmp_pat
                 match = VERSION.match(what)
                 if match:
                     writes[(match[1], match[2], int(match[3]))] += 1
-    assert len(versions) > WRITES // 2  # most writes went through between the kills
+    # Enough writes went through between the kills: about half of the answered ones make a
+    # version (a repeated delete or a patch of a deleted resource makes none; measured 992-1 067
+    # of 2 000, no 5xx), so "more than half" failed now and then on a loaded machine.
+    assert len(versions) > WRITES // 4
     assert {v for v, n in writes.items() if n != 1} == set()  # no version recorded twice
     assert set(writes) == versions  # every version has its event, every event its version
     assert verdict.ok, verdict.describe()
