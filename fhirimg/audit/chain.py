@@ -72,7 +72,7 @@ def append_events(conn, events: list[tuple[dict, str | None, int]]) -> Appended 
 def append_postgres(conn, events: list[tuple[dict, str | None, int]]) -> Appended:
     """One statement (schema.POSTGRES_APPEND_FUNCTION): PostgreSQL numbers and chains the
     events under the head's lock with the same hash as row_hash."""
-    first, last, head = driver.fetch_all(conn, APPEND_SQL, (postgres_rows([postgres_event(e) for e in events]),))[0]
+    first, last, head = driver.fetch_all(conn, APPEND_SQL, (driver.json_rows([postgres_event(e) for e in events]),))[0]
     return Appended(first, last, head)
 
 
@@ -80,11 +80,6 @@ def postgres_event(row: tuple[dict, str | None, int]) -> dict:
     """One (event, patient id, recorded ms) row as the append function takes it."""
     event, patient, recorded_ms = row
     return {"recorded_ms": recorded_ms, "patient": bounded_id(patient), "event": canonical_json(event).decode("utf-8")}
-
-
-def postgres_rows(items: list[dict]) -> str:
-    """The append function's argument: the rows as one JSON text, in chain order."""
-    return driver.json_rows(items)
 
 
 def bounded_id(patient: str | None) -> str | None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from ..errors import FhirError
 from ..store import driver
 from ..store.engine import WRITE_OPTION, writer_gate
-from .chain import APPEND_SQL, append_events, postgres_event, postgres_rows
+from .chain import APPEND_SQL, append_events, postgres_event
 from .fold import FOLD_AT, fold_waiting
 
 log = logging.getLogger("fhirimg.audit")
@@ -212,7 +212,7 @@ class GroupCommitter:
                 finally:
                     self.cond.acquire()
             self.inflight_deadline = time.monotonic() + self.timeout  # statement_timeout's
-            self.pipe.send(postgres_rows([item for ticket in batch for item in ticket.sendable]),
+            self.pipe.send(driver.json_rows([item for ticket in batch for item in ticket.sendable]),
                            self.inflight_deadline)
             error = None
         except Exception as exc:  # noqa: BLE001 - every waiter of the group is told

@@ -11,7 +11,7 @@ in batches (events of one batch share most leaves: the same client, action, outc
   one writer at a time, so nothing else is needed.
 - PostgreSQL: appenders hold the chain head's lock until they commit, so a fold there would
   stall every appender behind it. The group committer counts what its process appended and
-  folds, in its own transaction, after a response has gone out (``fold_due``). Folders
+  folds, in its own transaction, after a response has gone out (``GroupCommitter.fold_if_due``). Folders
   serialize on ``audit_indexed``'s row lock.
 
 What is searched is never behind: an AuditEvent search on any parameter but date and _id
@@ -138,7 +138,7 @@ def catch_up(engine, batch: int = CATCH_UP_BATCH) -> int:
 
 
 def fold_waiting(engine, batch: int = FOLD_MAX, rounds: int = 8) -> int:
-    """PostgreSQL, after a response (GroupCommitter.fold_due): fold what waits, every process's
+    """PostgreSQL, after a response (GroupCommitter.fold_if_due): fold what waits, every process's
     events alike, a batch a transaction; at most `rounds` batches (the next call goes on).
     A failure is logged: searches fold before they read, and ``fhirimg audit status`` shows
     what waits."""
