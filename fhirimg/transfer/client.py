@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import os
 import random
+import socket
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -109,6 +111,7 @@ class TransferClient:
         self._gates: dict[str, EndpointGate] = {}
         self._lock = threading.Lock()
         self.retries = 0  # observed retries, reported in Task.output
+        self._round_trips: dict[str, float] = {}  # origin -> shortest handshake seen (warm)
 
     def close(self) -> None:
         self.session.close()
@@ -182,9 +185,23 @@ class TransferClient:
             thread.start()
         for thread in threads:
             thread.join()
+        self.note_round_trips(url, [getattr(conn, "sock", None) for conn in slots])
         for conn in slots:
             pool._put_conn(conn)
         return len(opened)
+
+    def note_round_trips(self, url: str, socks: list) -> None:
+        rtts = [rtt for rtt in map(socket_rtt, socks) if rtt is not None]
+        if rtts:
+            origin = split_origin(url)
+            with self._lock:
+                self._round_trips[origin] = min(rtts + [self._round_trips.get(origin, rtts[0])])
+
+    def round_trip(self, url: str) -> float | None:
+        """The round-trip time to ``url``'s origin in seconds, as the kernel measured it on the
+        connections ``warm`` opened or found (None before, or where TCP_INFO is not offered)."""
+        with self._lock:
+            return self._round_trips.get(split_origin(url))
 
     def get_json(self, url: str, accept: str = "application/dicom+json", max_bytes: int = 256 << 20,
                  watch: Watch | None = None):
@@ -387,6 +404,26 @@ def build_url(base: str, segments: list[str], query: list[tuple[str, str]] | Non
         url += "?" + "&".join(f"{quote(k, safe=_QUERY_SAFE)}={quote(str(v), safe=_QUERY_SAFE)}"
                               for k, v in query)
     return url
+
+
+TCP_INFO_RTT = struct.Struct("=I")
+TCP_INFO_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then u32s; tcpi_rtt is the 16th
+
+
+def socket_rtt(sock) -> float | None:
+    """The kernel's smoothed round-trip time of a connected TCP socket (Linux TCP_INFO,
+    microseconds), in seconds; None where it cannot be read."""
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+    except (OSError, ValueError):
+        return None
+    if len(info) < TCP_INFO_RTT_OFFSET + TCP_INFO_RTT.size:
+        return None
+    micros = TCP_INFO_RTT.unpack_from(info, TCP_INFO_RTT_OFFSET)[0]
+    return micros / 1e6 if micros else None
 
 
 def make_session(policy: HostPolicy) -> requests.Session:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pydicom
@@ -54,11 +55,21 @@ class RejectedPart(Exception):
 
 @dataclass
 class Expectation:
-    """What a retrieve asked for: the study, the series, and which SOP instances may come."""
+    """What a retrieve asked for: the study, the series, and which SOP instances may come.
+
+    A whole-study request names no series (``series_uid`` None): each instance must then be
+    in the series ``series_of`` lists it in."""
 
     study_uid: str
-    series_uid: str
+    series_uid: str | None
     sop_uids: frozenset[str]
+    series_of: Mapping[str, str] | None = None  # SOP Instance UID -> its Series Instance UID
+
+    @classmethod
+    def whole_study(cls, study_uid: str, listed: Mapping[str, frozenset[str]]) -> "Expectation":
+        """``listed``: each series' instances, as step 1 listed them."""
+        series_of = {sop: series for series, sops in listed.items() for sop in sops}
+        return cls(study_uid, None, frozenset(series_of), series_of)
 
 
 def inspect_part10(path: str | os.PathLike, expected: Expectation | None) -> InstanceRecord:
@@ -138,7 +149,10 @@ def require_expected_uids(record: InstanceRecord, expected: Expectation | None) 
     """What a retrieve asked for; a push (``expected`` None) may send any instance."""
     if expected is None:
         return
-    if record.study_uid != expected.study_uid or record.series_uid != expected.series_uid:
+    series_uid = expected.series_uid
+    if series_uid is None and expected.series_of is not None:
+        series_uid = expected.series_of.get(record.sop_uid, record.series_uid)
+    if record.study_uid != expected.study_uid or record.series_uid != series_uid:
         raise RejectedPart("unexpected-uid", f"part belongs to study {record.study_uid} series "
                            f"{record.series_uid}, not the one asked for", record.sop_uid)
     if record.sop_uid not in expected.sop_uids:

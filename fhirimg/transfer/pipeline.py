@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -77,17 +77,31 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
     with sampling(on_progress, spans, budget, retriever, monotonic):
         on_step("qido")
         spans["qido"].begin(report.started_at)
-        warming = warm_connections(client, base, parallelism)
-        study.series = search_for_series(client, base, study_uid, page_size, study, guard.watch)
-        spans["qido"].end(monotonic())
-        warming.join()
-        for series in study.series:
-            series.base_url = (series_bases or {}).get(series.series_uid, base)
+        warm_connections(client, base, parallelism).join()
+        streaming = streams_whole_study(client, blobstore, base, study_uid, options, series_bases)
         on_step("retrieve")
         metadata_futures: list = []
         listed: dict[str, frozenset[str]] = {}  # what step 1 listed, per series
 
-        with ThreadPoolExecutor(parallelism, thread_name_prefix="metadata") as metadata_pool:
+        # Left in this order: the stream ends, then the committer places what it handed over.
+        with ThreadPoolExecutor(parallelism, thread_name_prefix="metadata") as metadata_pool, \
+                retriever.running(), ThreadPoolExecutor(1, thread_name_prefix="study-stream") as streamer:
+            jobs: Future = Future()  # each series' job, once all are listed (the study stream)
+            if streaming:
+                def stream() -> bool:
+                    with spans["retrieve"].timing(monotonic):
+                        return retriever.stream_study(study_uid, base, jobs)
+                streamed = streamer.submit(stream)
+            try:
+                study.series = search_for_series(client, base, study_uid, page_size, study, guard.watch)
+            except BaseException as exc:
+                jobs.set_exception(exc)
+                raise
+            finally:
+                spans["qido"].end(monotonic())
+            for series in study.series:
+                series.base_url = (series_bases or {}).get(series.series_uid, base)
+
             def describe(series) -> None:
                 with spans["metadata"].timing(monotonic):
                     datasets = retrieve_series_metadata(client, study_uid, series, guard.watch)
@@ -111,7 +125,10 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
                 with spans["retrieve"].timing(monotonic):
                     retriever.retrieve_known_series(study_uid, series, expected)
 
-            with retriever.running():
+            if streaming:
+                errors = stream_then_fill(retriever, study, study_uid, parallelism, list_series, jobs, streamed,
+                                          lambda: spans["retrieve"].timing(monotonic))
+            else:
                 errors = run_collecting(parallelism, [lambda s=s: chain(s) for s in study.series])
         errors += [future.exception() for future in metadata_futures]
         report.outcome = retriever.outcome
@@ -124,6 +141,51 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
         report.durations = {step: spans[step].seconds for step in STEPS}
         report.missing = missing_instances(blobstore, study)
         return report
+
+
+def streams_whole_study(client: TransferClient, blobstore: BlobStore, base: str, study_uid: str,
+                        options: RetrieveOptions, series_bases: dict[str, str] | None) -> bool:
+    """Whether step 3 starts as one ``GET /studies/{uid}``: for a first transfer (nothing of
+    the study held, every series from ``base``) from a source at least
+    ``options.stream_study_rtt`` away, as the kernel measured its round trip.
+
+    Over a WAN, parallel series streams each slow-start into the same bottleneck at the same
+    moment and overflow its queue (measured at 80 ms / 200 Mbit/s: ~15 000 segments lost on
+    a 105 MB study, 0.92 of one stream against a BBR sender, 0.4-0.6 against CUBIC), and
+    every new series request pays a round trip and a new ramp. One stream keeps one window
+    open for the whole study, as a plain GET does. Near the source the parallel series
+    streams are kept: there they put both cores to work (loopback: 15% faster than one).
+    """
+    if any(series_base != base for series_base in (series_bases or {}).values()):
+        return False
+    rtt = client.round_trip(base)
+    if rtt is None or rtt < options.stream_study_rtt:
+        return options.stream_study_rtt == 0
+    return not blobstore.stored_sop_uids(study_uid)
+
+
+def stream_then_fill(retriever: Retriever, study: SourceStudy, study_uid: str, parallelism: int,
+                     list_series: Callable, jobs: Future, streamed: Future,
+                     timing: Callable) -> list[BaseException | None]:
+    """List every series (with its metadata beside) while the study stream runs, hand the
+    stream the series' jobs, then fetch series by series what it did not deliver."""
+    errors: list[BaseException | None] = []
+    try:
+        errors = run_collecting(parallelism, [lambda s=s: list_series(s) for s in study.series])
+    finally:
+        failed = first_cause(errors)
+        if failed is not None or len(errors) != len(study.series):
+            jobs.set_exception(failed or RuntimeError("step 1 did not finish"))
+        else:
+            jobs.set_result({s.series_uid: retriever.plan_series(study_uid, s, frozenset(s.instances))
+                             for s in study.series})
+    errors.append(streamed.exception())
+    if first_cause(errors) is not None:
+        return errors
+    left = [job for job in jobs.result().values() if job.wanted]
+    with timing():
+        errors += run_collecting(parallelism, [lambda j=j: retriever.retrieve_series_job(j) for j in left])
+    return errors
 
 
 def warm_connections(client: TransferClient, base: str, parallelism: int) -> threading.Thread:

@@ -24,11 +24,11 @@ from typing import Callable, Iterator
 import requests
 import urllib3.exceptions
 
-from .blobstore import BlobStore
+from .blobstore import BlobStore, InstanceRecord, StagedFile
 from .budget import part_allowance
 from .client import SourceError, TransferClient, arrived_chunks, build_url
 from .committer import GroupCommitter, SeriesTicket
-from .dicomcheck import ElementJsonCache, Expectation, RejectedPart, inspect_staged
+from .dicomcheck import ElementJsonCache, Expectation, RejectedPart, inspect_staged, require_expected_uids
 from .guard import Abandoned, Cancelled, GuardLimits, TaskGuard, first_cause
 from .multipart import MultipartError, Part, PartTooLarge, open_body_reader
 from .qido import Rejection, SourceSeries, SourceStudy
@@ -39,12 +39,16 @@ CHUNK_BYTES = 1 << 20
 # was listed, one sent twice); past that it is junk, and each junk part costs a staging file
 # and a recorded rejection: the rest of the answer is left to the per-instance fallback.
 EXTRA_PARTS = 8
+# Parts of a study stream checked before step 1's listing came, kept aside to be matched with
+# it (staged files, the headers in memory); past that the stream waits for the listing.
+PENDING_PARTS = 64
 BROKEN_BODY = (requests.RequestException, urllib3.exceptions.HTTPError, MultipartError, SourceError, OSError)
 
 
 @dataclass
 class RetrieveOptions:
     series_parallelism: int = 4
+    stream_study_rtt: float = 0.005  # seconds: a source this far gets a first transfer as one stream
     instance_attempts: int = 3
     per_instance_max: int = 8  # resume with at most this many missing: fetch them one by one
     max_instance_bytes: int = 4 << 30  # a part that announces nothing may bring this much, in all attempts
@@ -64,6 +68,7 @@ class RetrieveOutcome:
     stored: int = 0
     skipped: int = 0
     bytes: int = 0
+    study_requests: int = 0
     series_requests: int = 0
     instance_requests: int = 0
     fallbacks: int = 0
@@ -253,6 +258,109 @@ class Retriever:
             with self.outcome.lock:
                 self.outcome.fallbacks += 1
 
+    def stream_study(self, study_uid: str, base_url: str, jobs: Future) -> bool:
+        """The whole study as one multipart GET, asked for before step 1 has listed it; True
+        if the body ended with its closing delimiter.
+
+        ``jobs`` resolves, once every series is listed, to each series' SeriesJob by Series
+        Instance UID: parts are checked against those listings, so the first one waits for
+        them (holding a slot of the source, as a series streamed before its listing does).
+        Whatever the stream does not deliver stays in its job's ``wanted`` for the series and
+        instance requests after it; a stream the source refuses or breaks off is not an error.
+        """
+        url = build_url(base_url, ["studies", study_uid])
+        known: dict[str, SeriesJob] = {}
+        with self.client.waiting_slot(base_url) as granted:
+            if not granted:
+                return False
+            with self.outcome.lock:
+                self.outcome.study_requests += 1
+            try:
+                return self.read_study(url, study_uid, jobs, known)
+            except Abandoned:
+                raise
+            except BROKEN_BODY:
+                return False
+
+    def read_study(self, url: str, study_uid: str, jobs: Future, known: dict[str, SeriesJob]) -> bool:
+        """Parts that arrive before the listing are checked at once and kept aside (staged,
+        at most PENDING_PARTS of them), to be matched with the listing when it comes: the
+        body is read on meanwhile, so that the connection's receive window opens as fast as
+        the source sends (a reader that stopped for the listing cost ~3 round trips)."""
+        allowance = Allowance(self.largest_in_study(known))
+        pending: list[tuple[StagedFile, InstanceRecord]] = []
+        with self.client.stream(url, ACCEPT_DICOM) as response:
+            reader = open_body_reader(response.headers.get("Content-Type", ""),
+                                      lambda headers: self.blobstore.open_staging(), allowance)
+            chunks = self.guard.watch(arrived_chunks(response.raw, CHUNK_BYTES), charged=True)
+            expectation = None
+            try:
+                for part in reader.read(chunks):
+                    if expectation is None and (jobs.done() or len(pending) >= PENDING_PARTS):
+                        try:
+                            expectation = self.study_expectation(study_uid, jobs, known)
+                        except BaseException:
+                            part.sink.discard()  # received, never to be checked: no staging file left
+                            raise
+                        if expectation is None:  # step 1 listed nothing: nothing was asked for
+                            part.sink.discard()
+                            return False
+                        self.route_pending(pending, expectation, known)
+                    checked = self.check_part(part, expectation)
+                    if checked is not None and expectation is None:
+                        pending.append(checked)
+                    elif checked is not None:
+                        self.hand_over(*checked, known.get(checked[1].series_uid))
+                    self.guard.check()
+                    if expectation is not None and reader.part_count >= len(expectation.sop_uids) + EXTRA_PARTS:
+                        raise MultipartError(f"{reader.part_count} parts for the "
+                                             f"{len(expectation.sop_uids)} instances listed")
+                if expectation is None and pending:
+                    expectation = self.study_expectation(study_uid, jobs, known)
+                    if expectation is not None:
+                        self.route_pending(pending, expectation, known)
+            finally:
+                for staged, _ in pending:
+                    staged.discard()  # checked, never matched with a listing: no staging file left
+                discard_open_sinks(reader)
+                for job in known.values():
+                    self.committer.flush(job.ticket)  # checked instances are kept even if the body broke off
+            return reader.is_closed
+
+    def study_expectation(self, study_uid: str, jobs: Future, known: dict[str, SeriesJob]) -> Expectation | None:
+        """Wait for step 1's listing of every series; None if it listed nothing."""
+        known.update(jobs.result())
+        if not known:
+            return None
+        return Expectation.whole_study(study_uid, {uid: job.expected for uid, job in known.items()})
+
+    def route_pending(self, pending: list, expectation: Expectation, known: dict[str, SeriesJob]) -> None:
+        """The parts checked before the listing came, matched with it now."""
+        while pending:
+            staged, record = pending.pop(0)
+            try:
+                require_expected_uids(record, expectation)
+            except RejectedPart as exc:
+                self.reject_part(staged, exc, expectation)
+                continue
+            self.hand_over(staged, record, known.get(record.series_uid))
+
+    def largest_in_study(self, known: dict[str, SeriesJob]) -> Callable[[], int]:
+        """``largest_part`` over every listed series, once all of them are described."""
+        found: list[int] = []
+
+        def largest() -> int:
+            if found:
+                return found[0]
+            jobs = list(known.values())
+            if not jobs or not all(job.series.is_described for job in jobs):
+                return self.options.max_instance_bytes
+            limit = self.options.max_instance_bytes
+            found.append(max((part_allowance(getattr(job.series.instances.get(sop), "announced_bytes", None), limit)
+                              for job in jobs for sop in job.expected), default=limit))
+            return found[0]
+        return largest
+
     def retrieve_missing_instances(self, job: SeriesJob) -> None:
         """Per-instance GETs for whatever the series request did not deliver."""
         for sop_uid in sorted(job.wanted):
@@ -342,19 +450,41 @@ class Retriever:
 
     def accept_part(self, part: Part, job: SeriesJob, expectation: Expectation) -> None:
         """Check one received part and move it into the store, or discard and record it."""
+        self.accept_routed(part, expectation, lambda record: job)
+
+    def accept_routed(self, part: Part, expectation: Expectation,
+                      job_for: Callable[[InstanceRecord], SeriesJob | None]) -> None:
+        """``accept_part`` for an answer that may hold several series: ``job_for`` names the
+        job a checked instance belongs to (None: nobody asked for it)."""
+        checked = self.check_part(part, expectation)
+        if checked is not None:
+            self.hand_over(*checked, job_for(checked[1]))
+
+    def check_part(self, part: Part, expectation: Expectation | None) -> tuple[StagedFile, InstanceRecord] | None:
+        """The staged part and its record once checked (``expectation`` None: all but what
+        was asked for), or None when it was discarded or rejected."""
         staged = part.sink
         declared = part.headers.get("content-length")
         if not part.is_complete or (declared and declared.isascii() and declared.isdigit() and int(declared) != part.size):
             staged.discard()  # broken off: not a rejection, the fallback fetches it again
-            return
+            return None
         try:
             # Still open: the committer fsyncs and closes it (the bytes are in the page cache).
-            record = inspect_staged(staged, expectation, self.json_cache)
+            return staged, inspect_staged(staged, expectation, self.json_cache)
         except RejectedPart as exc:
-            staged.discard()
-            self.outcome.reject(Rejection(exc.reason, exc.detail[:300], job.series.series_uid, exc.sop_uid))
-            return
-        if record.sop_uid not in job.wanted:
+            self.reject_part(staged, exc, expectation)
+            return None
+
+    def reject_part(self, staged: StagedFile, exc: RejectedPart, expectation: Expectation | None) -> None:
+        staged.discard()
+        series_uid = expectation.series_uid if expectation is not None else None
+        if series_uid is None and expectation is not None and expectation.series_of is not None:
+            series_uid = expectation.series_of.get(exc.sop_uid or "")
+        self.outcome.reject(Rejection(exc.reason, exc.detail[:300], series_uid, exc.sop_uid))
+
+    def hand_over(self, staged: StagedFile, record: InstanceRecord, job: SeriesJob | None) -> None:
+        """A checked instance to the committer, unless nobody wants it (any more)."""
+        if job is None or record.sop_uid not in job.wanted:
             staged.discard()  # already stored (resumed transfer) or sent twice
             return
         job.wanted.discard(record.sop_uid)

@@ -53,6 +53,8 @@ class TransferSettingsSchema(Schema):
     retry_after_max = fields.Float(load_default=120.0, validate=validate.Range(0.0, 3600))
     default_concurrency = fields.Integer(load_default=4, validate=validate.Range(1, 64))
     series_parallelism = fields.Integer(load_default=4, validate=validate.Range(1, 64))
+    # A source at least this far (TCP round trip, ms) gets a first transfer as one study stream.
+    stream_study_rtt_ms = fields.Float(load_default=5.0, validate=validate.Range(0, 100_000))
     qido_page_size = fields.Integer(load_default=200, validate=validate.Range(1, 10_000))
     per_instance_max = fields.Integer(load_default=8, validate=validate.Range(0, 10_000))
     instance_attempts = fields.Integer(load_default=3, validate=validate.Range(1, 20))
@@ -108,6 +110,7 @@ def client_settings(section: dict) -> ClientSettings:
 
 def retrieve_options(section: dict) -> RetrieveOptions:
     return RetrieveOptions(series_parallelism=section["series_parallelism"],
+                           stream_study_rtt=section["stream_study_rtt_ms"] / 1000,
                            instance_attempts=section["instance_attempts"],
                            per_instance_max=section["per_instance_max"],
                            max_instance_bytes=section["max_instance_bytes"],

@@ -81,6 +81,7 @@ def report_outputs(report: TransferReport, retries: int = 0) -> list[dict]:
         count_output("instances-skipped", outcome.skipped if outcome else 0),
         count_output("instances-missing", len(report.missing)),
         {"type": output_type("bytes-retrieved"), "valueInteger64": str(outcome.bytes if outcome else 0)},
+        count_output("study-requests", outcome.study_requests if outcome else 0),
         count_output("series-requests", outcome.series_requests if outcome else 0),
         count_output("instance-requests", outcome.instance_requests if outcome else 0),
         count_output("series-fallbacks", outcome.fallbacks if outcome else 0),

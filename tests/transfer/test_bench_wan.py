@@ -114,6 +114,23 @@ def test_bench_retrieve_over_the_wan_prints_a_line_per_profile():
     figures = [float(x) for x in re.findall(r"\d+\.\d+", line)]
     assert len(figures) == 8 and all(f > 0 for f in figures), line  # 3 x (MB/s, first) + 2 ratios
     assert "fh/GET" in result.output and "fh/Orth" in result.output
+    assert re.search(r"the source sends with TCP congestion control \w+", result.output)
+
+
+def test_the_source_congestion_control_is_the_one_asked_for_or_refused_with_the_reason():
+    """The sender's congestion control decides how parallel flows share the bottleneck (BBR,
+    this host's default, and CUBIC, most archives', behave very differently there)."""
+    reason = available()
+    if reason:
+        require_or_skip(reason)
+    with EmulatedWan(congestion_control="reno") as link:  # reno is always built in and allowed
+        assert link.congestion_control == "reno"
+        assert subprocess.run(link.command(["sysctl", "-n", "net.ipv4.tcp_congestion_control"]),
+                              capture_output=True, text=True).stdout.strip() == "reno"
+    with pytest.raises(RuntimeError, match="tcp_allowed_congestion_control"):
+        EmulatedWan(congestion_control="no-such-algorithm")
+    result = CliRunner().invoke(main, ["bench", "retrieve", "--source-cc", "cubic"])
+    assert result.exit_code == 2 and "goes with --wan" in result.output
 
 
 def test_a_super_segment_that_does_not_fit_is_cut_at_a_segment_boundary():

@@ -279,6 +279,19 @@ def test_warm_opens_connections_that_the_next_requests_use():
         assert pool.num_connections == 3  # no request opened one of its own
 
 
+def test_warm_measures_the_round_trip_to_the_source():
+    """The kernel's own RTT of the warmed connections (TCP_INFO), not a request's time: it
+    decides whether a first transfer comes as one study stream (pipeline.streams_whole_study)."""
+    with ScriptedServer([(200, {}, b"[]")]) as server:
+        client = client_for()
+        url = server.url + "/dicom-web/studies"
+        assert client.round_trip(url) is None  # nothing measured before
+        assert client.warm(url, 2) == 2
+        rtt = client.round_trip(url)
+        assert rtt is not None and 0 < rtt < 0.005  # loopback: microseconds
+        assert client.round_trip("http://other.example/dicom-web") is None  # per origin
+
+
 def test_warm_counts_only_connections_that_opened_and_respects_the_allow_list():
     counting = CountingServer()
     try:

@@ -56,6 +56,7 @@ def test_study_is_retrieved_byte_identical_and_pixel_identical(orthanc, uploaded
         theirs = pydicom.dcmread(__import__("io").BytesIO(uploaded))
         assert ours.PixelData == theirs.PixelData
     assert report.outcome.series_requests == 3 and report.outcome.instance_requests == 0
+    assert report.outcome.study_requests == 0  # a source on loopback: parallel series streams
     assert set(report.durations) == {"qido", "metadata", "retrieve"}
     modalities = {s.series_uid: s.modality for s in report.study.series}
     assert modalities == {s.series_uid: s.modality for s in uploaded_study.series}
@@ -123,4 +124,71 @@ def test_truncated_series_body_is_detected_and_completed(fault_proxy, orthanc, u
                             RetrieveOptions())
     assert report.missing == set() and report.outcome.fallbacks == 1
     assert stored_files(blobstore) == served_by_orthanc(orthanc, uploaded_study)
+    assert list(blobstore.staging.iterdir()) == []
+
+
+# A far source gets a first transfer as one study stream (RetrieveOptions.stream_study_rtt);
+# 0 makes the loopback Orthanc count as far.
+STREAM = RetrieveOptions(stream_study_rtt=0)
+
+
+def test_study_stream_retrieves_the_study_in_one_request(orthanc, uploaded_study, blobstore):
+    report = transfer_study(make_client(), blobstore, orthanc.dicomweb, uploaded_study.study_uid, STREAM)
+    assert report.missing == set() and report.outcome.rejections == []
+    assert (report.outcome.study_requests, report.outcome.series_requests, report.outcome.instance_requests) == (1, 0, 0)
+    assert stored_files(blobstore) == served_by_orthanc(orthanc, uploaded_study)
+    assert list(blobstore.staging.iterdir()) == []
+    from fhirimg.transfer.taskoutput import report_outputs, output_value
+    assert output_value({"output": report_outputs(report)}, "study-requests") == 1
+
+
+def test_study_stream_is_not_used_to_resume(orthanc, uploaded_study, blobstore, engine):
+    """A study partly held is completed series by series: a stream would bring it all again."""
+    transfer_study(make_client(), blobstore, orthanc.dicomweb, uploaded_study.study_uid, STREAM)
+    lost = sorted(uploaded_study.series[0].instances)
+    from fhirimg.transfer.schema import dicom_instance
+    with engine.begin() as conn:
+        conn.execute(dicom_instance.delete().where(dicom_instance.c.sop_uid.in_(lost)))
+    report = transfer_study(make_client(), blobstore, orthanc.dicomweb, uploaded_study.study_uid, STREAM)
+    assert report.outcome.study_requests == 0 and report.outcome.series_requests == 1
+    assert report.outcome.stored == len(lost) and report.missing == set()
+
+
+@pytest.mark.parametrize("pending_parts", [64, 4])
+def test_study_stream_reads_on_while_the_listing_is_slow(fault_proxy, orthanc, uploaded_study, blobstore,
+                                                         monkeypatch, pending_parts):
+    """Parts that arrive before step 1 has listed the series are checked and kept aside, then
+    matched with the listing; past PENDING_PARTS the stream waits for it."""
+    from fhirimg.transfer import retrieve
+    monkeypatch.setattr(retrieve, "PENDING_PARTS", pending_parts)
+    fault_proxy.add(Fault("slow", r"/instances\?", times=3, delay=0.4))
+    report = transfer_study(make_client(), blobstore, fault_proxy.dicomweb, uploaded_study.study_uid, STREAM)
+    assert report.missing == set() and report.outcome.rejections == []
+    assert (report.outcome.study_requests, report.outcome.series_requests, report.outcome.instance_requests) == (1, 0, 0)
+    assert stored_files(blobstore) == served_by_orthanc(orthanc, uploaded_study)
+    assert list(blobstore.staging.iterdir()) == []
+
+
+def test_study_stream_dropped_mid_part_is_completed_series_by_series(fault_proxy, orthanc, uploaded_study, blobstore):
+    fault_proxy.add(Fault("drop", rf"/studies/{uploaded_study.study_uid}$", times=1, after_bytes=250_000))
+    report = transfer_study(make_client(), blobstore, fault_proxy.dicomweb, uploaded_study.study_uid, STREAM)
+    assert report.missing == set() and report.outcome.rejections == []
+    assert report.outcome.study_requests == 1
+    assert report.outcome.series_requests + report.outcome.instance_requests >= 1
+    assert report.outcome.stored == 18
+    assert stored_files(blobstore) == served_by_orthanc(orthanc, uploaded_study)
+    assert list(blobstore.staging.iterdir()) == []
+
+
+def test_study_stream_refused_by_the_source_falls_back_to_series(fault_proxy, orthanc, uploaded_study, blobstore):
+    fault_proxy.add(Fault("status", rf"/studies/{uploaded_study.study_uid}$", times=1, status=406, retry_after=None))
+    report = transfer_study(make_client(), blobstore, fault_proxy.dicomweb, uploaded_study.study_uid, STREAM)
+    assert report.missing == set() and report.outcome.rejections == []
+    assert (report.outcome.study_requests, report.outcome.series_requests) == (1, 3)
+    assert stored_files(blobstore) == served_by_orthanc(orthanc, uploaded_study)
+
+
+def test_study_stream_of_a_study_the_source_does_not_list(orthanc, blobstore):
+    report = transfer_study(make_client(), blobstore, orthanc.dicomweb, "1.2.3.999.42", STREAM)
+    assert report.study.series == [] and report.outcome.stored == 0 and report.outcome.rejections == []
     assert list(blobstore.staging.iterdir()) == []
