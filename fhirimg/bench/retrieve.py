@@ -34,6 +34,7 @@ class RunFigures:
     steps: dict[str, float] = field(default_factory=dict)
     first_instance: float | None = None
     peak_rss_mb: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds: fhirimg user/system, the source
 
     @property
     def mb_per_s(self) -> float:
@@ -113,24 +114,41 @@ def fhirimg_run(source: str, study_uid: str, parallelism: int, queue, blobs: dic
             "endpoint": [{"reference": f"Endpoint/{endpoint}"}]}).json["id"]
         task_id = client.post(f"/fhir/ImagingStudy/{study}/$retrieve").headers["Content-Location"].rsplit("/", 1)[1]
         context = worker_context(config)
+        before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         status = run_retrieve(task_id, context)
         wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
         task = client.get(f"/fhir/Task/{task_id}").json
     steps = {s: output_value(task, f"duration-{s}") or 0.0 for s in ("qido", "metadata", "retrieve", "store")}
     queue.put({"status": status, "wall": wall, "reason": (task.get("statusReason") or {}).get("concept", {}).get("text"),
                "steps": steps, "bytes": int(output_value(task, "bytes-retrieved") or 0),
                "instances": output_value(task, "instances-retrieved") or 0,
                "first": output_value(task, "time-to-first-instance"),
-               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               "rss_mb": after.ru_maxrss / 1024,
+               "cpu": {"user": after.ru_utime - before.ru_utime, "system": after.ru_stime - before.ru_stime}})
 
 
-def run_fhirimg(source: str, study_uid: str, parallelism: int, blobs: dict | None = None) -> RunFigures:
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def run_fhirimg(source: str, study_uid: str, parallelism: int, blobs: dict | None = None,
+                source_pid: int | None = None) -> RunFigures:
     context = multiprocessing.get_context("spawn")  # a clean process: its peak RSS is the worker's
     queue = context.Queue()
     allowed = (urllib.parse.urlsplit(source).netloc,)  # the source the user named (or the emulated WAN's far end)
     process = context.Process(target=fhirimg_run, args=(source, study_uid, parallelism, queue, blobs, allowed))
     process.start()
+    source_before = process_cpu_seconds(source_pid)  # the source idles while the child starts
     result = None
     while result is None:  # a child that died says so, instead of leaving us waiting an hour
         try:
@@ -138,12 +156,15 @@ def run_fhirimg(source: str, study_uid: str, parallelism: int, blobs: dict | Non
         except Exception:  # noqa: BLE001 - queue.Empty from a multiprocessing queue
             if not process.is_alive():
                 raise RuntimeError(f"the fhirimg retrieve process exited with {process.exitcode}") from None
+    source_after = process_cpu_seconds(source_pid)
     process.join()
+    if source_before is not None and source_after is not None:
+        result["cpu"]["source"] = source_after - source_before
     if result["status"] != "completed":
         raise click.ClickException(f"the retrieve Task ended {result['status']}: {result['reason']}")
     steps = result["steps"]
     return RunFigures(result["wall"], result["bytes"], result["instances"], steps, result["first"],
-                      result["rss_mb"])
+                      result["rss_mb"], result["cpu"])
 
 
 def baseline_durable_writes(directory: str, nbytes: int, files: int, threads: int = 8) -> RunFigures:
@@ -191,7 +212,7 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
                  f"{best.instances_per_s:>9.1f}")
     lines.append("(step 2 runs beside step 3, so the shares add up to more than 100%)")
     lines += ["", f"time to first instance stored: {best.first_instance or 0:.3f} s",
-              f"worker peak RSS: {max(r.peak_rss_mb for r in ours):.0f} MB", "",
+              f"worker peak RSS: {max(r.peak_rss_mb for r in ours):.0f} MB", cpu_line(best), "",
               f"{'baseline':<36}{'seconds':>9}{'':>7}{'MB/s':>9}{'ratio':>9}",
               f"{'GET /studies/{uid}, count bytes':<36}{base.seconds:>9.3f}{'':>7}{base.mb_per_s:>9.1f}"
               f"{best.mb_per_s / base.mb_per_s if base.mb_per_s else 0:>9.2f}"]
@@ -223,6 +244,19 @@ def format_report(ours: list[RunFigures], whole: list[RunFigures], naive: list[R
               f"GET /studies runs (s): {', '.join(f'{r.seconds:.3f}' for r in whole)}; "
               f"spread {statistics.pstdev([r.seconds for r in ours]):.3f} s"]
     return "\n".join(lines)
+
+
+def cpu_line(run: RunFigures) -> str:
+    """How busy the cores were during a run: what bounds a transfer that the network and the
+    disk do not (CPU seconds / wall seconds = cores kept busy)."""
+    cpu, wall = run.cpu, run.seconds or 1.0
+    if not cpu:
+        return "CPU: not measured"
+    line = (f"CPU busy during the fhirimg run (cores): fhirimg {(cpu['user'] + cpu['system']) / wall:.2f} "
+            f"(user {cpu['user'] / wall:.2f}, system {cpu['system'] / wall:.2f})")
+    if "source" in cpu:
+        line += f", the source {cpu['source'] / wall:.2f}"
+    return line + f"; this machine has {os.cpu_count()}"
 
 
 def format_wan_report(rows: list[tuple], nbytes: int, instances: int, repeat: int,
@@ -363,7 +397,8 @@ def command(source, study_uid, repeat, series, instances, rows, parallelism, wan
             seaweed = PrivateSeaweed(Path(tempfile.mkdtemp(prefix="fhirimg-bench-s3-")))
         for run in range(repeat):
             whole.append(baseline_study_get(source, study_uid, instance_bytes))
-            ours.append(run_fhirimg(source, study_uid, parallelism))
+            ours.append(run_fhirimg(source, study_uid, parallelism,
+                                    source_pid=orthanc.process.pid if orthanc is not None else None))
             if compare_s3:
                 settings = seaweed.settings()
                 settings["s3"]["prefix"] = f"run{run}"  # a fresh archive each time: nothing already held

@@ -12,6 +12,10 @@ while its instances are being listed (one round trip less before its first byte 
 WAN), its parts checked against the listing once it is there. Instances that only step 2
 revealed are fetched after, and a study is complete only when everything either step
 listed is stored.
+
+A far source (``streams_whole_study``) gets one request for the whole study instead, sent
+as soon as the warmed connections have measured the round trip, while step 1 lists the
+series; the series requests then fetch only what that stream did not deliver.
 """
 from __future__ import annotations
 
@@ -79,7 +83,6 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
         spans["qido"].begin(report.started_at)
         warm_connections(client, base, parallelism).join()
         streaming = streams_whole_study(client, blobstore, base, study_uid, options, series_bases)
-        on_step("retrieve")
         metadata_futures: list = []
         listed: dict[str, frozenset[str]] = {}  # what step 1 listed, per series
 
@@ -101,6 +104,7 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
                 spans["qido"].end(monotonic())
             for series in study.series:
                 series.base_url = (series_bases or {}).get(series.series_uid, base)
+            on_step("retrieve")
 
             def describe(series) -> None:
                 with spans["metadata"].timing(monotonic):
@@ -126,7 +130,7 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
                     retriever.retrieve_known_series(study_uid, series, expected)
 
             if streaming:
-                errors = stream_then_fill(retriever, study, study_uid, parallelism, list_series, jobs, streamed,
+                errors = stream_then_fill(retriever, study, parallelism, list_series, listed, jobs, streamed,
                                           lambda: spans["retrieve"].timing(monotonic))
             else:
                 errors = run_collecting(parallelism, [lambda s=s: chain(s) for s in study.series])
@@ -159,16 +163,16 @@ def streams_whole_study(client: TransferClient, blobstore: BlobStore, base: str,
     if any(series_base != base for series_base in (series_bases or {}).values()):
         return False
     rtt = client.round_trip(base)
-    if rtt is None or rtt < options.stream_study_rtt:
-        return options.stream_study_rtt == 0
-    return not blobstore.stored_sop_uids(study_uid)
+    far = options.stream_study_rtt == 0 or (rtt is not None and rtt >= options.stream_study_rtt)
+    return far and not blobstore.stored_sop_uids(study_uid)
 
 
-def stream_then_fill(retriever: Retriever, study: SourceStudy, study_uid: str, parallelism: int,
-                     list_series: Callable, jobs: Future, streamed: Future,
+def stream_then_fill(retriever: Retriever, study: SourceStudy, parallelism: int, list_series: Callable,
+                     listed: dict[str, frozenset[str]], jobs: Future, streamed: Future,
                      timing: Callable) -> list[BaseException | None]:
     """List every series (with its metadata beside) while the study stream runs, hand the
-    stream the series' jobs, then fetch series by series what it did not deliver."""
+    stream the series' jobs (what step 1 listed: ``listed``), then fetch series by series
+    what it did not deliver."""
     errors: list[BaseException | None] = []
     try:
         errors = run_collecting(parallelism, [lambda s=s: list_series(s) for s in study.series])
@@ -177,7 +181,7 @@ def stream_then_fill(retriever: Retriever, study: SourceStudy, study_uid: str, p
         if failed is not None or len(errors) != len(study.series):
             jobs.set_exception(failed or RuntimeError("step 1 did not finish"))
         else:
-            jobs.set_result({s.series_uid: retriever.plan_series(study_uid, s, frozenset(s.instances))
+            jobs.set_result({s.series_uid: retriever.plan_series(study.study_uid, s, listed[s.series_uid])
                              for s in study.series})
     errors.append(streamed.exception())
     if first_cause(errors) is not None:
@@ -189,8 +193,9 @@ def stream_then_fill(retriever: Retriever, study: SourceStudy, study_uid: str, p
 
 
 def warm_connections(client: TransferClient, base: str, parallelism: int) -> threading.Thread:
-    """Open the connections the series chains will use while the first QIDO is under way
-    (each chain's first request would otherwise wait a round trip for its handshake)."""
+    """Open the connections step 1 and the series chains will use, all at once (each chain's
+    first request would otherwise wait a round trip for its handshake); their handshakes
+    also measure the round trip (``TransferClient.round_trip``)."""
     def warm() -> None:
         try:
             client.warm(base, parallelism)

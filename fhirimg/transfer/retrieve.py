@@ -1,9 +1,12 @@
 """Step 3 — pixel data: WADO-RS retrieve per series, streamed into the blob store (PS3.18 §10.4).
 
-One multipart GET per series (bounded parallelism across series) is as fast as a
-plain GET of the whole study; a GET per instance costs ~3 ms each at the source and
-runs at 1/5-1/8 of that, so it is only the fallback: for a series whose response broke
-off, and for the few instances a resumed transfer still lacks. Every part goes to a
+Near the source, one multipart GET per series (bounded parallelism across series) is as
+fast as a plain GET of the whole study and puts both cores to work; a far source's first
+transfer is one GET of the whole study instead (``stream_study``; see
+pipeline.streams_whole_study for why), and the series requests fetch only what it did not
+deliver. A GET per instance costs ~3 ms each at the source and runs at 1/5-1/8 of that,
+so it is only the fallback: for a series whose response broke off, and for the few
+instances a resumed transfer still lacks. Every part goes to a
 staging file, is checked with pydicom, then renamed into place; instances already
 stored are never fetched again. Checked files are placed in the store by a committer
 thread (see committer.py) so that the readers never wait on the disk.
