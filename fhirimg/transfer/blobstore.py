@@ -151,7 +151,7 @@ class BlobStore:
         commits are shared, which is most of the per-instance cost on small instances.
         """
         placed = self.place(items)
-        self._index(placed)
+        self.index_placed(placed)
         return placed
 
     def place(self, items: list[tuple[StagedFile, InstanceRecord]], replace: bool = True) -> list[InstanceRecord]:
@@ -216,7 +216,9 @@ class BlobStore:
                 self._sync_pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="blob-sync")
             return self._sync_pool
 
-    def _index(self, records: list[InstanceRecord]) -> None:
+    def index_placed(self, records: list[InstanceRecord]) -> None:
+        """The index rows of placed records, in one transaction (the second half of
+        ``commit_many``, which GroupCommitter runs beside the next group's ``place``)."""
         if not records:
             return
         for attempt in range(2):

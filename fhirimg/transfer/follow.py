@@ -38,6 +38,13 @@ class StudyFollowingStore:
 
     def commit_many(self, items: list[tuple[StagedFile, InstanceRecord]]) -> list[InstanceRecord]:
         placed = self.blobstore.place(items)
+        self.index_placed(placed)
+        return placed
+
+    def index_placed(self, placed: list[InstanceRecord]) -> None:
+        """Index rows and the ImagingStudy's merge of the placed instances, one transaction."""
+        if not placed:
+            return
         old: list = []
         for attempt in range(ATTEMPTS):
             try:
@@ -49,7 +56,6 @@ class StudyFollowingStore:
                 if attempt == ATTEMPTS - 1:
                     raise
         self.blobstore.remove_moved(old, placed)
-        return placed
 
     def follow(self, uow, placed: list[InstanceRecord]) -> None:
         from fhirimg.push.mapping import merged_study

@@ -12,15 +12,20 @@ from .dicomfactory import make_study
 
 
 class RecordingStore:
-    """A real BlobStore whose commit_many can be held back or made to fail, and records its groups."""
+    """A real BlobStore whose place (and index_placed) can be held back or made to fail, and
+    records the groups each stage got."""
 
-    def __init__(self, blobstore, fail_first: bool = False):
-        self.blobstore, self.fail_first = blobstore, fail_first
-        self.groups: list[int] = []
+    def __init__(self, blobstore, fail_first: bool = False, fail_first_index: bool = False):
+        self.blobstore, self.fail_first, self.fail_first_index = blobstore, fail_first, fail_first_index
+        self.groups: list[int] = []  # sizes of the groups placed
+        self.indexed: list[int] = []  # sizes of the index transactions
         self.release = threading.Event()
         self.entered = threading.Event()
+        self.index_release = threading.Event()
+        self.index_release.set()
+        self.index_entered = threading.Event()
 
-    def commit_many(self, items):
+    def place(self, items):
         self.groups.append(len(items))
         self.entered.set()
         self.release.wait(10)
@@ -28,7 +33,15 @@ class RecordingStore:
             for staged, _ in items:
                 staged.discard()
             raise OSError(28, "No space left on device")
-        return self.blobstore.commit_many(items)
+        return self.blobstore.place(items)
+
+    def index_placed(self, records):
+        self.indexed.append(len(records))
+        self.index_entered.set()
+        self.index_release.wait(10)
+        if self.fail_first_index and len(self.indexed) == 1:
+            raise OSError(5, "Input/output error")
+        return self.blobstore.index_placed(records)
 
 
 def staged_instances(blobstore, study, series_index=0):
@@ -80,4 +93,52 @@ def test_a_failed_group_is_handed_back_to_its_series_and_the_committer_goes_on(b
     committer.flush(second)
     committer.close()
     assert blobstore.stored_sop_uids(study.study_uid) == set(study.series[1].instances)
+    assert list(blobstore.staging.iterdir()) == []
+
+
+def test_groups_placed_while_an_index_transaction_runs_are_indexed_together(blobstore):
+    """Placing (the disk) and indexing (the database, the ImagingStudy's merge) overlap: the
+    next groups are synced while a transaction runs, then indexed in one transaction."""
+    study = make_study(series=1, instances=7)
+    store = RecordingStore(blobstore)
+    store.release.set()
+    store.index_release.clear()
+    placed = []
+    committer = GroupCommitter(store, placed.append, max_instances=2)
+    ticket = SeriesTicket(set())
+    items = staged_instances(blobstore, study)
+    committer.submit(ticket, *items[0])
+    assert store.index_entered.wait(5)  # the first instance is indexed alone, and held there
+    for item in items[1:]:
+        committer.submit(ticket, *item)
+    deadline = __import__("time").monotonic() + 5
+    while sum(store.groups) < 7 and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.01)
+    assert store.groups[0] == 1 and sum(store.groups) == 7 and max(store.groups) <= 2  # placed meanwhile
+    store.index_release.set()
+    committer.flush(ticket)
+    committer.close()
+    assert store.indexed == [1, 6]
+    assert {r.sop_uid for r in placed} == set(study.instances)
+    assert blobstore.stored_sop_uids(study.study_uid) == set(study.instances)
+    assert committer.busy > 0
+    assert list(blobstore.staging.iterdir()) == []
+
+
+def test_a_failed_index_transaction_hands_its_instances_back(blobstore):
+    study = make_study(series=1, instances=3)
+    store = RecordingStore(blobstore, fail_first_index=True)
+    store.release.set()
+    placed = []
+    committer = GroupCommitter(store, placed.append)
+    ticket = SeriesTicket(set())
+    items = staged_instances(blobstore, study)
+    for item in items:
+        committer.submit(ticket, *item)
+    with pytest.raises(OSError):
+        committer.flush(ticket)
+    assert ticket.wanted == {record.sop_uid for _, record in items} - {r.sop_uid for r in placed}
+    assert ticket.wanted  # the failed transaction's instances are fetched again
+    committer.close()
+    assert blobstore.stored_sop_uids(study.study_uid) == {r.sop_uid for r in placed}
     assert list(blobstore.staging.iterdir()) == []
