@@ -69,6 +69,7 @@ class GroupCommitter:
         # never runs far ahead of what the database has (each waits as files on disk).
         self.placed: queue.Queue = queue.Queue(maxsize=PLACED_GROUPS)
         self.changed = threading.Condition()
+        self.hurry = threading.Event()  # a reader waits in flush: the indexer does not pause
         self.busy = 0.0  # seconds in which either stage was at work (the store step, beside step 3)
         self._active, self._since = 0, 0.0
         self.thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
@@ -84,6 +85,7 @@ class GroupCommitter:
 
     def flush(self, ticket: SeriesTicket) -> None:
         """Wait until every file of this series handed over so far is placed or failed."""
+        self.hurry.set()
         with self.changed:
             self.changed.wait_for(lambda: ticket.in_flight == 0)
             error, ticket.error = ticket.error, None
@@ -93,6 +95,7 @@ class GroupCommitter:
     def close(self) -> None:
         """Place and index what is still queued, then stop both threads."""
         self.queue.put(_STOP)
+        self.hurry.set()
         self.thread.join()
         self.indexer.join()
 
@@ -137,8 +140,9 @@ class GroupCommitter:
             if batch:
                 started = time.perf_counter()
                 self._index(batch)
-                if not stop:  # let the next groups gather: see INDEX_PAUSE_MAX
-                    time.sleep(min(time.perf_counter() - started, INDEX_PAUSE_MAX))
+                if not stop:  # let the next groups gather (INDEX_PAUSE_MAX), unless a reader waits
+                    self.hurry.wait(min(time.perf_counter() - started, INDEX_PAUSE_MAX))
+                    self.hurry.clear()
             if stop:
                 return
 

@@ -142,3 +142,42 @@ def test_a_failed_index_transaction_hands_its_instances_back(blobstore):
     committer.close()
     assert blobstore.stored_sop_uids(study.study_uid) == {r.sop_uid for r in placed}
     assert list(blobstore.staging.iterdir()) == []
+
+
+def test_a_study_stream_part_checked_before_the_listing_is_handed_over_when_the_listing_comes(blobstore):
+    """ListingMatch: the listing's arrival (on another thread) hands over the parts waiting
+    for it at once, not when the stream's next part happens to arrive; a part of a series
+    the listing does not name is rejected then."""
+    from concurrent.futures import Future
+
+    from fhirimg.transfer.retrieve import ListingMatch, SeriesJob
+    from fhirimg.transfer.qido import SourceSeries
+
+    study = make_study(series=2, instances=2)
+    listed, unlisted = study.series
+    handed, rejected = [], []
+
+    class Recorder:
+        def hand_over(self, staged, record, job):
+            handed.append((record.sop_uid, job.series.series_uid if job else None))
+
+        def reject_part(self, staged, exc, expectation):
+            staged.discard()
+            rejected.append(exc.sop_uid)
+
+    jobs: Future = Future()
+    known: dict = {}
+    match = ListingMatch(Recorder(), study.study_uid, jobs, known)
+    parts = staged_instances(blobstore, study, 0) + staged_instances(blobstore, study, 1)
+    for checked in parts:
+        match.offer(checked, None)  # checked before the listing: no UIDs asked for yet
+    assert handed == [] and len(match.pending) == 4
+    job = SeriesJob(study.study_uid, SourceSeries(listed.series_uid), set(listed.instances),
+                    frozenset(listed.instances))
+    jobs.set_result({listed.series_uid: job})  # the listing thread's doing
+    assert sorted(handed) == sorted((sop, listed.series_uid) for sop in listed.instances)
+    assert sorted(rejected) == sorted(unlisted.instances) and match.pending == []
+    assert known == {listed.series_uid: job}
+    match.close()
+    for staged, record in parts[:2]:
+        staged.discard()
