@@ -69,7 +69,8 @@ class GroupCommitter:
         # never runs far ahead of what the database has (each waits as files on disk).
         self.placed: queue.Queue = queue.Queue(maxsize=PLACED_GROUPS)
         self.changed = threading.Condition()
-        self.hurry = threading.Event()  # a reader waits in flush: the indexer does not pause
+        self._flushing = 0  # readers waiting in flush: the indexer does not pause for them
+        self._closing = False
         self.busy = 0.0  # seconds in which either stage was at work (the store step, beside step 3)
         self._active, self._since = 0, 0.0
         self.thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
@@ -85,17 +86,23 @@ class GroupCommitter:
 
     def flush(self, ticket: SeriesTicket) -> None:
         """Wait until every file of this series handed over so far is placed or failed."""
-        self.hurry.set()
         with self.changed:
-            self.changed.wait_for(lambda: ticket.in_flight == 0)
+            self._flushing += 1
+            self.changed.notify_all()
+            try:
+                self.changed.wait_for(lambda: ticket.in_flight == 0)
+            finally:
+                self._flushing -= 1
             error, ticket.error = ticket.error, None
         if error is not None:
             raise error
 
     def close(self) -> None:
         """Place and index what is still queued, then stop both threads."""
+        with self.changed:
+            self._closing = True
+            self.changed.notify_all()
         self.queue.put(_STOP)
-        self.hurry.set()
         self.thread.join()
         self.indexer.join()
 
@@ -141,8 +148,9 @@ class GroupCommitter:
                 started = time.perf_counter()
                 self._index(batch)
                 if not stop:  # let the next groups gather (INDEX_PAUSE_MAX), unless a reader waits
-                    self.hurry.wait(min(time.perf_counter() - started, INDEX_PAUSE_MAX))
-                    self.hurry.clear()
+                    with self.changed:
+                        self.changed.wait_for(lambda: self._flushing or self._closing,
+                                              min(time.perf_counter() - started, INDEX_PAUSE_MAX))
             if stop:
                 return
 

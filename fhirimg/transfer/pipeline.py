@@ -30,12 +30,13 @@ from .blobstore import BlobStore
 from .budget import ByteBudget
 from .client import TransferClient
 from .progress import ProgressSampler
-from .guard import TaskGuard, first_cause
+from .guard import Cancelled, TaskGuard, first_cause
 from .metadata import reconcile_series, retrieve_series_metadata
 from .qido import SourceSeries, SourceStudy, search_for_instances, search_for_series
 from .retrieve import RetrieveOptions, RetrieveOutcome, Retriever
 
 STEPS = ("qido", "metadata", "retrieve")
+WARM_WAIT = 2.0  # seconds the warm-up's handshakes may take before step 1 starts without them
 
 
 @dataclass
@@ -81,15 +82,18 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
     with sampling(on_progress, spans, budget, retriever, monotonic):
         on_step("qido")
         spans["qido"].begin(report.started_at)
-        warm_connections(client, base, parallelism).join()
+        # The round trip, for streams_whole_study: a handshake that takes longer (a lost SYN, a
+        # host that does not answer) leaves it unknown, and step 1 starts anyway.
+        warm_connections(client, base, parallelism).join(WARM_WAIT)
         streaming = streams_whole_study(client, blobstore, base, study_uid, options, series_bases)
         metadata_futures: list = []
         listed: dict[str, frozenset[str]] = {}  # what step 1 listed, per series
 
         # Left in this order: the stream ends, then the committer places what it handed over.
+        jobs: Future = Future()  # each series' job, once all are listed (the study stream)
         with ThreadPoolExecutor(parallelism, thread_name_prefix="metadata") as metadata_pool, \
-                retriever.running(), ThreadPoolExecutor(1, thread_name_prefix="study-stream") as streamer:
-            jobs: Future = Future()  # each series' job, once all are listed (the study stream)
+                retriever.running(), ThreadPoolExecutor(1, thread_name_prefix="study-stream") as streamer, \
+                settled(jobs):
             if streaming:
                 def stream() -> bool:
                     with spans["retrieve"].timing(monotonic):
@@ -97,9 +101,6 @@ def transfer_study(client: TransferClient, blobstore: BlobStore, base: str, stud
                 streamed = streamer.submit(stream)
             try:
                 study.series = search_for_series(client, base, study_uid, page_size, study, guard.watch)
-            except BaseException as exc:
-                jobs.set_exception(exc)
-                raise
             finally:
                 spans["qido"].end(monotonic())
             for series in study.series:
@@ -173,16 +174,13 @@ def stream_then_fill(retriever: Retriever, study: SourceStudy, parallelism: int,
     """List every series (with its metadata beside) while the study stream runs, hand the
     stream the series' jobs (what step 1 listed: ``listed``), then fetch series by series
     what it did not deliver."""
-    errors: list[BaseException | None] = []
-    try:
-        errors = run_collecting(parallelism, [lambda s=s: list_series(s) for s in study.series])
-    finally:
-        failed = first_cause(errors)
-        if failed is not None or len(errors) != len(study.series):
-            jobs.set_exception(failed or RuntimeError("step 1 did not finish"))
-        else:
-            jobs.set_result({s.series_uid: retriever.plan_series(study.study_uid, s, listed[s.series_uid])
-                             for s in study.series})
+    errors = run_collecting(parallelism, [lambda s=s: list_series(s) for s in study.series])
+    failed = first_cause(errors)
+    if failed is not None:
+        jobs.set_exception(failed)
+    else:
+        jobs.set_result({s.series_uid: retriever.plan_series(study.study_uid, s, listed[s.series_uid])
+                         for s in study.series})  # if this raises, settled() resolves jobs
     errors.append(streamed.exception())
     if first_cause(errors) is not None:
         return errors
@@ -190,6 +188,17 @@ def stream_then_fill(retriever: Retriever, study: SourceStudy, parallelism: int,
     with timing():
         errors += run_collecting(parallelism, [lambda j=j: retriever.retrieve_series_job(j) for j in left])
     return errors
+
+
+@contextmanager
+def settled(jobs: Future) -> Iterator[None]:
+    """Whatever ends the block, the study stream waiting for ``jobs`` is told (before the
+    block's stream thread is waited for): a transfer never hangs on a listing that will not come."""
+    try:
+        yield
+    finally:
+        if not jobs.done():
+            jobs.set_exception(Cancelled("the transfer stopped before step 1 listed the study"))
 
 
 def warm_connections(client: TransferClient, base: str, parallelism: int) -> threading.Thread:

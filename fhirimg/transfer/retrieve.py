@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -42,9 +43,11 @@ CHUNK_BYTES = 1 << 20
 # was listed, one sent twice); past that it is junk, and each junk part costs a staging file
 # and a recorded rejection: the rest of the answer is left to the per-instance fallback.
 EXTRA_PARTS = 8
-# Parts of a study stream checked before step 1's listing came, kept aside to be matched with
-# it (staged files, the headers in memory); past that the stream waits for the listing.
+# Parts of a study stream that may come before step 1's listing (each checked and, if it
+# passes, kept aside to be matched with it: a staging file, its header in memory), and the
+# bytes those may hold; past either the stream waits for the listing.
 PENDING_PARTS = 64
+PENDING_BYTES = 512 << 20
 BROKEN_BODY = (requests.RequestException, urllib3.exceptions.HTTPError, MultipartError, SourceError, OSError)
 
 
@@ -89,8 +92,12 @@ class RetrieveOutcome:
                 self.first_instance_at = now
 
     def reject(self, rejection: Rejection) -> None:
+        """Record a refusal once: a study stream and the series request after it may refuse
+        the same instance for the same reason."""
         with self.lock:
-            self.rejections.append(rejection)
+            if rejection.sop_uid is None or not any(
+                    r.sop_uid == rejection.sop_uid and r.reason == rejection.reason for r in self.rejections):
+                self.rejections.append(rejection)
 
 
 @dataclass
@@ -298,9 +305,10 @@ class Retriever:
             chunks = self.guard.watch(arrived_chunks(response.raw, CHUNK_BYTES), charged=True)
             try:
                 for part in reader.read(chunks):
-                    if match.expectation is None and len(match.pending) >= PENDING_PARTS:
+                    if match.expectation is None and (match.failed or reader.part_count > PENDING_PARTS
+                                                      or match.pending_bytes >= PENDING_BYTES):
                         try:
-                            match.wait()
+                            match.wait(self.guard.check)  # a failed listing raises here
                         except BaseException:
                             part.sink.discard()  # received, never to be checked: no staging file left
                             raise
@@ -316,13 +324,23 @@ class Retriever:
                     if listed is not None and reader.part_count >= len(listed) + EXTRA_PARTS:
                         raise MultipartError(f"{reader.part_count} parts for the {len(listed)} instances listed")
                 if match.pending:
-                    match.wait()
+                    match.wait(self.guard.check)
             finally:
-                match.close()
+                match.close()  # checked parts are kept if the listing is in, even if the body broke off
                 discard_open_sinks(reader)
-                for job in list(known.values()):
-                    self.committer.flush(job.ticket)  # checked instances are kept even if the body broke off
+                self.flush_all([job.ticket for job in list(known.values())])
             return reader.is_closed
+
+    def flush_all(self, tickets: list[SeriesTicket]) -> None:
+        """Flush every ticket, then raise the first error one of them met."""
+        errors = []
+        for ticket in tickets:
+            try:
+                self.committer.flush(ticket)
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the others are flushed
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def largest_in_study(self, known: dict[str, SeriesJob]) -> Callable[[], int]:
         """``largest_part`` over every listed series, once all of them are described."""
@@ -487,20 +505,29 @@ class ListingMatch:
         self.retriever, self.study_uid, self.jobs, self.known = retriever, study_uid, jobs, known
         self.lock = threading.Lock()
         self.pending: list[tuple[StagedFile, InstanceRecord]] = []
+        self.pending_bytes = 0
         self.expectation: Expectation | None = None
         self.empty = False  # step 1 listed no series
+        self.failed = False  # step 1 failed: the reader stops at its next part
         self.closed = False
         jobs.add_done_callback(self._listed)
 
     def _listed(self, jobs: Future) -> None:
         if jobs.cancelled() or jobs.exception() is not None:
-            return  # the reader raises it when it waits
+            self.failed = True  # the reader raises it when it waits
+            return
         with self.lock:
             self._resolve(jobs.result())
 
-    def wait(self) -> None:
-        """Block for the listing (its error if it failed)."""
-        listing = self.jobs.result()
+    def wait(self, check: Callable[[], None]) -> None:
+        """Block for the listing (its error if it failed), ``check`` (the Task's guard:
+        cancel, deadline) every second meanwhile."""
+        while True:
+            try:
+                listing = self.jobs.result(timeout=1.0)
+                break
+            except FutureTimeout:
+                check()
         with self.lock:
             self._resolve(listing)
 
@@ -513,13 +540,20 @@ class ListingMatch:
             return
         self.expectation = Expectation.whole_study(self.study_uid,
                                                    {uid: job.expected for uid, job in self.known.items()})
-        while self.pending:
-            self._route(*self.pending.pop(0), checked_against=None)
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
+        for index, (staged, record) in enumerate(pending):
+            try:
+                self._route(staged, record, checked_against=None)
+            except BaseException:  # on the listing's thread, too: nothing may be left staged
+                for later, _ in pending[index:]:
+                    later.discard()
+                raise
 
     def offer(self, checked: tuple[StagedFile, InstanceRecord], checked_against: Expectation | None) -> None:
         with self.lock:
             if self.expectation is None:
                 self.pending.append(checked)
+                self.pending_bytes += checked[0].size
             else:
                 self._route(*checked, checked_against=checked_against)
 
@@ -533,7 +567,11 @@ class ListingMatch:
         self.retriever.hand_over(staged, record, self.known.get(record.series_uid))
 
     def close(self) -> None:
-        """The stream is over: parts never matched leave no staging file."""
+        """The stream is over: parts checked before it broke off are matched if the listing
+        is in (they need not cross the network again); parts never matched leave no file."""
+        if self.jobs.done() and not self.failed:
+            with self.lock:
+                self._resolve(self.jobs.result())
         with self.lock:
             self.closed = True
             pending, self.pending = self.pending, []

@@ -7,7 +7,7 @@ import pydicom
 import pytest
 import requests
 
-from fhirimg.transfer.client import ClientSettings, TransferClient
+from fhirimg.transfer.client import ClientSettings, SourceError, TransferClient
 from fhirimg.transfer.pipeline import transfer_study
 from fhirimg.transfer.retrieve import RetrieveOptions
 
@@ -191,4 +191,26 @@ def test_study_stream_refused_by_the_source_falls_back_to_series(fault_proxy, or
 def test_study_stream_of_a_study_the_source_does_not_list(orthanc, blobstore):
     report = transfer_study(make_client(), blobstore, orthanc.dicomweb, "1.2.3.999.42", STREAM)
     assert report.study.series == [] and report.outcome.stored == 0 and report.outcome.rejections == []
+    assert list(blobstore.staging.iterdir()) == []
+
+
+def test_study_stream_with_a_failing_listing_fails_the_transfer_without_hanging(fault_proxy, uploaded_study,
+                                                                                 blobstore):
+    series_uid = uploaded_study.series[1].series_uid
+    fault_proxy.add(Fault("status", rf"/series/{series_uid}/instances\?", times=20, status=500, retry_after=None))
+    with pytest.raises(SourceError):
+        transfer_study(make_client(max_retries=1), blobstore, fault_proxy.dicomweb, uploaded_study.study_uid, STREAM)
+    assert list(blobstore.staging.iterdir()) == []
+
+
+def test_study_stream_is_released_when_planning_fails(orthanc, uploaded_study, blobstore, monkeypatch):
+    """An error between step 1 and the stream's listing (here: the database, planning) ends
+    the transfer with that error; the stream waiting for the listing is told, not left waiting."""
+    from fhirimg.transfer import retrieve
+
+    def broken_plan(*args, **kwargs):
+        raise OSError(5, "database is locked")
+    monkeypatch.setattr(retrieve.Retriever, "plan_series", broken_plan)
+    with pytest.raises(OSError, match="database is locked"):
+        transfer_study(make_client(), blobstore, orthanc.dicomweb, uploaded_study.study_uid, STREAM)
     assert list(blobstore.staging.iterdir()) == []
