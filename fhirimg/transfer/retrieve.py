@@ -569,7 +569,8 @@ class ListingMatch:
     def close(self) -> None:
         """The stream is over: parts checked before it broke off are matched if the listing
         is in (they need not cross the network again); parts never matched leave no file."""
-        if self.jobs.done() and not self.failed:
+        jobs = self.jobs  # done but failed: its callback may not have run yet, so ask the future
+        if jobs.done() and not jobs.cancelled() and jobs.exception() is None:
             with self.lock:
                 self._resolve(self.jobs.result())
         with self.lock:
