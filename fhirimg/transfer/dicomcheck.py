@@ -65,6 +65,12 @@ class Expectation:
     sop_uids: frozenset[str]
     series_of: Mapping[str, str] | None = None  # SOP Instance UID -> its Series Instance UID
 
+    def series_for(self, sop_uid: str) -> str | None:
+        """The series an instance was asked for in (None: not asked for at all)."""
+        if self.series_uid is not None:
+            return self.series_uid
+        return (self.series_of or {}).get(sop_uid)
+
     @classmethod
     def whole_study(cls, study_uid: str, listed: Mapping[str, frozenset[str]]) -> "Expectation":
         """``listed``: each series' instances, as step 1 listed them."""
@@ -149,9 +155,7 @@ def require_expected_uids(record: InstanceRecord, expected: Expectation | None) 
     """What a retrieve asked for; a push (``expected`` None) may send any instance."""
     if expected is None:
         return
-    series_uid = expected.series_uid
-    if series_uid is None and expected.series_of is not None:
-        series_uid = expected.series_of.get(record.sop_uid, record.series_uid)
+    series_uid = expected.series_for(record.sop_uid) or record.series_uid  # not asked for: the SOP check says so
     if record.study_uid != expected.study_uid or record.series_uid != series_uid:
         raise RejectedPart("unexpected-uid", f"part belongs to study {record.study_uid} series "
                            f"{record.series_uid}, not the one asked for", record.sop_uid)

@@ -347,14 +347,11 @@ class Retriever:
         found: list[int] = []
 
         def largest() -> int:
-            if found:
-                return found[0]
-            jobs = list(known.values())
-            if not jobs or not all(job.series.is_described for job in jobs):
-                return self.options.max_instance_bytes
-            limit = self.options.max_instance_bytes
-            found.append(max((part_allowance(getattr(job.series.instances.get(sop), "announced_bytes", None), limit)
-                              for job in jobs for sop in job.expected), default=limit))
+            if not found:
+                jobs = [job for job in list(known.values()) if job.expected]
+                if not jobs or not all(job.series.is_described for job in jobs):
+                    return self.options.max_instance_bytes
+                found.append(max(self.largest_part(job.series, lambda job=job: job.expected)() for job in jobs))
             return found[0]
         return largest
 
@@ -447,15 +444,9 @@ class Retriever:
 
     def accept_part(self, part: Part, job: SeriesJob, expectation: Expectation) -> None:
         """Check one received part and move it into the store, or discard and record it."""
-        self.accept_routed(part, expectation, lambda record: job)
-
-    def accept_routed(self, part: Part, expectation: Expectation,
-                      job_for: Callable[[InstanceRecord], SeriesJob | None]) -> None:
-        """``accept_part`` for an answer that may hold several series: ``job_for`` names the
-        job a checked instance belongs to (None: nobody asked for it)."""
         checked = self.check_part(part, expectation)
         if checked is not None:
-            self.hand_over(*checked, job_for(checked[1]))
+            self.hand_over(*checked, job)
 
     def check_part(self, part: Part, expectation: Expectation | None) -> tuple[StagedFile, InstanceRecord] | None:
         """The staged part and its record once checked (``expectation`` None: all but what
@@ -474,9 +465,7 @@ class Retriever:
 
     def reject_part(self, staged: StagedFile, exc: RejectedPart, expectation: Expectation | None) -> None:
         staged.discard()
-        series_uid = expectation.series_uid if expectation is not None else None
-        if series_uid is None and expectation is not None and expectation.series_of is not None:
-            series_uid = expectation.series_of.get(exc.sop_uid or "")
+        series_uid = expectation.series_for(exc.sop_uid or "") if expectation is not None else None
         self.outcome.reject(Rejection(exc.reason, exc.detail[:300], series_uid, exc.sop_uid))
 
     def hand_over(self, staged: StagedFile, record: InstanceRecord, job: SeriesJob | None) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -111,11 +112,11 @@ def test_groups_placed_while_an_index_transaction_runs_are_indexed_together(blob
     assert store.index_entered.wait(5)  # the first instance is indexed alone, and held there
     for item in items[1:]:
         committer.submit(ticket, *item)
-    deadline = __import__("time").monotonic() + 5
-    while __import__("time").monotonic() < deadline:  # until all six wait, placed, for the indexer
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # until all six wait, placed, for the indexer
         if sum(len(group) for group, _ in list(committer.placed.queue)) == 6:
             break
-        __import__("time").sleep(0.01)
+        time.sleep(0.01)
     assert store.groups[0] == 1 and sum(store.groups) == 7 and max(store.groups) <= 2  # placed meanwhile
     store.index_release.set()
     committer.flush(ticket)
